@@ -1,0 +1,1 @@
+//! Kubernetes-side effects: conditions, status, Secrets, events, restarts.

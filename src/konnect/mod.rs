@@ -1,0 +1,8 @@
+//! The Konnect Identity v3 client: the only place that speaks HTTP to Konnect.
+pub mod client;
+pub mod error;
+pub mod models;
+
+pub use client::{AccountFilter, ClientConfig, Created, KonnectClient, RequestObserver};
+pub use error::{IgnoreNotFound, KonnectError, Result};
+pub use models::*;
