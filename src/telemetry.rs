@@ -1,1 +1,292 @@
-//! Logging, metrics and the health server.
+//! Logging, Prometheus metrics and the /metrics, /healthz, /readyz server.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::konnect::RequestObserver;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub operation: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Every metric the operator exports (see README "Metrics").
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<KindLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<KindLabels, Histogram>,
+    pub konnect_requests: Family<RequestLabels, Counter>,
+    pub konnect_rate_limited: Counter,
+    pub token_expiration: Family<TokenLabels, Gauge<f64, AtomicU64>>,
+    pub token_renewal: Family<TokenLabels, Gauge<f64, AtomicU64>>,
+    pub token_rotations: Family<ReasonLabels, Counter>,
+    pub token_rotation_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let reconciles = Family::<KindLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        let konnect_requests = Family::<RequestLabels, Counter>::default();
+        let konnect_rate_limited = Counter::default();
+        let token_expiration = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
+        let token_renewal = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
+        let token_rotations = Family::<ReasonLabels, Counter>::default();
+        let token_rotation_failures = Counter::default();
+        registry.register("konnect_sa_reconciles", "Reconciles by kind", reconciles.clone());
+        registry.register(
+            "konnect_sa_reconcile_errors",
+            "Failed reconciles by kind and error category",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "konnect_sa_reconcile_duration_seconds",
+            "Reconcile duration by kind",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "konnect_sa_konnect_requests",
+            "Konnect API requests by operation and HTTP status code (code 0: no response)",
+            konnect_requests.clone(),
+        );
+        registry.register(
+            "konnect_sa_konnect_rate_limited",
+            "Konnect API responses with status 429",
+            konnect_rate_limited.clone(),
+        );
+        registry.register(
+            "konnect_sa_token_expiration_timestamp_seconds",
+            "Expiry of the current token of each SystemAccountToken (Unix seconds)",
+            token_expiration.clone(),
+        );
+        registry.register(
+            "konnect_sa_token_renewal_timestamp_seconds",
+            "Planned rotation time of each SystemAccountToken (Unix seconds)",
+            token_renewal.clone(),
+        );
+        registry.register("konnect_sa_token_rotations", "Token rotations by reason", token_rotations.clone());
+        registry.register(
+            "konnect_sa_token_rotation_failures",
+            "Token rotations that failed (retried with backoff)",
+            token_rotation_failures.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            konnect_requests,
+            konnect_rate_limited,
+            token_expiration,
+            token_renewal,
+            token_rotations,
+            token_rotation_failures,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn observe_reconcile(&self, kind: &str, elapsed: Duration, error_category: Option<&str>) {
+        let labels = KindLabels { kind: kind.to_string() };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        if let Some(category) = error_category {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { kind: kind.to_string(), category: category.to_string() })
+                .inc();
+        }
+    }
+
+    pub fn set_token_times(&self, namespace: &str, name: &str, expires: f64, renewal: f64) {
+        let labels = TokenLabels { namespace: namespace.to_string(), name: name.to_string() };
+        self.token_expiration.get_or_create(&labels).set(expires);
+        self.token_renewal.get_or_create(&labels).set(renewal);
+    }
+
+    pub fn forget_token(&self, namespace: &str, name: &str) {
+        let labels = TokenLabels { namespace: namespace.to_string(), name: name.to_string() };
+        self.token_expiration.remove(&labels);
+        self.token_renewal.remove(&labels);
+    }
+}
+
+impl RequestObserver for Metrics {
+    fn observe(&self, operation: &'static str, status: Option<u16>, _elapsed: Duration) {
+        let code = status.unwrap_or(0);
+        self.konnect_requests
+            .get_or_create(&RequestLabels { operation: operation.to_string(), code: code.to_string() })
+            .inc();
+        if code == 429 {
+            self.konnect_rate_limited.inc();
+        }
+    }
+}
+
+/// Readiness: caches synced and Konnect reachable.
+#[derive(Debug, Default)]
+pub struct Health {
+    caches_synced: AtomicBool,
+    konnect_ok: AtomicBool,
+}
+
+impl Health {
+    pub fn set_caches_synced(&self, v: bool) {
+        self.caches_synced.store(v, Ordering::Relaxed);
+    }
+    pub fn set_konnect_ok(&self, v: bool) {
+        self.konnect_ok.store(v, Ordering::Relaxed);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.caches_synced.load(Ordering::Relaxed) && self.konnect_ok.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// The HTTP routes of the metrics/health server.
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz_handler))
+        .with_state(ServerState { metrics, health })
+}
+
+async fn metrics_handler(State(s): State<ServerState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.encode(),
+    )
+}
+
+async fn readyz_handler(State(s): State<ServerState>) -> impl IntoResponse {
+    if s.health.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics and health server listening");
+    axum::serve(listener, router(metrics, health)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_encode_with_their_documented_names() {
+        let m = Metrics::new();
+        m.observe("post-system-accounts", Some(429), Duration::ZERO);
+        m.observe_reconcile("SystemAccount", Duration::from_millis(5), Some("RateLimited"));
+        m.set_token_times("ns", "t", 2.0e9, 1.9e9);
+        m.token_rotations.get_or_create(&ReasonLabels { reason: "Renewal".into() }).inc();
+        let text = m.encode();
+        for needle in [
+            "konnect_sa_konnect_requests_total{operation=\"post-system-accounts\",code=\"429\"} 1",
+            "konnect_sa_konnect_rate_limited_total 1",
+            "konnect_sa_reconciles_total{kind=\"SystemAccount\"} 1",
+            "konnect_sa_reconcile_errors_total{kind=\"SystemAccount\",category=\"RateLimited\"} 1",
+            "konnect_sa_token_expiration_timestamp_seconds{namespace=\"ns\",name=\"t\"} 2000000000",
+            "konnect_sa_token_renewal_timestamp_seconds{namespace=\"ns\",name=\"t\"} 1900000000",
+            "konnect_sa_token_rotations_total{reason=\"Renewal\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        m.forget_token("ns", "t");
+        assert!(!m.encode().contains("name=\"t\""));
+    }
+
+    #[test]
+    fn ready_needs_both_caches_and_konnect() {
+        let h = Health::default();
+        assert!(!h.is_ready());
+        h.set_caches_synced(true);
+        assert!(!h.is_ready());
+        h.set_konnect_ok(true);
+        assert!(h.is_ready());
+    }
+}

@@ -1,1 +1,6 @@
-//! Kubernetes-side effects: conditions, status, Secrets, events, restarts.
+//! Kubernetes-side effects: conditions, status writes, the token Secret, Events, rollout restarts.
+pub mod conditions;
+pub mod events;
+pub mod restart;
+pub mod secret;
+pub mod status;

@@ -1,0 +1,163 @@
+//! What a failed reconcile means for the user (condition reason and message) and for the
+//! work queue (when to look again). One function per question, so a reason leads back here.
+use std::time::Duration;
+
+use crate::k8s::conditions::Reason;
+use crate::konnect::KonnectError;
+
+/// A reconcile that could not reach the desired state.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The spec cannot be acted on as written; waiting will not help, an edit will.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// Konnect holds something that clashes with the spec (a taken name, an account we must not adopt).
+    #[error("{0}")]
+    Conflict(String),
+    /// The Secret to write exists and is not ours.
+    #[error("{0}")]
+    SecretConflict(String),
+    /// The referenced SystemAccount is not Ready yet; its watch wakes us.
+    #[error("{0}")]
+    WaitingForSystemAccount(String),
+    /// The Konnect credentials could not be read or were refused.
+    #[error("{0}")]
+    Auth(String),
+    #[error("{context}: {source}")]
+    Konnect {
+        context: String,
+        #[source]
+        source: KonnectError,
+    },
+    #[error("Kubernetes API: {context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    pub fn konnect(context: impl Into<String>) -> impl FnOnce(KonnectError) -> Self {
+        let context = context.into();
+        move |source| Self::Konnect { context, source }
+    }
+
+    pub fn kube(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Kube { context, source }
+    }
+
+    /// The `Ready=False` reason shown to the user.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::InvalidSpec(_) => Reason::InvalidSpec,
+            Self::Conflict(_) => Reason::Conflict,
+            Self::SecretConflict(_) => Reason::SecretConflict,
+            Self::WaitingForSystemAccount(_) => Reason::WaitingForSystemAccount,
+            Self::Auth(_) => Reason::AuthFailed,
+            Self::Konnect { source, .. } => match source {
+                KonnectError::Unauthorized { .. } | KonnectError::Forbidden { .. } => Reason::AuthFailed,
+                KonnectError::RateLimited { .. } => Reason::RateLimited,
+                KonnectError::BadRequest { .. } | KonnectError::Config(_) => Reason::InvalidSpec,
+                _ => Reason::KonnectError,
+            },
+            Self::Kube { .. } => Reason::Pending,
+        }
+    }
+
+    /// A message that says what happened and what to do about it.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Konnect { source, .. } if source.is_auth() => format!(
+                "{self}. Check the Konnect token (operator flag --konnect-token-file / KONNECT_TOKEN, or the Secret \
+                 named in spec.konnect.authSecretRef): it must be valid and hold the Identity Admin role."
+            ),
+            Self::Konnect { source: KonnectError::RateLimited { retry_after }, .. } => {
+                format!("Konnect rate limit reached; retrying in {}s.", retry_after.as_secs())
+            }
+            Self::Konnect { source, .. } if source.is_transient() => format!("{self}. Retrying with backoff."),
+            _ => self.to_string(),
+        }
+    }
+
+    /// A metric label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Konnect { source, .. } => source.category(),
+            Self::Kube { .. } => "Kubernetes",
+            other => other.reason().as_str(),
+        }
+    }
+
+    /// A stale resourceVersion: someone else wrote first; look again at once with fresh data.
+    pub fn is_write_conflict(&self) -> bool {
+        matches!(self, Self::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+}
+
+/// When to reconcile again after `err`, given how many times in a row this object failed.
+/// Exponential (5s, 10s, ... capped at `max`) with up to 10% jitter; never a hot loop.
+/// Errors an edit must fix still get looked at again at the capped delay, so a fix made in
+/// Konnect (a freed name) is noticed too.
+pub fn retry_delay(err: &ReconcileError, failures: u32, max: Duration, jitter_unit: f64) -> Duration {
+    let backoff = |base_secs: u64| {
+        let exp = base_secs.saturating_mul(1u64 << failures.min(16));
+        Duration::from_secs(exp).min(max)
+    };
+    let base = match err {
+        ReconcileError::Konnect { source: KonnectError::RateLimited { retry_after }, .. } => {
+            (*retry_after).max(backoff(1)).min(max)
+        }
+        ReconcileError::InvalidSpec(_) | ReconcileError::Conflict(_) | ReconcileError::SecretConflict(_) => {
+            backoff(30)
+        }
+        ReconcileError::WaitingForSystemAccount(_) => backoff(30),
+        e if e.is_write_conflict() => Duration::from_millis(200),
+        _ => backoff(5),
+    };
+    base + base.mul_f64(0.1 * jitter_unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn transient() -> ReconcileError {
+        ReconcileError::konnect("creating account")(KonnectError::Server { status: 503, detail: "down".into() })
+    }
+
+    #[test]
+    fn transient_errors_back_off_exponentially_up_to_the_cap() {
+        let d: Vec<u64> = (0..10).map(|n| retry_delay(&transient(), n, MAX, 0.0).as_secs()).collect();
+        assert_eq!(d, vec![5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
+    }
+
+    #[test]
+    fn rate_limit_waits_at_least_retry_after() {
+        let e = ReconcileError::konnect("x")(KonnectError::RateLimited { retry_after: Duration::from_secs(77) });
+        assert_eq!(retry_delay(&e, 0, MAX, 0.0), Duration::from_secs(77));
+        assert_eq!(e.reason(), Reason::RateLimited);
+    }
+
+    #[test]
+    fn jitter_adds_at_most_ten_percent() {
+        let d = retry_delay(&transient(), 6, MAX, 1.0);
+        assert_eq!(d, Duration::from_secs(330));
+    }
+
+    #[test]
+    fn auth_errors_map_to_auth_failed_and_say_what_to_fix() {
+        let e = ReconcileError::konnect("reading account")(KonnectError::Unauthorized { detail: "bad".into() });
+        assert_eq!(e.reason(), Reason::AuthFailed);
+        assert!(e.message().contains("Konnect token"));
+    }
+
+    #[test]
+    fn spec_errors_are_not_retried_in_a_hot_loop() {
+        let e = ReconcileError::InvalidSpec("no".into());
+        assert!(retry_delay(&e, 0, MAX, 0.0) >= Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,518 @@
+//! SystemAccountToken controller: issue a `spat_`, keep it in a Secret, rotate before expiry,
+//! revoke the old one after the overlap, and heal every crash point (API.md invariants).
+//!
+//! Order, always: record pendingTokenName -> create -> write Secret -> restart targets ->
+//! status (old token recorded with revokeAt) -> revoke at revokeAt.
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+
+use super::account_ref::{self, ResolvedAccount};
+use super::context::Context;
+use super::error::ReconcileError;
+use super::reconciler::{Managed, mark_ready, reconcile_with};
+use super::token_plan::{
+    CurrentToken, RotationInputs, RotationReason, SecretView, expiry, next_wakeup, renewal_time, revoke_at,
+    rotation_due, secret_is_newer, token_name, whole_seconds,
+};
+use crate::api::{
+    DeletionPolicy, PreviousToken, ROTATE_ANNOTATION, RestartKind, SystemAccountToken, SystemAccountTokenStatus,
+};
+use crate::k8s::conditions::{self, ISSUING, RESTART_TARGETS, Reason};
+use crate::k8s::restart::{self, RestartOutcome, WorkloadKind};
+use crate::k8s::secret::{self, IssuedToken, SecretTarget};
+use crate::k8s::{events, status};
+use crate::konnect::{CreateAccessToken, IgnoreNotFound, KonnectClient, KonnectError};
+use crate::telemetry::ReasonLabels;
+
+impl Managed for SystemAccountToken {
+    const KIND: &'static str = "SystemAccountToken";
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+    }
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.status.get_or_insert_with(Default::default).conditions
+    }
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.status.get_or_insert_with(Default::default).observed_generation = generation;
+    }
+}
+
+pub async fn reconcile(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    reconcile_with(obj, ctx, apply, cleanup).await
+}
+
+fn parse_time(v: &Option<String>) -> Option<Timestamp> {
+    v.as_deref().and_then(|s| s.parse().ok())
+}
+
+fn current_of(st: &SystemAccountTokenStatus) -> CurrentToken {
+    CurrentToken {
+        token_id: st.token_id.clone(),
+        account_id: st.account_id.clone(),
+        revision: st.revision.unwrap_or(0),
+        issued_at: parse_time(&st.last_rotation_time),
+        expires_at: parse_time(&st.expires_at),
+        renewal_time: parse_time(&st.renewal_time),
+        last_rotate_annotation: st.last_rotate_annotation.clone(),
+    }
+}
+
+/// One reconcile's view of the object and its surroundings.
+struct Work<'a> {
+    ctx: &'a Context,
+    k: KonnectClient,
+    api: Api<SystemAccountToken>,
+    secrets: Api<Secret>,
+    /// The object as last written (its resourceVersion guards the next status write).
+    obj: SystemAccountToken,
+    /// The status as last written, to skip writes that change nothing.
+    saved: Option<SystemAccountTokenStatus>,
+    secret: Option<Secret>,
+    account_id: String,
+    secret_name: String,
+    secret_key: String,
+}
+
+impl Work<'_> {
+    fn st(&mut self) -> &mut SystemAccountTokenStatus {
+        self.obj.status.get_or_insert_with(Default::default)
+    }
+
+    async fn save(&mut self) -> Result<(), ReconcileError> {
+        self.obj = status::replace(&self.api, &self.obj).await.map_err(ReconcileError::kube("writing token status"))?;
+        self.saved = self.obj.status.clone();
+        Ok(())
+    }
+
+    fn uid(&self) -> String {
+        self.obj.uid().unwrap_or_default()
+    }
+
+    fn view(&self) -> Option<SecretView> {
+        self.secret.as_ref().map(|s| secret::view(s, &self.uid(), &self.secret_key))
+    }
+}
+
+async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    obj.spec.validate().map_err(ReconcileError::InvalidSpec)?;
+    let lifetime = obj.spec.duration().map_err(ReconcileError::InvalidSpec)?;
+    let renew_before = obj.spec.renew_before(lifetime);
+    let retention = obj.spec.previous_token_retention().map_err(ReconcileError::InvalidSpec)?;
+    let ResolvedAccount { id: account_id, konnect: account_konnect } =
+        account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
+    let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
+    let conn = ctx.connections.for_object(&ns, auth).await?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
+    let secret_name = obj.spec.secret_name(&obj.name_any());
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(ReconcileError::kube(format!("reading Secret {secret_name}")))?;
+    let uid = obj.uid().unwrap_or_default();
+    if let Some(s) = &secret {
+        if !secret::is_controlled_by(s, &uid) {
+            return Err(ReconcileError::SecretConflict(format!(
+                "Secret {ns}/{secret_name} exists and is not owned by this SystemAccountToken; it is never \
+                 overwritten. Delete it, or set spec.secretName to another name"
+            )));
+        }
+    }
+    let mut w = Work {
+        ctx: &ctx,
+        k: conn.client,
+        api: Api::namespaced(ctx.kube.clone(), &ns),
+        secrets,
+        obj: (*obj).clone(),
+        saved: obj.status.clone(),
+        secret,
+        account_id,
+        secret_name,
+        secret_key: obj.spec.secret_key().to_string(),
+    };
+
+    heal_newer_secret(&mut w, retention).await?;
+    heal_pending(&mut w).await?;
+
+    let now = Timestamp::now();
+    let current = current_of(w.st());
+    let token_live = check_live(&w, &current, now).await?;
+    let view = w.view();
+    let rotate_annotation = obj.annotations().get(ROTATE_ANNOTATION).cloned();
+    let due = rotation_due(&RotationInputs {
+        current: &current,
+        secret: view.as_ref(),
+        account_id: &w.account_id,
+        lifetime,
+        rotate_annotation: rotate_annotation.as_deref(),
+        token_live,
+        now,
+    });
+    if let Some(reason) = due {
+        issue(&mut w, reason, lifetime, renew_before, retention, rotate_annotation).await?;
+    }
+    restart_targets_if_due(&mut w).await;
+    revoke_due(&mut w).await?;
+
+    let st = w.st().clone();
+    let (Some(expires), Some(renewal)) = (parse_time(&st.expires_at), parse_time(&st.renewal_time)) else {
+        return Err(ReconcileError::InvalidSpec("token status lost its expiry; it is re-issued".into()));
+    };
+    ctx.metrics.set_token_times(&ns, &obj.name_any(), expires.as_second() as f64, renewal.as_second() as f64);
+    let message = format!(
+        "Token {} (revision {}) is in Secret {}; it expires at {} and rotates at {}",
+        st.token_name.clone().unwrap_or_default(),
+        st.revision.unwrap_or(0),
+        w.secret_name,
+        expires,
+        renewal
+    );
+    mark_ready(&mut w.obj, message);
+    if w.obj.status != w.saved {
+        w.save().await?;
+    }
+    let revokes = st.previous_tokens.iter().filter_map(|p| p.revoke_at.parse::<Timestamp>().ok());
+    Ok(Action::requeue(next_wakeup(Timestamp::now(), std::iter::once(renewal).chain(revokes), ctx.resync_with_jitter())))
+}
+
+/// Crash after the Secret write, before the status write: the Secret's token is the current one.
+async fn heal_newer_secret(w: &mut Work<'_>, retention: std::time::Duration) -> Result<(), ReconcileError> {
+    let Some(view) = w.view() else { return Ok(()) };
+    let current = current_of(w.st());
+    if !secret_is_newer(&current, &view) {
+        return Ok(());
+    }
+    let now = whole_seconds(Timestamp::now());
+    let renew_seed = format!("{}/{}", w.uid(), view.revision.unwrap_or(0));
+    let lifetime = w.obj.spec.duration().map_err(ReconcileError::InvalidSpec)?;
+    let renew_before = w.obj.spec.renew_before(lifetime);
+    let st = w.st();
+    if let Some(old_id) = st.token_id.take() {
+        st.previous_tokens.push(PreviousToken {
+            id: old_id,
+            name: st.token_name.clone().unwrap_or_default(),
+            account_id: st.account_id.clone().unwrap_or_default(),
+            revoke_at: revoke_at(now, retention, parse_time(&st.expires_at)).to_string(),
+        });
+    }
+    st.token_id = view.token_id.clone();
+    st.token_name = view.token_name.clone();
+    st.account_id = view.account_id.clone();
+    st.revision = view.revision;
+    st.expires_at = view.expires_at.map(|t| t.to_string());
+    st.last_rotation_time = view.issued_at.map(|t| t.to_string());
+    st.renewal_time = view.expires_at.map(|e| renewal_time(e, renew_before, &renew_seed).to_string());
+    if st.pending_token_name.is_some() && st.pending_token_name == view.token_name {
+        st.pending_token_name = None;
+        conditions::remove(&mut st.conditions, ISSUING);
+    }
+    tracing::info!(revision = ?view.revision, "adopted the token found in the Secret (written before a restart)");
+    w.save().await
+}
+
+/// Crash (or lost response) between recording pendingTokenName and writing the Secret: find the
+/// token by name and revoke it before issuing again, so no token leaks.
+async fn heal_pending(w: &mut Work<'_>) -> Result<(), ReconcileError> {
+    let Some(pending) = w.st().pending_token_name.clone() else { return Ok(()) };
+    let mut accounts = vec![w.account_id.clone()];
+    if let Some(a) = w.st().account_id.clone() {
+        if !accounts.contains(&a) {
+            accounts.push(a);
+        }
+    }
+    for account in &accounts {
+        let found = match w.k.list_access_tokens(account, Some(&pending)).await {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(ReconcileError::konnect("looking up an unfinished token")(e)),
+        };
+        for t in found.iter().filter(|t| t.name == pending) {
+            w.k.delete_access_token(account, &t.id)
+                .await
+                .ignore_not_found()
+                .map_err(ReconcileError::konnect("revoking an unfinished token"))?;
+            tracing::info!(token_name = %pending, "revoked a token whose value never reached the Secret");
+        }
+    }
+    let st = w.st();
+    st.pending_token_name = None;
+    conditions::remove(&mut st.conditions, ISSUING);
+    w.save().await
+}
+
+/// Whether the current token still exists in Konnect (None when there is nothing to check).
+async fn check_live(w: &Work<'_>, current: &CurrentToken, now: Timestamp) -> Result<Option<bool>, ReconcileError> {
+    let (Some(token_id), Some(account_id)) = (current.token_id.as_deref(), current.account_id.as_deref()) else {
+        return Ok(None);
+    };
+    if account_id != w.account_id {
+        return Ok(None);
+    }
+    if current.expires_at.is_some_and(|e| e <= now) {
+        return Ok(Some(false));
+    }
+    match w.k.get_access_token(account_id, token_id).await {
+        Ok(_) => Ok(Some(true)),
+        Err(e) if e.is_not_found() => Ok(Some(false)),
+        Err(e) => Err(ReconcileError::konnect("checking the current token")(e)),
+    }
+}
+
+fn owner_ref(obj: &SystemAccountToken) -> OwnerReference {
+    let mut r = obj.controller_owner_ref(&()).unwrap_or_default();
+    r.block_owner_deletion = Some(true);
+    r
+}
+
+async fn issue(
+    w: &mut Work<'_>,
+    reason: RotationReason,
+    lifetime: std::time::Duration,
+    renew_before: std::time::Duration,
+    retention: std::time::Duration,
+    rotate_annotation: Option<String>,
+) -> Result<(), ReconcileError> {
+    let ns = w.obj.namespace().unwrap_or_default();
+    let name = w.obj.name_any();
+    let revision = w.st().revision.unwrap_or(0) + 1;
+    let token_name = token_name(&ns, &name, revision);
+
+    // 1. Record the name before the create: if the response is lost or we crash, the next
+    //    reconcile finds this token by name and revokes it.
+    let generation = w.obj.metadata.generation;
+    let st = w.st();
+    st.pending_token_name = Some(token_name.clone());
+    conditions::set(&mut st.conditions, ISSUING, true, Reason::Pending, format!("Issuing token {token_name} ({})", reason.as_str()), generation, Timestamp::now());
+    w.save().await?;
+
+    // 2. Create. Never retried blindly by the client: a lost value cannot be recovered.
+    let issued_at = whole_seconds(Timestamp::now());
+    let expires_at = expiry(issued_at, lifetime);
+    let body = CreateAccessToken { name: token_name.clone(), expires_at: expires_at.to_string() };
+    let created = match w.k.create_access_token(&w.account_id, &body).await {
+        Ok(c) => c,
+        Err(e) => {
+            w.ctx.metrics.token_rotation_failures.inc();
+            if nothing_was_created(&e) {
+                let st = w.st();
+                st.pending_token_name = None;
+                conditions::remove(&mut st.conditions, ISSUING);
+                let _ = w.save().await;
+            }
+            return Err(ReconcileError::konnect("issuing a token")(e));
+        }
+    };
+
+    // 3. Write the Secret: from here on consumers have the new token.
+    let template = w.obj.spec.secret_template.clone().unwrap_or_default();
+    let target = SecretTarget {
+        namespace: &ns,
+        name: &w.secret_name,
+        key: &w.secret_key,
+        labels: &template.labels,
+        annotations: &template.annotations,
+        owner: owner_ref(&w.obj),
+    };
+    let token = IssuedToken {
+        value: &created.token,
+        token_id: &created.meta.id,
+        token_name: &token_name,
+        account_id: &w.account_id,
+        revision,
+        issued_at,
+        expires_at,
+    };
+    let written = secret::write(&w.secrets, w.secret.as_ref(), &target, &token).await;
+    let written = match written {
+        Ok(s) => s,
+        Err(e) => {
+            w.ctx.metrics.token_rotation_failures.inc();
+            // The value reached no one: revoke it now. If that fails too, pendingTokenName
+            // makes the next reconcile find and revoke it.
+            if w.k.delete_access_token(&w.account_id, &created.meta.id).await.ignore_not_found().is_ok() {
+                let st = w.st();
+                st.pending_token_name = None;
+                conditions::remove(&mut st.conditions, ISSUING);
+                let _ = w.save().await;
+            }
+            return Err(ReconcileError::kube(format!("writing Secret {}", w.secret_name))(e));
+        }
+    };
+    w.secret = Some(written);
+
+    // 4. Record: the old token becomes previous, revoked after the retention. A token whose Secret
+    //    was lost, or that Konnect no longer has, is revoked at once: no consumer can get it anymore.
+    let now = whole_seconds(Timestamp::now());
+    let keep = match reason {
+        RotationReason::SecretLost | RotationReason::TokenRevoked | RotationReason::AccountChanged => std::time::Duration::ZERO,
+        _ => retention,
+    };
+    let seed = format!("{}/{revision}", w.uid());
+    let account_id = w.account_id.clone();
+    let st = w.st();
+    if let Some(old_id) = st.token_id.take() {
+        st.previous_tokens.push(PreviousToken {
+            id: old_id,
+            name: st.token_name.clone().unwrap_or_default(),
+            account_id: st.account_id.clone().unwrap_or_default(),
+            revoke_at: revoke_at(now, keep, parse_time(&st.expires_at)).to_string(),
+        });
+    }
+    st.token_id = Some(created.meta.id.clone());
+    st.token_name = Some(token_name.clone());
+    st.account_id = Some(account_id);
+    st.revision = Some(revision);
+    st.expires_at = Some(expires_at.to_string());
+    st.renewal_time = Some(renewal_time(expires_at, renew_before, &seed).to_string());
+    st.last_rotation_time = Some(issued_at.to_string());
+    st.pending_token_name = None;
+    if reason == RotationReason::Initial || rotate_annotation.is_some() {
+        st.last_rotate_annotation = rotate_annotation;
+    }
+    conditions::remove(&mut st.conditions, ISSUING);
+    w.ctx.metrics.token_rotations.get_or_create(&ReasonLabels { reason: reason.as_str().to_string() }).inc();
+    let verb = if revision == 1 { "Issued" } else { "Rotated" };
+    let note = format!("{verb} token {token_name} (revision {revision}, reason {}), expires at {expires_at}; stored in Secret {}", reason.as_str(), w.secret_name);
+    tracing::info!(revision, reason = reason.as_str(), %expires_at, "token issued");
+    events::publish(&w.ctx.recorder, &w.obj, false, verb, "Rotate", note).await;
+    restart_targets_if_due(w).await;
+    w.save().await
+}
+
+/// Errors after which Konnect certainly holds no new token (so nothing to find and revoke).
+fn nothing_was_created(e: &KonnectError) -> bool {
+    matches!(
+        e,
+        KonnectError::BadRequest { .. }
+            | KonnectError::Unauthorized { .. }
+            | KonnectError::Forbidden { .. }
+            | KonnectError::NotFound { .. }
+            | KonnectError::RateLimited { .. }
+            | KonnectError::Config(_)
+    )
+}
+
+/// Restarts the targets once per revision. The stamp is the revision's issue time, so repeating
+/// the patch (after a crash) changes nothing and triggers no second rollout.
+async fn restart_targets_if_due(w: &mut Work<'_>) {
+    let targets = w.obj.spec.rollout_restart_targets.clone();
+    let st = w.st().clone();
+    let revision = st.revision.unwrap_or(0);
+    if targets.is_empty() || revision == 0 || st.last_restart_revision.unwrap_or(0) >= revision {
+        return;
+    }
+    let Some(stamp) = st.last_rotation_time.clone() else { return };
+    let ns = w.obj.namespace().unwrap_or_default();
+    let mut missing = Vec::new();
+    for t in &targets {
+        let kind = match t.kind {
+            RestartKind::Deployment => WorkloadKind::Deployment,
+            RestartKind::StatefulSet => WorkloadKind::StatefulSet,
+            RestartKind::DaemonSet => WorkloadKind::DaemonSet,
+        };
+        match restart::restart(&w.ctx.kube, &ns, kind, &t.name, &stamp).await {
+            RestartOutcome::Patched => {}
+            RestartOutcome::NotFound => missing.push(format!("{} {}", t.kind.as_str(), t.name)),
+            RestartOutcome::Failed(e) => missing.push(format!("{} {} ({e})", t.kind.as_str(), t.name)),
+        }
+    }
+    let generation = w.obj.metadata.generation;
+    let st = w.st();
+    st.last_restart_revision = Some(revision);
+    if missing.is_empty() {
+        conditions::remove(&mut st.conditions, RESTART_TARGETS);
+    } else {
+        let msg = format!("could not restart {} for revision {revision}; the token itself was rotated", missing.join(", "));
+        conditions::set(&mut st.conditions, RESTART_TARGETS, false, Reason::TargetNotFound, msg.clone(), generation, Timestamp::now());
+        events::publish(&w.ctx.recorder, &w.obj, true, "RestartTargetFailed", "Restart", msg).await;
+    }
+}
+
+/// Revokes the previous tokens whose revokeAt has come.
+async fn revoke_due(w: &mut Work<'_>) -> Result<(), ReconcileError> {
+    let now = Timestamp::now();
+    let due: Vec<PreviousToken> = w
+        .st()
+        .previous_tokens
+        .iter()
+        .filter(|p| p.revoke_at.parse::<Timestamp>().map_or(true, |at| at <= now))
+        .cloned()
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    for p in &due {
+        let account = if p.account_id.is_empty() { w.account_id.clone() } else { p.account_id.clone() };
+        w.k.delete_access_token(&account, &p.id)
+            .await
+            .ignore_not_found()
+            .map_err(ReconcileError::konnect("revoking a previous token"))?;
+        events::publish(&w.ctx.recorder, &w.obj, false, "Revoked", "Revoke", format!("Revoked previous token {} ({})", p.name, p.id)).await;
+    }
+    w.st().previous_tokens.retain(|p| !due.contains(p));
+    w.save().await
+}
+
+async fn cleanup(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default();
+    let st = obj.status.clone().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
+    let secret_name = obj.spec.secret_name(&obj.name_any());
+    let secret = secrets.get_opt(&secret_name).await.map_err(ReconcileError::kube("reading the Secret"))?;
+    let secret = secret.filter(|s| secret::is_controlled_by(s, &uid));
+    ctx.metrics.forget_token(&ns, &obj.name_any());
+    if obj.spec.deletion_policy() == DeletionPolicy::Orphan {
+        if let Some(s) = &secret {
+            secret::release(&secrets, s, &uid).await.map_err(ReconcileError::kube("releasing the Secret"))?;
+        }
+        events::publish(&ctx.recorder, &*obj, false, "Orphaned", "Delete", "deletionPolicy is Orphan: the token and its Secret are kept").await;
+        return Ok(Action::await_change());
+    }
+    // The account's connection may be gone with the account: fall back to the token's own.
+    let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref).ok().and_then(|a| a.konnect);
+    let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
+    let k = ctx.connections.for_object(&ns, auth).await?.client;
+    let mut doomed: Vec<(String, String)> = Vec::new();
+    if let (Some(a), Some(t)) = (&st.account_id, &st.token_id) {
+        doomed.push((a.clone(), t.clone()));
+    }
+    for p in &st.previous_tokens {
+        doomed.push((if p.account_id.is_empty() { st.account_id.clone().unwrap_or_default() } else { p.account_id.clone() }, p.id.clone()));
+    }
+    if let Some(v) = secret.as_ref().map(|s| secret::view(s, &uid, obj.spec.secret_key())) {
+        if let (Some(a), Some(t)) = (v.account_id, v.token_id) {
+            doomed.push((a, t));
+        }
+    }
+    doomed.retain(|(a, _)| !a.is_empty());
+    doomed.sort();
+    doomed.dedup();
+    for (account, token) in &doomed {
+        k.delete_access_token(account, token).await.ignore_not_found().map_err(ReconcileError::konnect("revoking a token"))?;
+    }
+    if let Some(pending) = &st.pending_token_name {
+        let mut accounts: Vec<String> = st.account_id.iter().cloned().collect();
+        if let Ok(a) = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref) {
+            accounts.push(a.id);
+        }
+        accounts.dedup();
+        for account in accounts {
+            let found = match k.list_access_tokens(&account, Some(pending)).await {
+                Ok(f) => f,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(ReconcileError::konnect("looking up an unfinished token")(e)),
+            };
+            for t in found.iter().filter(|t| &t.name == pending) {
+                k.delete_access_token(&account, &t.id).await.ignore_not_found().map_err(ReconcileError::konnect("revoking a token"))?;
+            }
+        }
+    }
+    events::publish(&ctx.recorder, &*obj, false, "Revoked", "Delete", format!("Revoked {} token(s) of this SystemAccountToken", doomed.len())).await;
+    Ok(Action::await_change())
+}

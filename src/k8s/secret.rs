@@ -1,0 +1,188 @@
+//! The one place that writes token values: the Secret a SystemAccountToken fills.
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+
+use crate::controller::token_plan::SecretView;
+use crate::konnect::TokenValue;
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "konnect-sa-operator";
+pub const ANN_TOKEN_ID: &str = "konnect-sa.dev/token-id";
+pub const ANN_TOKEN_NAME: &str = "konnect-sa.dev/token-name";
+pub const ANN_ACCOUNT_ID: &str = "konnect-sa.dev/account-id";
+pub const ANN_REVISION: &str = "konnect-sa.dev/revision";
+pub const ANN_EXPIRES_AT: &str = "konnect-sa.dev/expires-at";
+pub const ANN_ISSUED_AT: &str = "konnect-sa.dev/issued-at";
+
+/// Everything the Secret records about one issued token.
+pub struct IssuedToken<'a> {
+    pub value: &'a TokenValue,
+    pub token_id: &'a str,
+    pub token_name: &'a str,
+    pub account_id: &'a str,
+    pub revision: i64,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// Where and how to write it.
+pub struct SecretTarget<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub key: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub annotations: &'a BTreeMap<String, String>,
+    pub owner: OwnerReference,
+}
+
+/// The Secret for `token`, built fresh (so a stale key or annotation never survives a rotation).
+pub fn build(target: &SecretTarget, token: &IssuedToken) -> Secret {
+    let mut labels = target.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    let mut annotations = target.annotations.clone();
+    for (k, v) in [
+        (ANN_TOKEN_ID, token.token_id.to_string()),
+        (ANN_TOKEN_NAME, token.token_name.to_string()),
+        (ANN_ACCOUNT_ID, token.account_id.to_string()),
+        (ANN_REVISION, token.revision.to_string()),
+        (ANN_ISSUED_AT, token.issued_at.to_string()),
+        (ANN_EXPIRES_AT, token.expires_at.to_string()),
+    ] {
+        annotations.insert(k.into(), v);
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(target.name.to_string()),
+            namespace: Some(target.namespace.to_string()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![target.owner.clone()]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(target.key.to_string(), ByteString(token.value.expose().as_bytes().to_vec()))])),
+        ..Default::default()
+    }
+}
+
+/// Creates the Secret, or replaces `existing` guarded by its resourceVersion (a concurrent edit
+/// makes this fail with 409 rather than be overwritten unseen).
+pub async fn write(
+    api: &Api<Secret>,
+    existing: Option<&Secret>,
+    target: &SecretTarget<'_>,
+    token: &IssuedToken<'_>,
+) -> Result<Secret, kube::Error> {
+    let mut secret = build(target, token);
+    match existing {
+        None => api.create(&PostParams::default(), &secret).await,
+        Some(old) => {
+            secret.metadata.resource_version = old.metadata.resource_version.clone();
+            secret.metadata.uid = old.metadata.uid.clone();
+            api.replace(target.name, &PostParams::default(), &secret).await
+        }
+    }
+}
+
+/// Reads what a Secret says about its token, for the CR with uid `owner_uid`.
+pub fn view(secret: &Secret, owner_uid: &str, key: &str) -> SecretView {
+    let ann = secret.metadata.annotations.clone().unwrap_or_default();
+    let get = |k: &str| ann.get(k).cloned().filter(|v| !v.is_empty());
+    let time = |k: &str| get(k).and_then(|v| v.parse::<Timestamp>().ok());
+    SecretView {
+        owned: is_controlled_by(secret, owner_uid),
+        has_value: secret.data.as_ref().and_then(|d| d.get(key)).is_some_and(|v| !v.0.is_empty()),
+        token_id: get(ANN_TOKEN_ID),
+        token_name: get(ANN_TOKEN_NAME),
+        account_id: get(ANN_ACCOUNT_ID),
+        revision: get(ANN_REVISION).and_then(|v| v.parse().ok()),
+        expires_at: time(ANN_EXPIRES_AT),
+        issued_at: time(ANN_ISSUED_AT),
+    }
+}
+
+pub fn is_controlled_by(secret: &Secret, owner_uid: &str) -> bool {
+    secret
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|refs| refs.iter().any(|r| r.uid == owner_uid && r.controller == Some(true)))
+}
+
+/// `deletionPolicy: Orphan`: drop our ownerReference so garbage collection keeps the Secret.
+pub async fn release(api: &Api<Secret>, secret: &Secret, owner_uid: &str) -> Result<(), kube::Error> {
+    let Some(name) = secret.metadata.name.as_deref() else { return Ok(()) };
+    let remaining: Vec<&OwnerReference> = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.uid != owner_uid)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": secret.metadata.resource_version,
+            "ownerReferences": remaining,
+        }
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "konnect-sa.dev/v1alpha1".into(),
+            kind: "SystemAccountToken".into(),
+            name: "t".into(),
+            uid: "uid-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    #[test]
+    fn built_secret_carries_value_annotations_labels_and_owner() {
+        let labels = BTreeMap::from([("konghq.com/credential".to_string(), "konnect".to_string())]);
+        let annotations = BTreeMap::from([(ANN_REVISION.to_string(), "999".to_string())]);
+        let target = SecretTarget {
+            namespace: "ns",
+            name: "s",
+            key: "token",
+            labels: &labels,
+            annotations: &annotations,
+            owner: owner(),
+        };
+        let value = TokenValue::new("spat_abc");
+        let token = IssuedToken {
+            value: &value,
+            token_id: "tok-1",
+            token_name: "ns.t.r2",
+            account_id: "acc-1",
+            revision: 2,
+            issued_at: Timestamp::from_second(1000).unwrap(),
+            expires_at: Timestamp::from_second(1090).unwrap(),
+        };
+        let s = build(&target, &token);
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        assert_eq!(s.data.as_ref().unwrap()["token"].0, b"spat_abc");
+        let labels = s.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+        assert_eq!(labels["konghq.com/credential"], "konnect");
+        let v = view(&s, "uid-1", "token");
+        assert!(v.owned && v.has_value);
+        assert_eq!(v.revision, Some(2), "our annotations win over template annotations");
+        assert_eq!(v.token_id.as_deref(), Some("tok-1"));
+        assert_eq!(v.expires_at, Some(Timestamp::from_second(1090).unwrap()));
+        assert!(!view(&s, "other-uid", "token").owned);
+        assert!(!view(&s, "uid-1", "other-key").has_value);
+    }
+}
