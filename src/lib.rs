@@ -3,5 +3,7 @@ pub mod api;
 pub mod controller;
 pub mod k8s;
 pub mod konnect;
+pub mod leader;
+pub mod run;
 pub mod sim;
 pub mod telemetry;

@@ -10,6 +10,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator (the controller manager).
+    Run(konnect_sa_operator::run::RunArgs),
     /// Print all CustomResourceDefinitions as YAML.
     Crds,
     /// Run the Konnect simulator (Identity v3 API, in memory).
@@ -20,7 +22,13 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match cli.command {
+        Command::Run(args) => {
+            konnect_sa_operator::telemetry::init_logging(args.log_format);
+            konnect_sa_operator::run::run(args, konnect_sa_operator::run::shutdown_signal())
+                .await
+                .map_err(Into::into)
+        }
         Command::Crds => {
             print!("{}", konnect_sa_operator::api::crds_yaml());
             Ok(())

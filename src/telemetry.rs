@@ -29,9 +29,15 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -98,7 +104,11 @@ impl Metrics {
         let token_renewal = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
         let token_rotations = Family::<ReasonLabels, Counter>::default();
         let token_rotation_failures = Counter::default();
-        registry.register("konnect_sa_reconciles", "Reconciles by kind", reconciles.clone());
+        registry.register(
+            "konnect_sa_reconciles",
+            "Reconciles by kind",
+            reconciles.clone(),
+        );
         registry.register(
             "konnect_sa_reconcile_errors",
             "Failed reconciles by kind and error category",
@@ -129,7 +139,11 @@ impl Metrics {
             "Planned rotation time of each SystemAccountToken (Unix seconds)",
             token_renewal.clone(),
         );
-        registry.register("konnect_sa_token_rotations", "Token rotations by reason", token_rotations.clone());
+        registry.register(
+            "konnect_sa_token_rotations",
+            "Token rotations by reason",
+            token_rotations.clone(),
+        );
         registry.register(
             "konnect_sa_token_rotation_failures",
             "Token rotations that failed (retried with backoff)",
@@ -157,24 +171,37 @@ impl Metrics {
     }
 
     pub fn observe_reconcile(&self, kind: &str, elapsed: Duration, error_category: Option<&str>) {
-        let labels = KindLabels { kind: kind.to_string() };
+        let labels = KindLabels {
+            kind: kind.to_string(),
+        };
         self.reconciles.get_or_create(&labels).inc();
-        self.reconcile_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
         if let Some(category) = error_category {
             self.reconcile_errors
-                .get_or_create(&ErrorLabels { kind: kind.to_string(), category: category.to_string() })
+                .get_or_create(&ErrorLabels {
+                    kind: kind.to_string(),
+                    category: category.to_string(),
+                })
                 .inc();
         }
     }
 
     pub fn set_token_times(&self, namespace: &str, name: &str, expires: f64, renewal: f64) {
-        let labels = TokenLabels { namespace: namespace.to_string(), name: name.to_string() };
+        let labels = TokenLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
         self.token_expiration.get_or_create(&labels).set(expires);
         self.token_renewal.get_or_create(&labels).set(renewal);
     }
 
     pub fn forget_token(&self, namespace: &str, name: &str) {
-        let labels = TokenLabels { namespace: namespace.to_string(), name: name.to_string() };
+        let labels = TokenLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
         self.token_expiration.remove(&labels);
         self.token_renewal.remove(&labels);
     }
@@ -184,7 +211,10 @@ impl RequestObserver for Metrics {
     fn observe(&self, operation: &'static str, status: Option<u16>, _elapsed: Duration) {
         let code = status.unwrap_or(0);
         self.konnect_requests
-            .get_or_create(&RequestLabels { operation: operation.to_string(), code: code.to_string() })
+            .get_or_create(&RequestLabels {
+                operation: operation.to_string(),
+                code: code.to_string(),
+            })
             .inc();
         if code == 429 {
             self.konnect_rate_limited.inc();
@@ -228,7 +258,10 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
 
 async fn metrics_handler(State(s): State<ServerState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
 }
@@ -250,7 +283,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics and health server listening");
-    axum::serve(listener, router(metrics, health)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(metrics, health))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -261,9 +296,17 @@ mod tests {
     fn metrics_encode_with_their_documented_names() {
         let m = Metrics::new();
         m.observe("post-system-accounts", Some(429), Duration::ZERO);
-        m.observe_reconcile("SystemAccount", Duration::from_millis(5), Some("RateLimited"));
+        m.observe_reconcile(
+            "SystemAccount",
+            Duration::from_millis(5),
+            Some("RateLimited"),
+        );
         m.set_token_times("ns", "t", 2.0e9, 1.9e9);
-        m.token_rotations.get_or_create(&ReasonLabels { reason: "Renewal".into() }).inc();
+        m.token_rotations
+            .get_or_create(&ReasonLabels {
+                reason: "Renewal".into(),
+            })
+            .inc();
         let text = m.encode();
         for needle in [
             "konnect_sa_konnect_requests_total{operation=\"post-system-accounts\",code=\"429\"} 1",

@@ -129,6 +129,10 @@ pub struct SystemAccountStatus {
     /// Team memberships this operator added and owns (it only removes these).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub teams: Vec<TeamStatus>,
+    /// Konnect name of an account create in flight. Recorded before the create call so that, after a crash or a
+    /// lost response, an account found with this name is known to be this object's own and not someone else's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_create: Option<String>,
     /// True when an existing Konnect account was adopted (spec.adoption: Adopt) rather than created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<bool>,

@@ -5,31 +5,44 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::account_plan::{
-    AccountStep, DesiredAccount, ObservedAccount, ResolvedTeam, needs_name_lookup, pick_team_by_name, plan_account,
-    plan_teams,
+    AccountStep, DesiredAccount, ObservedAccount, ResolvedTeam, needs_name_lookup,
+    pick_team_by_name, plan_account, plan_teams,
 };
 use super::context::Context;
 use super::error::ReconcileError;
-use super::reconciler::{Managed, mark_ready, mark_not_ready, reconcile_with};
-use crate::api::{AdoptionPolicy, DeletionPolicy, RefTarget, SystemAccount, SystemAccountStatus, TeamStatus};
+use super::reconciler::{Managed, mark_not_ready, mark_ready, reconcile_with};
+use crate::api::{
+    AdoptionPolicy, DeletionPolicy, RefTarget, SystemAccount, SystemAccountStatus, TeamStatus,
+};
 use crate::k8s::conditions::{self, Reason};
 use crate::k8s::{events, status};
-use crate::konnect::{AccountFilter, CreateSystemAccount, IgnoreNotFound, KonnectClient, SystemAccount as KAccount};
+use crate::konnect::{
+    AccountFilter, CreateSystemAccount, IgnoreNotFound, KonnectClient, SystemAccount as KAccount,
+};
 
 impl Managed for SystemAccount {
     const KIND: &'static str = "SystemAccount";
     fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
-        self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
     }
-    fn conditions_mut(&mut self) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    fn conditions_mut(
+        &mut self,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
         &mut self.status.get_or_insert_with(Default::default).conditions
     }
     fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.status.get_or_insert_with(Default::default).observed_generation = generation;
+        self.status
+            .get_or_insert_with(Default::default)
+            .observed_generation = generation;
     }
 }
 
-pub async fn reconcile(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+pub async fn reconcile(
+    obj: Arc<SystemAccount>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     reconcile_with(obj, ctx, apply, cleanup).await
 }
 
@@ -37,7 +50,9 @@ fn desired(obj: &SystemAccount) -> Result<DesiredAccount, ReconcileError> {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     let konnect_name = obj.spec.konnect_name(&name);
     if konnect_name.trim().is_empty() {
-        return Err(ReconcileError::InvalidSpec("spec.name must not be blank".into()));
+        return Err(ReconcileError::InvalidSpec(
+            "spec.name must not be blank".into(),
+        ));
     }
     for team in &obj.spec.teams {
         team.target().map_err(ReconcileError::InvalidSpec)?;
@@ -50,7 +65,12 @@ fn desired(obj: &SystemAccount) -> Result<DesiredAccount, ReconcileError> {
 }
 
 fn auth_secret(obj: &SystemAccount) -> Option<&str> {
-    obj.spec.konnect.as_ref()?.auth_secret_ref.as_ref().map(|r| r.name.as_str())
+    obj.spec
+        .konnect
+        .as_ref()?
+        .auth_secret_ref
+        .as_ref()
+        .map(|r| r.name.as_str())
 }
 
 async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -70,25 +90,66 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                 // Record the create before making it: an account found by this name after a crash is ours.
                 let status = working.status.get_or_insert_with(Default::default);
                 status.pending_create = Some(desired.name.clone());
-                mark_not_ready(&mut working, Reason::Pending, format!("Creating system account '{}' in Konnect", desired.name));
-                working = status::replace(&api, &working).await.map_err(ReconcileError::kube("recording the create"))?;
+                mark_not_ready(
+                    &mut working,
+                    Reason::Pending,
+                    format!("Creating system account '{}' in Konnect", desired.name),
+                );
+                working = status::replace(&api, &working)
+                    .await
+                    .map_err(ReconcileError::kube("recording the create"))?;
                 let body = CreateSystemAccount {
                     name: desired.name.clone(),
                     description: desired.description.clone(),
                     konnect_managed: None,
                 };
-                let created = k.create_system_account(&body).await.map_err(ReconcileError::konnect("creating the system account"))?;
-                let verb = if observed.recorded_id.is_some() { "Recreated" } else { "Created" };
-                events::publish(&ctx.recorder, &*obj, false, verb, "Create", format!("{verb} Konnect system account '{}' ({})", created.value.name, created.value.id)).await;
+                let created = k
+                    .create_system_account(&body)
+                    .await
+                    .map_err(ReconcileError::konnect("creating the system account"))?;
+                let verb = if observed.recorded_id.is_some() {
+                    "Recreated"
+                } else {
+                    "Created"
+                };
+                events::publish(
+                    &ctx.recorder,
+                    &*obj,
+                    false,
+                    verb,
+                    "Create",
+                    format!(
+                        "{verb} Konnect system account '{}' ({})",
+                        created.value.name, created.value.id
+                    ),
+                )
+                .await;
                 adopted = Some(false);
-                observed = ObservedAccount { by_id: Some(created.value), ..Default::default() };
+                observed = ObservedAccount {
+                    by_id: Some(created.value),
+                    ..Default::default()
+                };
             }
             AccountStep::Adopt(existing) => {
                 if !observed.create_in_flight {
-                    events::publish(&ctx.recorder, &*obj, false, "Adopted", "Adopt", format!("Adopted existing Konnect system account '{}' ({})", existing.name, existing.id)).await;
+                    events::publish(
+                        &ctx.recorder,
+                        &*obj,
+                        false,
+                        "Adopted",
+                        "Adopt",
+                        format!(
+                            "Adopted existing Konnect system account '{}' ({})",
+                            existing.name, existing.id
+                        ),
+                    )
+                    .await;
                     adopted = Some(true);
                 }
-                observed = ObservedAccount { by_id: Some(existing), ..Default::default() };
+                observed = ObservedAccount {
+                    by_id: Some(existing),
+                    ..Default::default()
+                };
             }
             AccountStep::Update { id, patch } => {
                 let updated = k.update_system_account(&id, &patch).await.map_err(|e| match e {
@@ -97,8 +158,22 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     )),
                     e => ReconcileError::konnect("updating the system account")(e),
                 })?;
-                events::publish(&ctx.recorder, &*obj, false, "Updated", "Update", format!("Updated Konnect system account '{}' ({})", updated.name, updated.id)).await;
-                observed = ObservedAccount { by_id: Some(updated), ..Default::default() };
+                events::publish(
+                    &ctx.recorder,
+                    &*obj,
+                    false,
+                    "Updated",
+                    "Update",
+                    format!(
+                        "Updated Konnect system account '{}' ({})",
+                        updated.name, updated.id
+                    ),
+                )
+                .await;
+                observed = ObservedAccount {
+                    by_id: Some(updated),
+                    ..Default::default()
+                };
             }
             AccountStep::InSync(account) => break account,
             AccountStep::RefuseManaged(msg) => return Err(ReconcileError::InvalidSpec(msg)),
@@ -113,15 +188,27 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     status.pending_create = None;
     status.adopted = adopted;
     status.teams = teams;
-    mark_ready(&mut working, format!("System account '{}' ({}) matches the spec", account.name, account.id));
+    mark_ready(
+        &mut working,
+        format!(
+            "System account '{}' ({}) matches the spec",
+            account.name, account.id
+        ),
+    );
     if working.status != obj.status {
-        status::replace(&api, &working).await.map_err(ReconcileError::kube("writing status"))?;
+        status::replace(&api, &working)
+            .await
+            .map_err(ReconcileError::kube("writing status"))?;
     }
     Ok(Action::requeue(ctx.resync_with_jitter()))
 }
 
 /// Reads the account by recorded id, and by name only when the plan needs it.
-async fn observe(k: &KonnectClient, desired: &DesiredAccount, status: &SystemAccountStatus) -> Result<ObservedAccount, ReconcileError> {
+async fn observe(
+    k: &KonnectClient,
+    desired: &DesiredAccount,
+    status: &SystemAccountStatus,
+) -> Result<ObservedAccount, ReconcileError> {
     let by_id = match status.id.as_deref() {
         Some(id) => match k.get_system_account(id).await {
             Ok(a) => Some(a),
@@ -144,23 +231,40 @@ async fn observe(k: &KonnectClient, desired: &DesiredAccount, status: &SystemAcc
 }
 
 async fn find_by_name(k: &KonnectClient, name: &str) -> Result<Option<KAccount>, ReconcileError> {
-    let filter = AccountFilter { name_eq: Some(name.to_string()), konnect_managed: None };
-    let found = k.list_system_accounts(&filter).await.map_err(ReconcileError::konnect("looking up the account name"))?;
+    let filter = AccountFilter {
+        name_eq: Some(name.to_string()),
+        konnect_managed: None,
+    };
+    let found = k
+        .list_system_accounts(&filter)
+        .await
+        .map_err(ReconcileError::konnect("looking up the account name"))?;
     Ok(found.into_iter().find(|a| a.name == name))
 }
 
-async fn resolve_teams(k: &KonnectClient, obj: &SystemAccount) -> Result<Vec<ResolvedTeam>, ReconcileError> {
+async fn resolve_teams(
+    k: &KonnectClient,
+    obj: &SystemAccount,
+) -> Result<Vec<ResolvedTeam>, ReconcileError> {
     let mut resolved = Vec::with_capacity(obj.spec.teams.len());
     for team in &obj.spec.teams {
         let t = match team.target().map_err(ReconcileError::InvalidSpec)? {
             RefTarget::Name(name) => {
-                let candidates = k.list_teams(Some(name)).await.map_err(ReconcileError::konnect("looking up teams"))?;
+                let candidates = k
+                    .list_teams(Some(name))
+                    .await
+                    .map_err(ReconcileError::konnect("looking up teams"))?;
                 pick_team_by_name(name, &candidates).map_err(ReconcileError::InvalidSpec)?
             }
             RefTarget::Id(id) => match k.get_team(id).await {
-                Ok(t) => ResolvedTeam { id: t.id, name: t.name },
+                Ok(t) => ResolvedTeam {
+                    id: t.id,
+                    name: t.name,
+                },
                 Err(e) if e.is_not_found() => {
-                    return Err(ReconcileError::InvalidSpec(format!("no Konnect team has id {id}: check spec.teams")));
+                    return Err(ReconcileError::InvalidSpec(format!(
+                        "no Konnect team has id {id}: check spec.teams"
+                    )));
                 }
                 Err(e) => return Err(ReconcileError::konnect("reading a team")(e)),
             },
@@ -180,14 +284,22 @@ async fn converge_teams(
     ctx: &Context,
 ) -> Result<Vec<TeamStatus>, ReconcileError> {
     let desired = resolve_teams(k, obj).await?;
-    let current = k.list_account_teams(&account.id).await.map_err(ReconcileError::konnect("listing team memberships"))?;
+    let current = k
+        .list_account_teams(&account.id)
+        .await
+        .map_err(ReconcileError::konnect("listing team memberships"))?;
     let owned: Vec<String> = old.teams.iter().map(|t| t.id.clone()).collect();
     let plan = plan_teams(&desired, &current, &owned);
     for team in &plan.add {
         match k.add_team_member(&team.id, &account.id).await {
             Ok(()) => {}
             Err(e) if e.is_conflict() => {}
-            Err(e) => return Err(ReconcileError::konnect(format!("adding the account to team '{}'", team.name))(e)),
+            Err(e) => {
+                return Err(ReconcileError::konnect(format!(
+                    "adding the account to team '{}'",
+                    team.name
+                ))(e));
+            }
         }
     }
     for id in &plan.remove {
@@ -198,18 +310,42 @@ async fn converge_teams(
     }
     if !plan.add.is_empty() || !plan.remove.is_empty() {
         let added: Vec<&str> = plan.add.iter().map(|t| t.name.as_str()).collect();
-        events::publish(&ctx.recorder, obj, false, "TeamsChanged", "Update", format!(
-            "Team memberships changed: added [{}], removed {} membership(s)", added.join(", "), plan.remove.len()
-        )).await;
+        events::publish(
+            &ctx.recorder,
+            obj,
+            false,
+            "TeamsChanged",
+            "Update",
+            format!(
+                "Team memberships changed: added [{}], removed {} membership(s)",
+                added.join(", "),
+                plan.remove.len()
+            ),
+        )
+        .await;
     }
-    Ok(desired.into_iter().map(|t| TeamStatus { id: t.id, name: t.name }).collect())
+    Ok(desired
+        .into_iter()
+        .map(|t| TeamStatus {
+            id: t.id,
+            name: t.name,
+        })
+        .collect())
 }
 
 async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let status = obj.status.clone().unwrap_or_default();
     if obj.spec.deletion_policy() == DeletionPolicy::Orphan {
-        events::publish(&ctx.recorder, &*obj, false, "Orphaned", "Delete", "deletionPolicy is Orphan: the Konnect account is kept").await;
+        events::publish(
+            &ctx.recorder,
+            &*obj,
+            false,
+            "Orphaned",
+            "Delete",
+            "deletionPolicy is Orphan: the Konnect account is kept",
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let conn = ctx.connections.for_object(&ns, auth_secret(&obj)).await?;
@@ -218,7 +354,11 @@ async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, R
         Some(id) => match k.get_system_account(id).await {
             Ok(a) => Some(a),
             Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(ReconcileError::konnect("reading the account before deleting it")(e)),
+            Err(e) => {
+                return Err(ReconcileError::konnect(
+                    "reading the account before deleting it",
+                )(e));
+            }
         },
         // A create may have committed before a crash: the account with the pending name is ours.
         None => match status.pending_create.as_deref() {
@@ -234,7 +374,18 @@ async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, R
             .await
             .ignore_not_found()
             .map_err(ReconcileError::konnect("deleting the system account"))?;
-        events::publish(&ctx.recorder, &*obj, false, "Deleted", "Delete", format!("Deleted Konnect system account '{}' ({})", account.name, account.id)).await;
+        events::publish(
+            &ctx.recorder,
+            &*obj,
+            false,
+            "Deleted",
+            "Delete",
+            format!(
+                "Deleted Konnect system account '{}' ({})",
+                account.name, account.id
+            ),
+        )
+        .await;
     }
     Ok(Action::await_change())
 }

@@ -29,7 +29,10 @@ pub enum AccountStep {
     /// Take over the account with the desired name (then update it on the next step).
     Adopt(SystemAccount),
     /// The account exists; patch these fields.
-    Update { id: String, patch: UpdateSystemAccount },
+    Update {
+        id: String,
+        patch: UpdateSystemAccount,
+    },
     /// Konnect matches the spec.
     InSync(SystemAccount),
     /// Konnect manages this account: never adopt, edit or delete it.
@@ -66,13 +69,20 @@ pub fn plan_account(desired: &DesiredAccount, observed: &ObservedAccount) -> Acc
         return if patch == UpdateSystemAccount::default() {
             AccountStep::InSync(current.clone())
         } else {
-            AccountStep::Update { id: current.id.clone(), patch }
+            AccountStep::Update {
+                id: current.id.clone(),
+                patch,
+            }
         };
     }
     match &observed.by_name {
         None => AccountStep::Create,
-        Some(existing) if existing.konnect_managed => AccountStep::RefuseManaged(managed_message(existing)),
-        Some(existing) if desired.adopt || observed.create_in_flight => AccountStep::Adopt(existing.clone()),
+        Some(existing) if existing.konnect_managed => {
+            AccountStep::RefuseManaged(managed_message(existing))
+        }
+        Some(existing) if desired.adopt || observed.create_in_flight => {
+            AccountStep::Adopt(existing.clone())
+        }
         Some(existing) => AccountStep::NameTaken(format!(
             "a Konnect system account named '{}' already exists (id {}) and spec.adoption is Refuse. \
              Set spec.adoption: Adopt to manage it, or choose another spec.name",
@@ -109,8 +119,16 @@ pub fn plan_teams(desired: &[ResolvedTeam], current: &[Team], owned_ids: &[Strin
     let is_member = |id: &str| current.iter().any(|t| t.id == id);
     let wanted = |id: &str| desired.iter().any(|t| t.id == id);
     TeamsPlan {
-        add: desired.iter().filter(|t| !is_member(&t.id)).cloned().collect(),
-        remove: owned_ids.iter().filter(|id| !wanted(id) && is_member(id)).cloned().collect(),
+        add: desired
+            .iter()
+            .filter(|t| !is_member(&t.id))
+            .cloned()
+            .collect(),
+        remove: owned_ids
+            .iter()
+            .filter(|id| !wanted(id) && is_member(id))
+            .cloned()
+            .collect(),
     }
 }
 
@@ -118,12 +136,20 @@ pub fn plan_teams(desired: &[ResolvedTeam], current: &[Team], owned_ids: &[Strin
 pub fn pick_team_by_name(name: &str, candidates: &[Team]) -> Result<ResolvedTeam, String> {
     let matches: Vec<&Team> = candidates.iter().filter(|t| t.name == name).collect();
     match matches.as_slice() {
-        [one] => Ok(ResolvedTeam { id: one.id.clone(), name: one.name.clone() }),
-        [] => Err(format!("no Konnect team is named '{name}': check spec.teams or create the team first")),
+        [one] => Ok(ResolvedTeam {
+            id: one.id.clone(),
+            name: one.name.clone(),
+        }),
+        [] => Err(format!(
+            "no Konnect team is named '{name}': check spec.teams or create the team first"
+        )),
         many => Err(format!(
             "{} Konnect teams are named '{name}' (ids {}): team names are not unique, refer to one by id",
             many.len(),
-            many.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -156,19 +182,34 @@ mod tests {
     }
 
     fn desired(adopt: bool) -> DesiredAccount {
-        DesiredAccount { name: "ci-bot".into(), description: "CI".into(), adopt }
+        DesiredAccount {
+            name: "ci-bot".into(),
+            description: "CI".into(),
+            adopt,
+        }
     }
 
     #[test]
     fn creates_when_nothing_exists() {
-        assert_eq!(plan_account(&desired(false), &ObservedAccount::default()), AccountStep::Create);
+        assert_eq!(
+            plan_account(&desired(false), &ObservedAccount::default()),
+            AccountStep::Create
+        );
     }
 
     #[test]
     fn refuses_or_adopts_an_existing_name_by_policy() {
-        let obs = ObservedAccount { by_name: Some(acct("a1", "ci-bot", "x")), ..Default::default() };
-        assert!(matches!(plan_account(&desired(false), &obs), AccountStep::NameTaken(m) if m.contains("Adopt")));
-        assert_eq!(plan_account(&desired(true), &obs), AccountStep::Adopt(acct("a1", "ci-bot", "x")));
+        let obs = ObservedAccount {
+            by_name: Some(acct("a1", "ci-bot", "x")),
+            ..Default::default()
+        };
+        assert!(
+            matches!(plan_account(&desired(false), &obs), AccountStep::NameTaken(m) if m.contains("Adopt"))
+        );
+        assert_eq!(
+            plan_account(&desired(true), &obs),
+            AccountStep::Adopt(acct("a1", "ci-bot", "x"))
+        );
     }
 
     #[test]
@@ -178,55 +219,110 @@ mod tests {
             create_in_flight: true,
             ..Default::default()
         };
-        assert!(matches!(plan_account(&desired(false), &obs), AccountStep::Adopt(_)));
+        assert!(matches!(
+            plan_account(&desired(false), &obs),
+            AccountStep::Adopt(_)
+        ));
     }
 
     #[test]
     fn managed_accounts_are_never_touched() {
         let mut m = acct("m1", "ci-bot", "CI");
         m.konnect_managed = true;
-        let by_name = ObservedAccount { by_name: Some(m.clone()), ..Default::default() };
-        assert!(matches!(plan_account(&desired(true), &by_name), AccountStep::RefuseManaged(_)));
-        let by_id = ObservedAccount { by_id: Some(m), recorded_id: Some("m1".into()), ..Default::default() };
-        assert!(matches!(plan_account(&desired(true), &by_id), AccountStep::RefuseManaged(_)));
+        let by_name = ObservedAccount {
+            by_name: Some(m.clone()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            plan_account(&desired(true), &by_name),
+            AccountStep::RefuseManaged(_)
+        ));
+        let by_id = ObservedAccount {
+            by_id: Some(m),
+            recorded_id: Some("m1".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            plan_account(&desired(true), &by_id),
+            AccountStep::RefuseManaged(_)
+        ));
     }
 
     #[test]
     fn patches_only_changed_fields_and_refuses_a_taken_name() {
-        let obs = ObservedAccount { by_id: Some(acct("a1", "old", "CI")), ..Default::default() };
+        let obs = ObservedAccount {
+            by_id: Some(acct("a1", "old", "CI")),
+            ..Default::default()
+        };
         assert_eq!(
             plan_account(&desired(false), &obs),
             AccountStep::Update {
                 id: "a1".into(),
-                patch: UpdateSystemAccount { name: Some("ci-bot".into()), description: None }
+                patch: UpdateSystemAccount {
+                    name: Some("ci-bot".into()),
+                    description: None
+                }
             }
         );
-        let taken = ObservedAccount { by_name: Some(acct("b2", "ci-bot", "")), ..obs };
-        assert!(matches!(plan_account(&desired(false), &taken), AccountStep::NameTaken(m) if m.contains("b2")));
-        let same = ObservedAccount { by_id: Some(acct("a1", "ci-bot", "CI")), ..Default::default() };
-        assert!(matches!(plan_account(&desired(false), &same), AccountStep::InSync(_)));
+        let taken = ObservedAccount {
+            by_name: Some(acct("b2", "ci-bot", "")),
+            ..obs
+        };
+        assert!(
+            matches!(plan_account(&desired(false), &taken), AccountStep::NameTaken(m) if m.contains("b2"))
+        );
+        let same = ObservedAccount {
+            by_id: Some(acct("a1", "ci-bot", "CI")),
+            ..Default::default()
+        };
+        assert!(matches!(
+            plan_account(&desired(false), &same),
+            AccountStep::InSync(_)
+        ));
     }
 
     #[test]
     fn vanished_account_is_recreated() {
-        let obs = ObservedAccount { recorded_id: Some("gone".into()), ..Default::default() };
+        let obs = ObservedAccount {
+            recorded_id: Some("gone".into()),
+            ..Default::default()
+        };
         assert_eq!(plan_account(&desired(false), &obs), AccountStep::Create);
     }
 
     #[test]
     fn teams_converge_both_ways_but_leave_foreign_memberships() {
-        let want = vec![ResolvedTeam { id: "t1".into(), name: "A".into() }];
+        let want = vec![ResolvedTeam {
+            id: "t1".into(),
+            name: "A".into(),
+        }];
         let current = vec![team("t2", "B"), team("t3", "C")];
         let plan = plan_teams(&want, &current, &["t2".to_string()]);
         assert_eq!(plan.add, want);
-        assert_eq!(plan.remove, vec!["t2".to_string()], "t3 was added by someone else and stays");
+        assert_eq!(
+            plan.remove,
+            vec!["t2".to_string()],
+            "t3 was added by someone else and stays"
+        );
     }
 
     #[test]
     fn team_names_must_match_exactly_one_team() {
-        let teams = vec![team("t1", "Platform"), team("t2", "Platform"), team("t3", "Ops")];
+        let teams = vec![
+            team("t1", "Platform"),
+            team("t2", "Platform"),
+            team("t3", "Ops"),
+        ];
         assert_eq!(pick_team_by_name("Ops", &teams).unwrap().id, "t3");
-        assert!(pick_team_by_name("Platform", &teams).unwrap_err().contains("refer to one by id"));
-        assert!(pick_team_by_name("Nope", &teams).unwrap_err().contains("no Konnect team"));
+        assert!(
+            pick_team_by_name("Platform", &teams)
+                .unwrap_err()
+                .contains("refer to one by id")
+        );
+        assert!(
+            pick_team_by_name("Nope", &teams)
+                .unwrap_err()
+                .contains("no Konnect team")
+        );
     }
 }

@@ -14,9 +14,16 @@ pub struct ResolvedAccount {
     pub konnect: Option<KonnectOverride>,
 }
 
-pub fn resolve(ctx: &Context, namespace: &str, r: &SystemAccountRef) -> Result<ResolvedAccount, ReconcileError> {
+pub fn resolve(
+    ctx: &Context,
+    namespace: &str,
+    r: &SystemAccountRef,
+) -> Result<ResolvedAccount, ReconcileError> {
     match r.target().map_err(ReconcileError::InvalidSpec)? {
-        RefTarget::Id(id) => Ok(ResolvedAccount { id: id.to_string(), konnect: None }),
+        RefTarget::Id(id) => Ok(ResolvedAccount {
+            id: id.to_string(),
+            konnect: None,
+        }),
         RefTarget::Name(name) => {
             let account = ctx.accounts.get(&ObjectRef::new(name).within(namespace)).ok_or_else(|| {
                 ReconcileError::WaitingForSystemAccount(format!(
@@ -28,19 +35,32 @@ pub fn resolve(ctx: &Context, namespace: &str, r: &SystemAccountRef) -> Result<R
                     "SystemAccount {namespace}/{name} is not Ready yet; this resumes when it is"
                 ))
             })?;
-            Ok(ResolvedAccount { id, konnect: account.spec.konnect.clone() })
+            Ok(ResolvedAccount {
+                id,
+                konnect: account.spec.konnect.clone(),
+            })
         }
     }
 }
 
 /// The auth Secret name for a dependent: its own override, else its account's.
-pub fn auth_secret<'a>(own: Option<&'a KonnectOverride>, account: Option<&'a KonnectOverride>) -> Option<&'a str> {
-    own.or(account)?.auth_secret_ref.as_ref().map(|r| r.name.as_str())
+pub fn auth_secret<'a>(
+    own: Option<&'a KonnectOverride>,
+    account: Option<&'a KonnectOverride>,
+) -> Option<&'a str> {
+    own.or(account)?
+        .auth_secret_ref
+        .as_ref()
+        .map(|r| r.name.as_str())
 }
 
 /// Dependents in `store` whose reference names `account` (same namespace): the watch mapping
 /// that wakes them when the account changes, instead of polling.
-pub fn dependents_of<K>(store: &Store<K>, account: &SystemAccount, account_ref: impl Fn(&K) -> &SystemAccountRef) -> Vec<ObjectRef<K>>
+pub fn dependents_of<K>(
+    store: &Store<K>,
+    account: &SystemAccount,
+    account_ref: impl Fn(&K) -> &SystemAccountRef,
+) -> Vec<ObjectRef<K>>
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {

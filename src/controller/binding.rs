@@ -19,13 +19,17 @@ use crate::konnect::{IgnoreNotFound, RoleTuple};
 impl Managed for RoleBinding {
     const KIND: &'static str = "RoleBinding";
     fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
     }
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.status.get_or_insert_with(Default::default).conditions
     }
     fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.status.get_or_insert_with(Default::default).observed_generation = generation;
+        self.status
+            .get_or_insert_with(Default::default)
+            .observed_generation = generation;
     }
 }
 
@@ -43,7 +47,10 @@ pub fn desired_tuple(spec: &RoleBindingSpec) -> RoleTuple {
 }
 
 fn describe(t: &RoleTuple) -> String {
-    format!("{} on {} {} in region {}", t.role_name, t.entity_type_name, t.entity_id, t.entity_region)
+    format!(
+        "{} on {} {} in region {}",
+        t.role_name, t.entity_type_name, t.entity_id, t.entity_region
+    )
 }
 
 /// Another live RoleBinding wants the same assignment on the same account: it stays.
@@ -51,14 +58,26 @@ fn wanted_by_other(ctx: &Context, me: &RoleBinding, account_id: &str, tuple: &Ro
     ctx.bindings.state().iter().any(|b| {
         b.uid() != me.uid()
             && b.metadata.deletion_timestamp.is_none()
-            && b.status.as_ref().and_then(|s| s.system_account_id.as_deref()) == Some(account_id)
+            && b.status
+                .as_ref()
+                .and_then(|s| s.system_account_id.as_deref())
+                == Some(account_id)
             && &desired_tuple(&b.spec) == tuple
     })
 }
 
-async fn connection(ctx: &Context, obj: &RoleBinding, account_konnect: Option<&crate::api::KonnectOverride>) -> Result<Connection, ReconcileError> {
+async fn connection(
+    ctx: &Context,
+    obj: &RoleBinding,
+    account_konnect: Option<&crate::api::KonnectOverride>,
+) -> Result<Connection, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
-    ctx.connections.for_object(&ns, account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect)).await
+    ctx.connections
+        .for_object(
+            &ns,
+            account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect),
+        )
+        .await
 }
 
 async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -68,20 +87,40 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     let conn = connection(&ctx, &obj, account.konnect.as_ref()).await?;
     let desired = desired_tuple(&obj.spec);
     match ctx.cache.roles(&conn).await {
-        Ok(reference) => validate_role(&reference, &desired.entity_type_name, &desired.role_name).map_err(ReconcileError::InvalidSpec)?,
-        Err(e) if e.is_auth() => return Err(ReconcileError::konnect("reading the roles reference")(e)),
+        Ok(reference) => validate_role(&reference, &desired.entity_type_name, &desired.role_name)
+            .map_err(ReconcileError::InvalidSpec)?,
+        Err(e) if e.is_auth() => {
+            return Err(ReconcileError::konnect("reading the roles reference")(e));
+        }
         // Validation is best effort: Konnect itself still refuses a bad role.
-        Err(e) => tracing::debug!(error = %e, "roles reference unavailable; skipping role name check"),
+        Err(e) => {
+            tracing::debug!(error = %e, "roles reference unavailable; skipping role name check")
+        }
     }
     let old = obj.status.clone().unwrap_or_default();
     // An id recorded for another (or a recreated) account means nothing for this one.
-    let recorded = old.assigned_role_id.as_deref().filter(|_| old.system_account_id.as_deref() == Some(account.id.as_str()));
-    let assigned = ctx.cache.assignments(&conn, &account.id).await.map_err(ReconcileError::konnect("listing assigned roles"))?;
+    let recorded = old
+        .assigned_role_id
+        .as_deref()
+        .filter(|_| old.system_account_id.as_deref() == Some(account.id.as_str()));
+    let assigned = ctx
+        .cache
+        .assignments(&conn, &account.id)
+        .await
+        .map_err(ReconcileError::konnect("listing assigned roles"))?;
     let plan = plan_binding(&desired, recorded, &assigned);
     let id = match plan.existing {
         Some(id) => {
             if Some(id.as_str()) != recorded {
-                events::publish(&ctx.recorder, &*obj, false, "Adopted", "Assign", format!("Using existing assignment {id}: {}", describe(&desired))).await;
+                events::publish(
+                    &ctx.recorder,
+                    &*obj,
+                    false,
+                    "Adopted",
+                    "Assign",
+                    format!("Using existing assignment {id}: {}", describe(&desired)),
+                )
+                .await;
             }
             id
         }
@@ -96,34 +135,79 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
                 .map_err(ReconcileError::konnect("removing the previous assignment"))?;
             ctx.cache.invalidate_assignments(&conn, &account.id);
         }
-        events::publish(&ctx.recorder, &*obj, false, "Changed", "Assign", format!("Replaced {} with {}", describe(&stale.role), describe(&desired))).await;
+        events::publish(
+            &ctx.recorder,
+            &*obj,
+            false,
+            "Changed",
+            "Assign",
+            format!(
+                "Replaced {} with {}",
+                describe(&stale.role),
+                describe(&desired)
+            ),
+        )
+        .await;
     }
     let api: Api<RoleBinding> = Api::namespaced(ctx.kube.clone(), &ns);
     let mut working = (*obj).clone();
     let st = working.status.get_or_insert_with(Default::default);
     st.assigned_role_id = Some(id.clone());
     st.system_account_id = Some(account.id.clone());
-    mark_ready(&mut working, format!("{} is assigned to account {} (assignment {id})", describe(&desired), account.id));
+    mark_ready(
+        &mut working,
+        format!(
+            "{} is assigned to account {} (assignment {id})",
+            describe(&desired),
+            account.id
+        ),
+    );
     if working.status != obj.status {
-        status::replace(&api, &working).await.map_err(ReconcileError::kube("writing status"))?;
+        status::replace(&api, &working)
+            .await
+            .map_err(ReconcileError::kube("writing status"))?;
     }
     Ok(Action::requeue(ctx.resync_with_jitter()))
 }
 
 /// Creates the assignment; a 409 means it exists already: adopt it.
-async fn assign(ctx: &Context, conn: &Connection, obj: &RoleBinding, account_id: &str, desired: &RoleTuple) -> Result<String, ReconcileError> {
+async fn assign(
+    ctx: &Context,
+    conn: &Connection,
+    obj: &RoleBinding,
+    account_id: &str,
+    desired: &RoleTuple,
+) -> Result<String, ReconcileError> {
     let result = conn.client.assign_role(account_id, desired).await;
     ctx.cache.invalidate_assignments(conn, account_id);
     match result {
         Ok(a) => {
-            events::publish(&ctx.recorder, obj, false, "Assigned", "Assign", format!("Assigned {} (assignment {})", describe(desired), a.id)).await;
+            events::publish(
+                &ctx.recorder,
+                obj,
+                false,
+                "Assigned",
+                "Assign",
+                format!("Assigned {} (assignment {})", describe(desired), a.id),
+            )
+            .await;
             Ok(a.id)
         }
         Err(e) if e.is_conflict() => {
-            let list = ctx.cache.assignments(conn, account_id).await.map_err(ReconcileError::konnect("listing assigned roles"))?;
-            list.iter().find(|a| &a.role == desired).map(|a| a.id.clone()).ok_or_else(|| {
-                ReconcileError::Conflict(format!("Konnect reports {} as assigned but does not list it", describe(desired)))
-            })
+            let list = ctx
+                .cache
+                .assignments(conn, account_id)
+                .await
+                .map_err(ReconcileError::konnect("listing assigned roles"))?;
+            list.iter()
+                .find(|a| &a.role == desired)
+                .map(|a| a.id.clone())
+                .ok_or_else(|| {
+                    ReconcileError::Conflict(format!(
+                        "Konnect reports {} as assigned but does not list it",
+                        describe(desired)
+                    ))
+                })
         }
         Err(e) => Err(ReconcileError::konnect("assigning the role")(e)),
     }
@@ -131,7 +215,15 @@ async fn assign(ctx: &Context, conn: &Connection, obj: &RoleBinding, account_id:
 
 async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     if obj.spec.deletion_policy() == DeletionPolicy::Orphan {
-        events::publish(&ctx.recorder, &*obj, false, "Orphaned", "Delete", "deletionPolicy is Orphan: the assignment is kept").await;
+        events::publish(
+            &ctx.recorder,
+            &*obj,
+            false,
+            "Orphaned",
+            "Delete",
+            "deletionPolicy is Orphan: the assignment is kept",
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let st = obj.status.clone().unwrap_or_default();
@@ -140,11 +232,24 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
     };
     let desired = desired_tuple(&obj.spec);
     if wanted_by_other(&ctx, &obj, &account_id, &desired) {
-        events::publish(&ctx.recorder, &*obj, false, "Kept", "Delete", format!("Another RoleBinding still wants {}; assignment kept", describe(&desired))).await;
+        events::publish(
+            &ctx.recorder,
+            &*obj,
+            false,
+            "Kept",
+            "Delete",
+            format!(
+                "Another RoleBinding still wants {}; assignment kept",
+                describe(&desired)
+            ),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let ns = obj.namespace().unwrap_or_default();
-    let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref).ok().and_then(|a| a.konnect);
+    let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
+        .ok()
+        .and_then(|a| a.konnect);
     let conn = connection(&ctx, &obj, account_konnect.as_ref()).await?;
     conn.client
         .delete_assigned_role(&account_id, &id)
@@ -152,6 +257,14 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
         .ignore_not_found()
         .map_err(ReconcileError::konnect("removing the assignment"))?;
     ctx.cache.invalidate_assignments(&conn, &account_id);
-    events::publish(&ctx.recorder, &*obj, false, "Removed", "Delete", format!("Removed {} from account {account_id}", describe(&desired))).await;
+    events::publish(
+        &ctx.recorder,
+        &*obj,
+        false,
+        "Removed",
+        "Delete",
+        format!("Removed {} from account {account_id}", describe(&desired)),
+    )
+    .await;
     Ok(Action::await_change())
 }

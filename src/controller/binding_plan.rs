@@ -10,7 +10,11 @@ pub struct BindingPlan {
     pub stale: Option<AssignedRole>,
 }
 
-pub fn plan_binding(desired: &RoleTuple, recorded_id: Option<&str>, assigned: &[AssignedRole]) -> BindingPlan {
+pub fn plan_binding(
+    desired: &RoleTuple,
+    recorded_id: Option<&str>,
+    assigned: &[AssignedRole],
+) -> BindingPlan {
     let existing = assigned
         .iter()
         .find(|a| Some(a.id.as_str()) == recorded_id && &a.role == desired)
@@ -24,14 +28,22 @@ pub fn plan_binding(desired: &RoleTuple, recorded_id: Option<&str>, assigned: &[
 }
 
 fn normalise(s: &str) -> String {
-    let s: String = s.to_lowercase().chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect();
+    let s: String = s
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '_' })
+        .collect();
     s.trim_end_matches('s').to_string()
 }
 
 /// Checks `role_name` against `GET /v3/roles` for `entity_type_name`. A type the reference does not
 /// list passes (Konnect's lists grow faster than its spec); a known type with an unknown role fails
 /// with the valid names.
-pub fn validate_role(reference: &RolesReference, entity_type_name: &str, role_name: &str) -> Result<(), String> {
+pub fn validate_role(
+    reference: &RolesReference,
+    entity_type_name: &str,
+    role_name: &str,
+) -> Result<(), String> {
     let wanted = normalise(entity_type_name);
     let Some(entry) = reference
         .iter()
@@ -66,15 +78,34 @@ mod tests {
     }
 
     fn assigned(id: &str, role: &str) -> AssignedRole {
-        AssignedRole { id: id.into(), role: tuple(role) }
+        AssignedRole {
+            id: id.into(),
+            role: tuple(role),
+        }
     }
 
     #[test]
     fn finds_or_adopts_the_matching_assignment() {
         let list = vec![assigned("r1", "Viewer")];
-        assert_eq!(plan_binding(&tuple("Viewer"), Some("r1"), &list).existing.as_deref(), Some("r1"));
-        assert_eq!(plan_binding(&tuple("Viewer"), None, &list).existing.as_deref(), Some("r1"));
-        assert_eq!(plan_binding(&tuple("Admin"), None, &list), BindingPlan { existing: None, stale: None });
+        assert_eq!(
+            plan_binding(&tuple("Viewer"), Some("r1"), &list)
+                .existing
+                .as_deref(),
+            Some("r1")
+        );
+        assert_eq!(
+            plan_binding(&tuple("Viewer"), None, &list)
+                .existing
+                .as_deref(),
+            Some("r1")
+        );
+        assert_eq!(
+            plan_binding(&tuple("Admin"), None, &list),
+            BindingPlan {
+                existing: None,
+                stale: None
+            }
+        );
     }
 
     #[test]
@@ -92,13 +123,30 @@ mod tests {
     fn reference() -> RolesReference {
         let roles = ["Admin", "Viewer"]
             .iter()
-            .map(|r| (r.to_lowercase(), RoleDescription { name: r.to_string(), description: String::new() }))
+            .map(|r| {
+                (
+                    r.to_lowercase(),
+                    RoleDescription {
+                        name: r.to_string(),
+                        description: String::new(),
+                    },
+                )
+            })
             .collect();
         RolesReference::from([
-            ("control_planes".to_string(), EntityTypeRoles { name: "Control Planes".into(), roles }),
+            (
+                "control_planes".to_string(),
+                EntityTypeRoles {
+                    name: "Control Planes".into(),
+                    roles,
+                },
+            ),
             (
                 "mesh_control_planes".to_string(),
-                EntityTypeRoles { name: "Mesh Control Plane".into(), roles: Default::default() },
+                EntityTypeRoles {
+                    name: "Mesh Control Plane".into(),
+                    roles: Default::default(),
+                },
             ),
         ])
     }
@@ -108,7 +156,13 @@ mod tests {
         assert!(validate_role(&reference(), "Control Planes", "Viewer").is_ok());
         let err = validate_role(&reference(), "Control Planes", "Viewr").unwrap_err();
         assert!(err.contains("Admin, Viewer"), "{err}");
-        assert!(validate_role(&reference(), "Mesh Control Planes", "Viewer").is_err(), "singular/plural match");
-        assert!(validate_role(&reference(), "Event Gateways", "Anything").is_ok(), "unlisted types pass");
+        assert!(
+            validate_role(&reference(), "Mesh Control Planes", "Viewer").is_err(),
+            "singular/plural match"
+        );
+        assert!(
+            validate_role(&reference(), "Event Gateways", "Anything").is_ok(),
+            "unlisted types pass"
+        );
     }
 }

@@ -55,7 +55,11 @@ impl Connections {
     }
 
     /// The connection for an object in `namespace` with an optional auth Secret override.
-    pub async fn for_object(&self, namespace: &str, auth_secret: Option<&str>) -> Result<Connection, ReconcileError> {
+    pub async fn for_object(
+        &self,
+        namespace: &str,
+        auth_secret: Option<&str>,
+    ) -> Result<Connection, ReconcileError> {
         let Some(secret_name) = auth_secret else {
             return Ok(self.default.clone());
         };
@@ -95,7 +99,10 @@ impl Connections {
         let probe_key = key_for(&config.base_url, &config.token);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = cache.get(&probe_key) {
-            return Ok(Connection { client: client.clone(), key: probe_key });
+            return Ok(Connection {
+                client: client.clone(),
+                key: probe_key,
+            });
         }
         let client = KonnectClient::new(config.clone())
             .map_err(|e| ReconcileError::InvalidSpec(format!("auth Secret serverURL: {e}")))?;
@@ -108,7 +115,10 @@ impl Connections {
 fn key_for(url: &str, token: &TokenValue) -> ConnectionKey {
     let mut h = DefaultHasher::new();
     token.expose().hash(&mut h);
-    ConnectionKey { url: url.to_string(), token_hash: h.finish() }
+    ConnectionKey {
+        url: url.to_string(),
+        token_hash: h.finish(),
+    }
 }
 
 /// Shared across controllers.

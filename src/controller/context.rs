@@ -22,7 +22,10 @@ pub struct ControllerConfig {
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        Self { resync: Duration::from_secs(300), max_backoff: Duration::from_secs(300) }
+        Self {
+            resync: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(300),
+        }
     }
 }
 
@@ -73,7 +76,10 @@ impl Context {
     }
 
     pub fn record_success(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     /// The resync period with up to 10% jitter, so objects created together spread out.

@@ -57,7 +57,9 @@ impl ReconcileError {
             Self::WaitingForSystemAccount(_) => Reason::WaitingForSystemAccount,
             Self::Auth(_) => Reason::AuthFailed,
             Self::Konnect { source, .. } => match source {
-                KonnectError::Unauthorized { .. } | KonnectError::Forbidden { .. } => Reason::AuthFailed,
+                KonnectError::Unauthorized { .. } | KonnectError::Forbidden { .. } => {
+                    Reason::AuthFailed
+                }
                 KonnectError::RateLimited { .. } => Reason::RateLimited,
                 KonnectError::BadRequest { .. } | KonnectError::Config(_) => Reason::InvalidSpec,
                 _ => Reason::KonnectError,
@@ -73,10 +75,18 @@ impl ReconcileError {
                 "{self}. Check the Konnect token (operator flag --konnect-token-file / KONNECT_TOKEN, or the Secret \
                  named in spec.konnect.authSecretRef): it must be valid and hold the Identity Admin role."
             ),
-            Self::Konnect { source: KonnectError::RateLimited { retry_after }, .. } => {
-                format!("Konnect rate limit reached; retrying in {}s.", retry_after.as_secs())
+            Self::Konnect {
+                source: KonnectError::RateLimited { retry_after },
+                ..
+            } => {
+                format!(
+                    "Konnect rate limit reached; retrying in {}s.",
+                    retry_after.as_secs()
+                )
             }
-            Self::Konnect { source, .. } if source.is_transient() => format!("{self}. Retrying with backoff."),
+            Self::Konnect { source, .. } if source.is_transient() => {
+                format!("{self}. Retrying with backoff.")
+            }
             _ => self.to_string(),
         }
     }
@@ -100,18 +110,24 @@ impl ReconcileError {
 /// Exponential (5s, 10s, ... capped at `max`) with up to 10% jitter; never a hot loop.
 /// Errors an edit must fix still get looked at again at the capped delay, so a fix made in
 /// Konnect (a freed name) is noticed too.
-pub fn retry_delay(err: &ReconcileError, failures: u32, max: Duration, jitter_unit: f64) -> Duration {
+pub fn retry_delay(
+    err: &ReconcileError,
+    failures: u32,
+    max: Duration,
+    jitter_unit: f64,
+) -> Duration {
     let backoff = |base_secs: u64| {
         let exp = base_secs.saturating_mul(1u64 << failures.min(16));
         Duration::from_secs(exp).min(max)
     };
     let base = match err {
-        ReconcileError::Konnect { source: KonnectError::RateLimited { retry_after }, .. } => {
-            (*retry_after).max(backoff(1)).min(max)
-        }
-        ReconcileError::InvalidSpec(_) | ReconcileError::Conflict(_) | ReconcileError::SecretConflict(_) => {
-            backoff(30)
-        }
+        ReconcileError::Konnect {
+            source: KonnectError::RateLimited { retry_after },
+            ..
+        } => (*retry_after).max(backoff(1)).min(max),
+        ReconcileError::InvalidSpec(_)
+        | ReconcileError::Conflict(_)
+        | ReconcileError::SecretConflict(_) => backoff(30),
         ReconcileError::WaitingForSystemAccount(_) => backoff(30),
         e if e.is_write_conflict() => Duration::from_millis(200),
         _ => backoff(5),
@@ -126,18 +142,25 @@ mod tests {
     const MAX: Duration = Duration::from_secs(300);
 
     fn transient() -> ReconcileError {
-        ReconcileError::konnect("creating account")(KonnectError::Server { status: 503, detail: "down".into() })
+        ReconcileError::konnect("creating account")(KonnectError::Server {
+            status: 503,
+            detail: "down".into(),
+        })
     }
 
     #[test]
     fn transient_errors_back_off_exponentially_up_to_the_cap() {
-        let d: Vec<u64> = (0..10).map(|n| retry_delay(&transient(), n, MAX, 0.0).as_secs()).collect();
+        let d: Vec<u64> = (0..10)
+            .map(|n| retry_delay(&transient(), n, MAX, 0.0).as_secs())
+            .collect();
         assert_eq!(d, vec![5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
     }
 
     #[test]
     fn rate_limit_waits_at_least_retry_after() {
-        let e = ReconcileError::konnect("x")(KonnectError::RateLimited { retry_after: Duration::from_secs(77) });
+        let e = ReconcileError::konnect("x")(KonnectError::RateLimited {
+            retry_after: Duration::from_secs(77),
+        });
         assert_eq!(retry_delay(&e, 0, MAX, 0.0), Duration::from_secs(77));
         assert_eq!(e.reason(), Reason::RateLimited);
     }
@@ -150,7 +173,9 @@ mod tests {
 
     #[test]
     fn auth_errors_map_to_auth_failed_and_say_what_to_fix() {
-        let e = ReconcileError::konnect("reading account")(KonnectError::Unauthorized { detail: "bad".into() });
+        let e = ReconcileError::konnect("reading account")(KonnectError::Unauthorized {
+            detail: "bad".into(),
+        });
         assert_eq!(e.reason(), Reason::AuthFailed);
         assert!(e.message().contains("Konnect token"));
     }

@@ -4,26 +4,38 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::connections::Connection;
+use super::connections::{Connection, ConnectionKey};
 use crate::konnect::{AssignedRole, Result, RolesReference};
 
 type Entry<T> = (Instant, Arc<T>);
+type AccountKey = (ConnectionKey, String);
 
 pub struct KonnectCache {
     roles_ttl: Duration,
     assignments_ttl: Duration,
-    roles: Mutex<HashMap<super::connections::ConnectionKey, Entry<RolesReference>>>,
-    assignments: Mutex<HashMap<(super::connections::ConnectionKey, String), Entry<Vec<AssignedRole>>>>,
+    roles: Mutex<HashMap<ConnectionKey, Entry<RolesReference>>>,
+    assignments: Mutex<HashMap<AccountKey, Entry<Vec<AssignedRole>>>>,
 }
 
 impl KonnectCache {
     pub fn new(roles_ttl: Duration, assignments_ttl: Duration) -> Self {
-        Self { roles_ttl, assignments_ttl, roles: Mutex::default(), assignments: Mutex::default() }
+        Self {
+            roles_ttl,
+            assignments_ttl,
+            roles: Mutex::default(),
+            assignments: Mutex::default(),
+        }
     }
 
-    fn fresh<K: std::hash::Hash + Eq, T>(map: &Mutex<HashMap<K, Entry<T>>>, key: &K, ttl: Duration) -> Option<Arc<T>> {
+    fn fresh<K: std::hash::Hash + Eq, T>(
+        map: &Mutex<HashMap<K, Entry<T>>>,
+        key: &K,
+        ttl: Duration,
+    ) -> Option<Arc<T>> {
         let map = map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, v)| v.clone())
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < ttl)
+            .map(|(_, v)| v.clone())
     }
 
     /// `GET /v3/roles`, refreshed after the TTL.
@@ -32,18 +44,28 @@ impl KonnectCache {
             return Ok(v);
         }
         let v = Arc::new(conn.client.roles_reference().await?);
-        self.roles.lock().unwrap_or_else(|p| p.into_inner()).insert(conn.key.clone(), (Instant::now(), v.clone()));
+        self.roles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conn.key.clone(), (Instant::now(), v.clone()));
         Ok(v)
     }
 
     /// An account's assigned roles, shared by every binding of the account for a short while.
-    pub async fn assignments(&self, conn: &Connection, account_id: &str) -> Result<Arc<Vec<AssignedRole>>> {
+    pub async fn assignments(
+        &self,
+        conn: &Connection,
+        account_id: &str,
+    ) -> Result<Arc<Vec<AssignedRole>>> {
         let key = (conn.key.clone(), account_id.to_string());
         if let Some(v) = Self::fresh(&self.assignments, &key, self.assignments_ttl) {
             return Ok(v);
         }
         let v = Arc::new(conn.client.list_assigned_roles(account_id).await?);
-        self.assignments.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (Instant::now(), v.clone()));
+        self.assignments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), v.clone()));
         Ok(v)
     }
 

@@ -23,7 +23,14 @@ pub const FINALIZER: &str = "konnect-sa.dev/cleanup";
 
 /// A custom resource this operator reconciles.
 pub trait Managed:
-    Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
 {
     const KIND: &'static str;
     fn conditions(&self) -> &[Condition];
@@ -33,7 +40,12 @@ pub trait Managed:
 }
 
 fn object_key<K: Managed>(obj: &K) -> String {
-    format!("{}/{}/{}", K::KIND, obj.namespace().unwrap_or_default(), obj.name_any())
+    format!(
+        "{}/{}/{}",
+        K::KIND,
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
 }
 
 /// Runs `apply` (or `cleanup` once the object is being deleted) under the finalizer.
@@ -64,15 +76,21 @@ where
     .map_err(|e| match e {
         FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
         FinalizerError::AddFinalizer(source) | FinalizerError::RemoveFinalizer(source) => {
-            ReconcileError::Kube { context: "updating finalizers".into(), source }
+            ReconcileError::Kube {
+                context: "updating finalizers".into(),
+                source,
+            }
         }
         other => ReconcileError::InvalidSpec(other.to_string()),
     });
     let category = result.as_ref().err().map(|e| e.category());
-    ctx.metrics.observe_reconcile(K::KIND, started.elapsed(), category);
+    ctx.metrics
+        .observe_reconcile(K::KIND, started.elapsed(), category);
     match &result {
         Ok(_) => ctx.record_success(&object_key(&*obj)),
-        Err(e) if e.is_write_conflict() => tracing::debug!(error = %e, "stale object; retrying with fresh data"),
+        Err(e) if e.is_write_conflict() => {
+            tracing::debug!(error = %e, "stale object; retrying with fresh data")
+        }
         Err(e) => {
             tracing::warn!(error = %e, reason = %e.reason(), "reconcile failed");
             report_failure(&api, &obj, e, &ctx).await;
@@ -84,44 +102,91 @@ where
 /// Writes `Ready=False` with the error's reason and message, and a Warning Event when either
 /// changed (so a persistent failure does not flood Events).
 async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError, ctx: &Context) {
-    let Ok(mut fresh) = api.get_status(&obj.name_any()).await else { return };
+    let Ok(mut fresh) = api.get_status(&obj.name_any()).await else {
+        return;
+    };
     let deleting = fresh.meta().deletion_timestamp.is_some();
-    let reason = if deleting { Reason::DeletionBlocked } else { err.reason() };
+    let reason = if deleting {
+        Reason::DeletionBlocked
+    } else {
+        err.reason()
+    };
     let message = if deleting {
-        format!("cleanup in Konnect failed, the finalizer stays until it succeeds: {}", err.message())
+        format!(
+            "cleanup in Konnect failed, the finalizer stays until it succeeds: {}",
+            err.message()
+        )
     } else {
         err.message()
     };
-    let unchanged = conditions::get(fresh.conditions(), READY)
-        .is_some_and(|c| c.status == "False" && c.reason == reason.as_str() && c.message == message);
+    let unchanged = conditions::get(fresh.conditions(), READY).is_some_and(|c| {
+        c.status == "False" && c.reason == reason.as_str() && c.message == message
+    });
     if unchanged {
         return;
     }
     let generation = fresh.meta().generation;
-    conditions::set(fresh.conditions_mut(), READY, false, reason, message.clone(), generation, Timestamp::now());
+    conditions::set(
+        fresh.conditions_mut(),
+        READY,
+        false,
+        reason,
+        message.clone(),
+        generation,
+        Timestamp::now(),
+    );
     fresh.set_observed_generation(generation);
     if let Err(e) = status::replace(api, &fresh).await {
         tracing::debug!(error = %e, "could not write failure status");
     }
-    events::publish(&ctx.recorder, &fresh, true, reason.as_str(), "Reconcile", message).await;
+    events::publish(
+        &ctx.recorder,
+        &fresh,
+        true,
+        reason.as_str(),
+        "Reconcile",
+        message,
+    )
+    .await;
 }
 
 /// Backoff per object: grows with consecutive failures, honours Retry-After, never a hot loop.
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
     let failures = ctx.record_failure(&object_key(&*obj));
-    Action::requeue(retry_delay(err, failures, ctx.config.max_backoff, rand::random::<f64>()))
+    Action::requeue(retry_delay(
+        err,
+        failures,
+        ctx.config.max_backoff,
+        rand::random::<f64>(),
+    ))
 }
 
 /// Sets `Ready` and `observedGeneration` on a status-bearing object (success path).
 pub fn mark_ready<K: Managed>(obj: &mut K, message: impl Into<String>) {
     let generation = obj.meta().generation;
-    conditions::set(obj.conditions_mut(), READY, true, Reason::Reconciled, message, generation, Timestamp::now());
+    conditions::set(
+        obj.conditions_mut(),
+        READY,
+        true,
+        Reason::Reconciled,
+        message,
+        generation,
+        Timestamp::now(),
+    );
     obj.set_observed_generation(generation);
 }
 
 /// Sets `Ready=False` with a non-error reason (waiting, pending) on the success path.
 pub fn mark_not_ready<K: Managed>(obj: &mut K, reason: Reason, message: impl Into<String>) {
     let generation = obj.meta().generation;
-    conditions::set(obj.conditions_mut(), READY, false, reason, message, generation, Timestamp::now());
+    conditions::set(
+        obj.conditions_mut(),
+        READY,
+        false,
+        reason,
+        message,
+        generation,
+        Timestamp::now(),
+    );
     obj.set_observed_generation(generation);
 }

@@ -16,11 +16,12 @@ use super::context::Context;
 use super::error::ReconcileError;
 use super::reconciler::{Managed, mark_ready, reconcile_with};
 use super::token_plan::{
-    CurrentToken, RotationInputs, RotationReason, SecretView, expiry, next_wakeup, renewal_time, revoke_at,
-    rotation_due, secret_is_newer, token_name, whole_seconds,
+    CurrentToken, RotationInputs, RotationReason, SecretView, expiry, next_wakeup, renewal_time,
+    revoke_at, rotation_due, secret_is_newer, token_name, whole_seconds,
 };
+use crate::api::common::ROTATE_ANNOTATION;
 use crate::api::{
-    DeletionPolicy, PreviousToken, ROTATE_ANNOTATION, RestartKind, SystemAccountToken, SystemAccountTokenStatus,
+    DeletionPolicy, PreviousToken, RestartKind, SystemAccountToken, SystemAccountTokenStatus,
 };
 use crate::k8s::conditions::{self, ISSUING, RESTART_TARGETS, Reason};
 use crate::k8s::restart::{self, RestartOutcome, WorkloadKind};
@@ -32,17 +33,24 @@ use crate::telemetry::ReasonLabels;
 impl Managed for SystemAccountToken {
     const KIND: &'static str = "SystemAccountToken";
     fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
     }
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.status.get_or_insert_with(Default::default).conditions
     }
     fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.status.get_or_insert_with(Default::default).observed_generation = generation;
+        self.status
+            .get_or_insert_with(Default::default)
+            .observed_generation = generation;
     }
 }
 
-pub async fn reconcile(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+pub async fn reconcile(
+    obj: Arc<SystemAccountToken>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     reconcile_with(obj, ctx, apply, cleanup).await
 }
 
@@ -84,7 +92,9 @@ impl Work<'_> {
     }
 
     async fn save(&mut self) -> Result<(), ReconcileError> {
-        self.obj = status::replace(&self.api, &self.obj).await.map_err(ReconcileError::kube("writing token status"))?;
+        self.obj = status::replace(&self.api, &self.obj)
+            .await
+            .map_err(ReconcileError::kube("writing token status"))?;
         self.saved = self.obj.status.clone();
         Ok(())
     }
@@ -94,7 +104,9 @@ impl Work<'_> {
     }
 
     fn view(&self) -> Option<SecretView> {
-        self.secret.as_ref().map(|s| secret::view(s, &self.uid(), &self.secret_key))
+        self.secret
+            .as_ref()
+            .map(|s| secret::view(s, &self.uid(), &self.secret_key))
     }
 }
 
@@ -103,9 +115,14 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     obj.spec.validate().map_err(ReconcileError::InvalidSpec)?;
     let lifetime = obj.spec.duration().map_err(ReconcileError::InvalidSpec)?;
     let renew_before = obj.spec.renew_before(lifetime);
-    let retention = obj.spec.previous_token_retention().map_err(ReconcileError::InvalidSpec)?;
-    let ResolvedAccount { id: account_id, konnect: account_konnect } =
-        account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
+    let retention = obj
+        .spec
+        .previous_token_retention()
+        .map_err(ReconcileError::InvalidSpec)?;
+    let ResolvedAccount {
+        id: account_id,
+        konnect: account_konnect,
+    } = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
     let conn = ctx.connections.for_object(&ns, auth).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
@@ -113,15 +130,17 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let secret = secrets
         .get_opt(&secret_name)
         .await
-        .map_err(ReconcileError::kube(format!("reading Secret {secret_name}")))?;
+        .map_err(ReconcileError::kube(format!(
+            "reading Secret {secret_name}"
+        )))?;
     let uid = obj.uid().unwrap_or_default();
-    if let Some(s) = &secret {
-        if !secret::is_controlled_by(s, &uid) {
-            return Err(ReconcileError::SecretConflict(format!(
-                "Secret {ns}/{secret_name} exists and is not owned by this SystemAccountToken; it is never \
-                 overwritten. Delete it, or set spec.secretName to another name"
-            )));
-        }
+    if let Some(s) = &secret
+        && !secret::is_controlled_by(s, &uid)
+    {
+        return Err(ReconcileError::SecretConflict(format!(
+            "Secret {ns}/{secret_name} exists and is not owned by this SystemAccountToken; it is never \
+             overwritten. Delete it, or set spec.secretName to another name"
+        )));
     }
     let mut w = Work {
         ctx: &ctx,
@@ -154,16 +173,32 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         now,
     });
     if let Some(reason) = due {
-        issue(&mut w, reason, lifetime, renew_before, retention, rotate_annotation).await?;
+        issue(
+            &mut w,
+            reason,
+            lifetime,
+            renew_before,
+            retention,
+            rotate_annotation,
+        )
+        .await?;
     }
     restart_targets_if_due(&mut w).await;
     revoke_due(&mut w).await?;
 
     let st = w.st().clone();
-    let (Some(expires), Some(renewal)) = (parse_time(&st.expires_at), parse_time(&st.renewal_time)) else {
-        return Err(ReconcileError::InvalidSpec("token status lost its expiry; it is re-issued".into()));
+    let (Some(expires), Some(renewal)) = (parse_time(&st.expires_at), parse_time(&st.renewal_time))
+    else {
+        return Err(ReconcileError::InvalidSpec(
+            "token status lost its expiry; it is re-issued".into(),
+        ));
     };
-    ctx.metrics.set_token_times(&ns, &obj.name_any(), expires.as_second() as f64, renewal.as_second() as f64);
+    ctx.metrics.set_token_times(
+        &ns,
+        &obj.name_any(),
+        expires.as_second() as f64,
+        renewal.as_second() as f64,
+    );
     let message = format!(
         "Token {} (revision {}) is in Secret {}; it expires at {} and rotates at {}",
         st.token_name.clone().unwrap_or_default(),
@@ -176,12 +211,22 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     if w.obj.status != w.saved {
         w.save().await?;
     }
-    let revokes = st.previous_tokens.iter().filter_map(|p| p.revoke_at.parse::<Timestamp>().ok());
-    Ok(Action::requeue(next_wakeup(Timestamp::now(), std::iter::once(renewal).chain(revokes), ctx.resync_with_jitter())))
+    let revokes = st
+        .previous_tokens
+        .iter()
+        .filter_map(|p| p.revoke_at.parse::<Timestamp>().ok());
+    Ok(Action::requeue(next_wakeup(
+        Timestamp::now(),
+        std::iter::once(renewal).chain(revokes),
+        ctx.resync_with_jitter(),
+    )))
 }
 
 /// Crash after the Secret write, before the status write: the Secret's token is the current one.
-async fn heal_newer_secret(w: &mut Work<'_>, retention: std::time::Duration) -> Result<(), ReconcileError> {
+async fn heal_newer_secret(
+    w: &mut Work<'_>,
+    retention: std::time::Duration,
+) -> Result<(), ReconcileError> {
     let Some(view) = w.view() else { return Ok(()) };
     let current = current_of(w.st());
     if !secret_is_newer(&current, &view) {
@@ -206,7 +251,9 @@ async fn heal_newer_secret(w: &mut Work<'_>, retention: std::time::Duration) -> 
     st.revision = view.revision;
     st.expires_at = view.expires_at.map(|t| t.to_string());
     st.last_rotation_time = view.issued_at.map(|t| t.to_string());
-    st.renewal_time = view.expires_at.map(|e| renewal_time(e, renew_before, &renew_seed).to_string());
+    st.renewal_time = view
+        .expires_at
+        .map(|e| renewal_time(e, renew_before, &renew_seed).to_string());
     if st.pending_token_name.is_some() && st.pending_token_name == view.token_name {
         st.pending_token_name = None;
         conditions::remove(&mut st.conditions, ISSUING);
@@ -218,12 +265,14 @@ async fn heal_newer_secret(w: &mut Work<'_>, retention: std::time::Duration) -> 
 /// Crash (or lost response) between recording pendingTokenName and writing the Secret: find the
 /// token by name and revoke it before issuing again, so no token leaks.
 async fn heal_pending(w: &mut Work<'_>) -> Result<(), ReconcileError> {
-    let Some(pending) = w.st().pending_token_name.clone() else { return Ok(()) };
+    let Some(pending) = w.st().pending_token_name.clone() else {
+        return Ok(());
+    };
     let mut accounts = vec![w.account_id.clone()];
-    if let Some(a) = w.st().account_id.clone() {
-        if !accounts.contains(&a) {
-            accounts.push(a);
-        }
+    if let Some(a) = w.st().account_id.clone()
+        && !accounts.contains(&a)
+    {
+        accounts.push(a);
     }
     for account in &accounts {
         let found = match w.k.list_access_tokens(account, Some(&pending)).await {
@@ -246,8 +295,14 @@ async fn heal_pending(w: &mut Work<'_>) -> Result<(), ReconcileError> {
 }
 
 /// Whether the current token still exists in Konnect (None when there is nothing to check).
-async fn check_live(w: &Work<'_>, current: &CurrentToken, now: Timestamp) -> Result<Option<bool>, ReconcileError> {
-    let (Some(token_id), Some(account_id)) = (current.token_id.as_deref(), current.account_id.as_deref()) else {
+async fn check_live(
+    w: &Work<'_>,
+    current: &CurrentToken,
+    now: Timestamp,
+) -> Result<Option<bool>, ReconcileError> {
+    let (Some(token_id), Some(account_id)) =
+        (current.token_id.as_deref(), current.account_id.as_deref())
+    else {
         return Ok(None);
     };
     if account_id != w.account_id {
@@ -287,13 +342,24 @@ async fn issue(
     let generation = w.obj.metadata.generation;
     let st = w.st();
     st.pending_token_name = Some(token_name.clone());
-    conditions::set(&mut st.conditions, ISSUING, true, Reason::Pending, format!("Issuing token {token_name} ({})", reason.as_str()), generation, Timestamp::now());
+    conditions::set(
+        &mut st.conditions,
+        ISSUING,
+        true,
+        Reason::Pending,
+        format!("Issuing token {token_name} ({})", reason.as_str()),
+        generation,
+        Timestamp::now(),
+    );
     w.save().await?;
 
     // 2. Create. Never retried blindly by the client: a lost value cannot be recovered.
     let issued_at = whole_seconds(Timestamp::now());
     let expires_at = expiry(issued_at, lifetime);
-    let body = CreateAccessToken { name: token_name.clone(), expires_at: expires_at.to_string() };
+    let body = CreateAccessToken {
+        name: token_name.clone(),
+        expires_at: expires_at.to_string(),
+    };
     let created = match w.k.create_access_token(&w.account_id, &body).await {
         Ok(c) => c,
         Err(e) => {
@@ -334,13 +400,21 @@ async fn issue(
             w.ctx.metrics.token_rotation_failures.inc();
             // The value reached no one: revoke it now. If that fails too, pendingTokenName
             // makes the next reconcile find and revoke it.
-            if w.k.delete_access_token(&w.account_id, &created.meta.id).await.ignore_not_found().is_ok() {
+            if w.k
+                .delete_access_token(&w.account_id, &created.meta.id)
+                .await
+                .ignore_not_found()
+                .is_ok()
+            {
                 let st = w.st();
                 st.pending_token_name = None;
                 conditions::remove(&mut st.conditions, ISSUING);
                 let _ = w.save().await;
             }
-            return Err(ReconcileError::kube(format!("writing Secret {}", w.secret_name))(e));
+            return Err(ReconcileError::kube(format!(
+                "writing Secret {}",
+                w.secret_name
+            ))(e));
         }
     };
     w.secret = Some(written);
@@ -349,7 +423,9 @@ async fn issue(
     //    was lost, or that Konnect no longer has, is revoked at once: no consumer can get it anymore.
     let now = whole_seconds(Timestamp::now());
     let keep = match reason {
-        RotationReason::SecretLost | RotationReason::TokenRevoked | RotationReason::AccountChanged => std::time::Duration::ZERO,
+        RotationReason::SecretLost
+        | RotationReason::TokenRevoked
+        | RotationReason::AccountChanged => std::time::Duration::ZERO,
         _ => retention,
     };
     let seed = format!("{}/{revision}", w.uid());
@@ -375,9 +451,19 @@ async fn issue(
         st.last_rotate_annotation = rotate_annotation;
     }
     conditions::remove(&mut st.conditions, ISSUING);
-    w.ctx.metrics.token_rotations.get_or_create(&ReasonLabels { reason: reason.as_str().to_string() }).inc();
+    w.ctx
+        .metrics
+        .token_rotations
+        .get_or_create(&ReasonLabels {
+            reason: reason.as_str().to_string(),
+        })
+        .inc();
     let verb = if revision == 1 { "Issued" } else { "Rotated" };
-    let note = format!("{verb} token {token_name} (revision {revision}, reason {}), expires at {expires_at}; stored in Secret {}", reason.as_str(), w.secret_name);
+    let note = format!(
+        "{verb} token {token_name} (revision {revision}, reason {}), expires at {expires_at}; stored in Secret {}",
+        reason.as_str(),
+        w.secret_name
+    );
     tracing::info!(revision, reason = reason.as_str(), %expires_at, "token issued");
     events::publish(&w.ctx.recorder, &w.obj, false, verb, "Rotate", note).await;
     restart_targets_if_due(w).await;
@@ -406,7 +492,9 @@ async fn restart_targets_if_due(w: &mut Work<'_>) {
     if targets.is_empty() || revision == 0 || st.last_restart_revision.unwrap_or(0) >= revision {
         return;
     }
-    let Some(stamp) = st.last_rotation_time.clone() else { return };
+    let Some(stamp) = st.last_rotation_time.clone() else {
+        return;
+    };
     let ns = w.obj.namespace().unwrap_or_default();
     let mut missing = Vec::new();
     for t in &targets {
@@ -418,7 +506,9 @@ async fn restart_targets_if_due(w: &mut Work<'_>) {
         match restart::restart(&w.ctx.kube, &ns, kind, &t.name, &stamp).await {
             RestartOutcome::Patched => {}
             RestartOutcome::NotFound => missing.push(format!("{} {}", t.kind.as_str(), t.name)),
-            RestartOutcome::Failed(e) => missing.push(format!("{} {} ({e})", t.kind.as_str(), t.name)),
+            RestartOutcome::Failed(e) => {
+                missing.push(format!("{} {} ({e})", t.kind.as_str(), t.name))
+            }
         }
     }
     let generation = w.obj.metadata.generation;
@@ -427,9 +517,28 @@ async fn restart_targets_if_due(w: &mut Work<'_>) {
     if missing.is_empty() {
         conditions::remove(&mut st.conditions, RESTART_TARGETS);
     } else {
-        let msg = format!("could not restart {} for revision {revision}; the token itself was rotated", missing.join(", "));
-        conditions::set(&mut st.conditions, RESTART_TARGETS, false, Reason::TargetNotFound, msg.clone(), generation, Timestamp::now());
-        events::publish(&w.ctx.recorder, &w.obj, true, "RestartTargetFailed", "Restart", msg).await;
+        let msg = format!(
+            "could not restart {} for revision {revision}; the token itself was rotated",
+            missing.join(", ")
+        );
+        conditions::set(
+            &mut st.conditions,
+            RESTART_TARGETS,
+            false,
+            Reason::TargetNotFound,
+            msg.clone(),
+            generation,
+            Timestamp::now(),
+        );
+        events::publish(
+            &w.ctx.recorder,
+            &w.obj,
+            true,
+            "RestartTargetFailed",
+            "Restart",
+            msg,
+        )
+        .await;
     }
 }
 
@@ -440,42 +549,76 @@ async fn revoke_due(w: &mut Work<'_>) -> Result<(), ReconcileError> {
         .st()
         .previous_tokens
         .iter()
-        .filter(|p| p.revoke_at.parse::<Timestamp>().map_or(true, |at| at <= now))
+        .filter(|p| {
+            p.revoke_at
+                .parse::<Timestamp>()
+                .map_or(true, |at| at <= now)
+        })
         .cloned()
         .collect();
     if due.is_empty() {
         return Ok(());
     }
     for p in &due {
-        let account = if p.account_id.is_empty() { w.account_id.clone() } else { p.account_id.clone() };
+        let account = if p.account_id.is_empty() {
+            w.account_id.clone()
+        } else {
+            p.account_id.clone()
+        };
         w.k.delete_access_token(&account, &p.id)
             .await
             .ignore_not_found()
             .map_err(ReconcileError::konnect("revoking a previous token"))?;
-        events::publish(&w.ctx.recorder, &w.obj, false, "Revoked", "Revoke", format!("Revoked previous token {} ({})", p.name, p.id)).await;
+        events::publish(
+            &w.ctx.recorder,
+            &w.obj,
+            false,
+            "Revoked",
+            "Revoke",
+            format!("Revoked previous token {} ({})", p.name, p.id),
+        )
+        .await;
     }
     w.st().previous_tokens.retain(|p| !due.contains(p));
     w.save().await
 }
 
-async fn cleanup(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+async fn cleanup(
+    obj: Arc<SystemAccountToken>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
     let st = obj.status.clone().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
     let secret_name = obj.spec.secret_name(&obj.name_any());
-    let secret = secrets.get_opt(&secret_name).await.map_err(ReconcileError::kube("reading the Secret"))?;
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(ReconcileError::kube("reading the Secret"))?;
     let secret = secret.filter(|s| secret::is_controlled_by(s, &uid));
     ctx.metrics.forget_token(&ns, &obj.name_any());
     if obj.spec.deletion_policy() == DeletionPolicy::Orphan {
         if let Some(s) = &secret {
-            secret::release(&secrets, s, &uid).await.map_err(ReconcileError::kube("releasing the Secret"))?;
+            secret::release(&secrets, s, &uid)
+                .await
+                .map_err(ReconcileError::kube("releasing the Secret"))?;
         }
-        events::publish(&ctx.recorder, &*obj, false, "Orphaned", "Delete", "deletionPolicy is Orphan: the token and its Secret are kept").await;
+        events::publish(
+            &ctx.recorder,
+            &*obj,
+            false,
+            "Orphaned",
+            "Delete",
+            "deletionPolicy is Orphan: the token and its Secret are kept",
+        )
+        .await;
         return Ok(Action::await_change());
     }
     // The account's connection may be gone with the account: fall back to the token's own.
-    let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref).ok().and_then(|a| a.konnect);
+    let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
+        .ok()
+        .and_then(|a| a.konnect);
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
     let k = ctx.connections.for_object(&ns, auth).await?.client;
     let mut doomed: Vec<(String, String)> = Vec::new();
@@ -483,18 +626,30 @@ async fn cleanup(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Acti
         doomed.push((a.clone(), t.clone()));
     }
     for p in &st.previous_tokens {
-        doomed.push((if p.account_id.is_empty() { st.account_id.clone().unwrap_or_default() } else { p.account_id.clone() }, p.id.clone()));
+        doomed.push((
+            if p.account_id.is_empty() {
+                st.account_id.clone().unwrap_or_default()
+            } else {
+                p.account_id.clone()
+            },
+            p.id.clone(),
+        ));
     }
-    if let Some(v) = secret.as_ref().map(|s| secret::view(s, &uid, obj.spec.secret_key())) {
-        if let (Some(a), Some(t)) = (v.account_id, v.token_id) {
-            doomed.push((a, t));
-        }
+    if let Some(v) = secret
+        .as_ref()
+        .map(|s| secret::view(s, &uid, obj.spec.secret_key()))
+        && let (Some(a), Some(t)) = (v.account_id, v.token_id)
+    {
+        doomed.push((a, t));
     }
     doomed.retain(|(a, _)| !a.is_empty());
     doomed.sort();
     doomed.dedup();
     for (account, token) in &doomed {
-        k.delete_access_token(account, token).await.ignore_not_found().map_err(ReconcileError::konnect("revoking a token"))?;
+        k.delete_access_token(account, token)
+            .await
+            .ignore_not_found()
+            .map_err(ReconcileError::konnect("revoking a token"))?;
     }
     if let Some(pending) = &st.pending_token_name {
         let mut accounts: Vec<String> = st.account_id.iter().cloned().collect();
@@ -509,10 +664,24 @@ async fn cleanup(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Acti
                 Err(e) => return Err(ReconcileError::konnect("looking up an unfinished token")(e)),
             };
             for t in found.iter().filter(|t| &t.name == pending) {
-                k.delete_access_token(&account, &t.id).await.ignore_not_found().map_err(ReconcileError::konnect("revoking a token"))?;
+                k.delete_access_token(&account, &t.id)
+                    .await
+                    .ignore_not_found()
+                    .map_err(ReconcileError::konnect("revoking a token"))?;
             }
         }
     }
-    events::publish(&ctx.recorder, &*obj, false, "Revoked", "Delete", format!("Revoked {} token(s) of this SystemAccountToken", doomed.len())).await;
+    events::publish(
+        &ctx.recorder,
+        &*obj,
+        false,
+        "Revoked",
+        "Delete",
+        format!(
+            "Revoked {} token(s) of this SystemAccountToken",
+            doomed.len()
+        ),
+    )
+    .await;
     Ok(Action::await_change())
 }

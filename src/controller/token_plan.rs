@@ -85,7 +85,9 @@ pub fn rotation_due(i: &RotationInputs) -> Option<RotationReason> {
     let Some(token_id) = i.current.token_id.as_deref() else {
         return Some(RotationReason::Initial);
     };
-    let secret_ok = i.secret.is_some_and(|s| s.has_value && s.token_id.as_deref() == Some(token_id));
+    let secret_ok = i
+        .secret
+        .is_some_and(|s| s.has_value && s.token_id.as_deref() == Some(token_id));
     if !secret_ok {
         return Some(RotationReason::SecretLost);
     }
@@ -95,15 +97,16 @@ pub fn rotation_due(i: &RotationInputs) -> Option<RotationReason> {
     if i.token_live == Some(false) {
         return Some(RotationReason::TokenRevoked);
     }
-    if let (Some(issued), Some(expires)) = (i.current.issued_at, i.current.expires_at) {
-        if expires.duration_since(issued) != SignedDuration::try_from(i.lifetime).unwrap_or(SignedDuration::MAX) {
-            return Some(RotationReason::DurationChanged);
-        }
+    let wanted_lifetime = SignedDuration::try_from(i.lifetime).unwrap_or(SignedDuration::MAX);
+    if let (Some(issued), Some(expires)) = (i.current.issued_at, i.current.expires_at)
+        && expires.duration_since(issued) != wanted_lifetime
+    {
+        return Some(RotationReason::DurationChanged);
     }
-    if let Some(wanted) = i.rotate_annotation {
-        if i.current.last_rotate_annotation.as_deref() != Some(wanted) {
-            return Some(RotationReason::Manual);
-        }
+    if let Some(wanted) = i.rotate_annotation
+        && i.current.last_rotate_annotation.as_deref() != Some(wanted)
+    {
+        return Some(RotationReason::Manual);
     }
     match i.current.renewal_time {
         Some(at) if i.now >= at => Some(RotationReason::Renewal),
@@ -148,7 +151,11 @@ pub fn renewal_time(expires_at: Timestamp, renew_before: Duration, seed: &str) -
 }
 
 /// When an old token is revoked: after the retention, never after its own expiry.
-pub fn revoke_at(now: Timestamp, retention: Duration, old_expires_at: Option<Timestamp>) -> Timestamp {
+pub fn revoke_at(
+    now: Timestamp,
+    retention: Duration,
+    old_expires_at: Option<Timestamp>,
+) -> Timestamp {
     let d = SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX);
     let at = whole_seconds(now.checked_add(d).unwrap_or(Timestamp::MAX));
     match old_expires_at {
@@ -173,7 +180,11 @@ pub fn token_name(namespace: &str, name: &str, revision: i64) -> String {
 
 /// The earliest of the given instants that lies in the future, as a delay from `now`,
 /// capped by `max` (the resync period).
-pub fn next_wakeup(now: Timestamp, instants: impl IntoIterator<Item = Timestamp>, max: Duration) -> Duration {
+pub fn next_wakeup(
+    now: Timestamp,
+    instants: impl IntoIterator<Item = Timestamp>,
+    max: Duration,
+) -> Duration {
     instants
         .into_iter()
         .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO))
@@ -227,44 +238,87 @@ mod tests {
     fn nothing_due_before_renewal_time() {
         let (c, s) = (current(), secret());
         assert_eq!(rotation_due(&inputs(&c, Some(&s), 1029)), None);
-        assert_eq!(rotation_due(&inputs(&c, Some(&s), 1030)), Some(RotationReason::Renewal));
+        assert_eq!(
+            rotation_due(&inputs(&c, Some(&s), 1030)),
+            Some(RotationReason::Renewal)
+        );
     }
 
     #[test]
     fn reasons_in_order_of_urgency() {
         let (c, s) = (current(), secret());
         let none = CurrentToken::default();
-        assert_eq!(rotation_due(&inputs(&none, None, 0)), Some(RotationReason::Initial));
-        assert_eq!(rotation_due(&inputs(&c, None, 1001)), Some(RotationReason::SecretLost));
-        let emptied = SecretView { has_value: false, ..s.clone() };
-        assert_eq!(rotation_due(&inputs(&c, Some(&emptied), 1001)), Some(RotationReason::SecretLost));
-        let other = SecretView { token_id: Some("zz".into()), ..s.clone() };
-        assert_eq!(rotation_due(&inputs(&c, Some(&other), 1001)), Some(RotationReason::SecretLost));
-        let moved = RotationInputs { account_id: "a2", ..inputs(&c, Some(&s), 1001) };
+        assert_eq!(
+            rotation_due(&inputs(&none, None, 0)),
+            Some(RotationReason::Initial)
+        );
+        assert_eq!(
+            rotation_due(&inputs(&c, None, 1001)),
+            Some(RotationReason::SecretLost)
+        );
+        let emptied = SecretView {
+            has_value: false,
+            ..s.clone()
+        };
+        assert_eq!(
+            rotation_due(&inputs(&c, Some(&emptied), 1001)),
+            Some(RotationReason::SecretLost)
+        );
+        let other = SecretView {
+            token_id: Some("zz".into()),
+            ..s.clone()
+        };
+        assert_eq!(
+            rotation_due(&inputs(&c, Some(&other), 1001)),
+            Some(RotationReason::SecretLost)
+        );
+        let moved = RotationInputs {
+            account_id: "a2",
+            ..inputs(&c, Some(&s), 1001)
+        };
         assert_eq!(rotation_due(&moved), Some(RotationReason::AccountChanged));
-        let revoked = RotationInputs { token_live: Some(false), ..inputs(&c, Some(&s), 1001) };
+        let revoked = RotationInputs {
+            token_live: Some(false),
+            ..inputs(&c, Some(&s), 1001)
+        };
         assert_eq!(rotation_due(&revoked), Some(RotationReason::TokenRevoked));
-        let longer = RotationInputs { lifetime: Duration::from_secs(3600), ..inputs(&c, Some(&s), 1001) };
+        let longer = RotationInputs {
+            lifetime: Duration::from_secs(3600),
+            ..inputs(&c, Some(&s), 1001)
+        };
         assert_eq!(rotation_due(&longer), Some(RotationReason::DurationChanged));
     }
 
     #[test]
     fn manual_rotation_fires_once_per_new_value() {
         let (mut c, s) = (current(), secret());
-        let asked = RotationInputs { rotate_annotation: Some("now"), ..inputs(&c, Some(&s), 1001) };
+        let asked = RotationInputs {
+            rotate_annotation: Some("now"),
+            ..inputs(&c, Some(&s), 1001)
+        };
         assert_eq!(rotation_due(&asked), Some(RotationReason::Manual));
         c.last_rotate_annotation = Some("now".into());
-        let again = RotationInputs { rotate_annotation: Some("now"), ..inputs(&c, Some(&s), 1001) };
+        let again = RotationInputs {
+            rotate_annotation: Some("now"),
+            ..inputs(&c, Some(&s), 1001)
+        };
         assert_eq!(rotation_due(&again), None);
     }
 
     #[test]
     fn a_newer_secret_is_adopted_an_older_one_is_not() {
         let c = current();
-        let newer = SecretView { token_id: Some("t2".into()), revision: Some(2), ..secret() };
+        let newer = SecretView {
+            token_id: Some("t2".into()),
+            revision: Some(2),
+            ..secret()
+        };
         assert!(secret_is_newer(&c, &newer));
         assert!(!secret_is_newer(&c, &secret()));
-        let foreign = SecretView { owned: false, ..newer };
+        let foreign = SecretView {
+            owned: false,
+            ..newer
+        };
         assert!(!secret_is_newer(&c, &foreign));
     }
 
@@ -282,14 +336,23 @@ mod tests {
 
     #[test]
     fn revoke_never_later_than_the_old_tokens_expiry() {
-        assert_eq!(revoke_at(ts(100), Duration::from_secs(10), Some(ts(500))), ts(110));
-        assert_eq!(revoke_at(ts(100), Duration::from_secs(3600), Some(ts(500))), ts(500));
+        assert_eq!(
+            revoke_at(ts(100), Duration::from_secs(10), Some(ts(500))),
+            ts(110)
+        );
+        assert_eq!(
+            revoke_at(ts(100), Duration::from_secs(3600), Some(ts(500))),
+            ts(500)
+        );
         assert_eq!(revoke_at(ts(100), Duration::ZERO, None), ts(100));
     }
 
     #[test]
     fn token_names_are_unique_per_revision_and_bounded() {
-        assert_eq!(token_name("platform", "ci-bot-token", 3), "platform.ci-bot-token.r3");
+        assert_eq!(
+            token_name("platform", "ci-bot-token", 3),
+            "platform.ci-bot-token.r3"
+        );
         let long = token_name(&"n".repeat(63), &"x".repeat(253), 12);
         assert!(long.len() <= 256 && long.ends_with(".r12"));
         assert_ne!(long, token_name(&"n".repeat(63), &"x".repeat(252), 12));
@@ -298,7 +361,10 @@ mod tests {
     #[test]
     fn wakeup_is_the_nearest_future_instant_capped_by_resync() {
         let max = Duration::from_secs(300);
-        assert_eq!(next_wakeup(ts(0), [ts(50), ts(20)], max), Duration::from_secs(20));
+        assert_eq!(
+            next_wakeup(ts(0), [ts(50), ts(20)], max),
+            Duration::from_secs(20)
+        );
         assert_eq!(next_wakeup(ts(0), [ts(5000)], max), max);
         assert_eq!(next_wakeup(ts(100), [ts(50)], max), Duration::ZERO);
         assert_eq!(next_wakeup(ts(0), [], max), max);

@@ -98,7 +98,9 @@ pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition
 
 /// True when `Ready=True` was written for `generation`.
 pub fn is_ready(conditions: &[Condition], generation: Option<i64>) -> bool {
-    get(conditions, READY).is_some_and(|c| c.status == "True" && (generation.is_none() || c.observed_generation == generation))
+    get(conditions, READY).is_some_and(|c| {
+        c.status == "True" && (generation.is_none() || c.observed_generation == generation)
+    })
 }
 
 #[cfg(test)]
@@ -112,22 +114,57 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let mut c = Vec::new();
-        set(&mut c, READY, false, Reason::Pending, "creating", Some(1), t(100));
-        set(&mut c, READY, false, Reason::KonnectError, "retrying", Some(1), t(200));
+        set(
+            &mut c,
+            READY,
+            false,
+            Reason::Pending,
+            "creating",
+            Some(1),
+            t(100),
+        );
+        set(
+            &mut c,
+            READY,
+            false,
+            Reason::KonnectError,
+            "retrying",
+            Some(1),
+            t(200),
+        );
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].last_transition_time.0, t(100));
         assert_eq!(c[0].reason, "KonnectError");
-        set(&mut c, READY, true, Reason::Reconciled, "ok", Some(2), t(300));
+        set(
+            &mut c,
+            READY,
+            true,
+            Reason::Reconciled,
+            "ok",
+            Some(2),
+            t(300),
+        );
         assert_eq!(c[0].last_transition_time.0, t(300));
         assert!(is_ready(&c, Some(2)));
-        assert!(!is_ready(&c, Some(3)), "Ready for an older generation is not Ready");
+        assert!(
+            !is_ready(&c, Some(3)),
+            "Ready for an older generation is not Ready"
+        );
     }
 
     #[test]
     fn remove_drops_only_that_type() {
         let mut c = Vec::new();
         set(&mut c, READY, true, Reason::Reconciled, "ok", None, t(1));
-        set(&mut c, RESTART_TARGETS, false, Reason::TargetNotFound, "x", None, t(1));
+        set(
+            &mut c,
+            RESTART_TARGETS,
+            false,
+            Reason::TargetNotFound,
+            "x",
+            None,
+            t(1),
+        );
         remove(&mut c, RESTART_TARGETS);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].type_, READY);

@@ -12,7 +12,11 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     note: impl Into<String>,
 ) {
     let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
         reason: reason.to_string(),
         note: Some(note.into()),
         action: action.to_string(),

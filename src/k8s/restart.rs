@@ -22,16 +22,31 @@ pub enum RestartOutcome {
     Failed(kube::Error),
 }
 
-pub async fn restart(client: &kube::Client, namespace: &str, kind: WorkloadKind, name: &str, stamp: &str) -> RestartOutcome {
+pub async fn restart(
+    client: &kube::Client,
+    namespace: &str,
+    kind: WorkloadKind,
+    name: &str,
+    stamp: &str,
+) -> RestartOutcome {
     let patch = serde_json::json!({
         "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}
     });
     let pp = PatchParams::default();
     let p = Patch::Merge(&patch);
     let result = match kind {
-        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace).patch(name, &pp, &p).await.map(|_| ()),
-        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), namespace).patch(name, &pp, &p).await.map(|_| ()),
-        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), namespace).patch(name, &pp, &p).await.map(|_| ()),
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)
+            .patch(name, &pp, &p)
+            .await
+            .map(|_| ()),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), namespace)
+            .patch(name, &pp, &p)
+            .await
+            .map(|_| ()),
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), namespace)
+            .patch(name, &pp, &p)
+            .await
+            .map(|_| ()),
     };
     match result {
         Ok(()) => RestartOutcome::Patched,

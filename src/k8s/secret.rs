@@ -66,7 +66,10 @@ pub fn build(target: &SecretTarget, token: &IssuedToken) -> Secret {
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(target.key.to_string(), ByteString(token.value.expose().as_bytes().to_vec()))])),
+        data: Some(BTreeMap::from([(
+            target.key.to_string(),
+            ByteString(token.value.expose().as_bytes().to_vec()),
+        )])),
         ..Default::default()
     }
 }
@@ -85,7 +88,8 @@ pub async fn write(
         Some(old) => {
             secret.metadata.resource_version = old.metadata.resource_version.clone();
             secret.metadata.uid = old.metadata.uid.clone();
-            api.replace(target.name, &PostParams::default(), &secret).await
+            api.replace(target.name, &PostParams::default(), &secret)
+                .await
         }
     }
 }
@@ -97,7 +101,11 @@ pub fn view(secret: &Secret, owner_uid: &str, key: &str) -> SecretView {
     let time = |k: &str| get(k).and_then(|v| v.parse::<Timestamp>().ok());
     SecretView {
         owned: is_controlled_by(secret, owner_uid),
-        has_value: secret.data.as_ref().and_then(|d| d.get(key)).is_some_and(|v| !v.0.is_empty()),
+        has_value: secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .is_some_and(|v| !v.0.is_empty()),
         token_id: get(ANN_TOKEN_ID),
         token_name: get(ANN_TOKEN_NAME),
         account_id: get(ANN_ACCOUNT_ID),
@@ -112,12 +120,21 @@ pub fn is_controlled_by(secret: &Secret, owner_uid: &str) -> bool {
         .metadata
         .owner_references
         .as_ref()
-        .is_some_and(|refs| refs.iter().any(|r| r.uid == owner_uid && r.controller == Some(true)))
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.uid == owner_uid && r.controller == Some(true))
+        })
 }
 
 /// `deletionPolicy: Orphan`: drop our ownerReference so garbage collection keeps the Secret.
-pub async fn release(api: &Api<Secret>, secret: &Secret, owner_uid: &str) -> Result<(), kube::Error> {
-    let Some(name) = secret.metadata.name.as_deref() else { return Ok(()) };
+pub async fn release(
+    api: &Api<Secret>,
+    secret: &Secret,
+    owner_uid: &str,
+) -> Result<(), kube::Error> {
+    let Some(name) = secret.metadata.name.as_deref() else {
+        return Ok(());
+    };
     let remaining: Vec<&OwnerReference> = secret
         .metadata
         .owner_references
@@ -131,7 +148,9 @@ pub async fn release(api: &Api<Secret>, secret: &Secret, owner_uid: &str) -> Res
             "ownerReferences": remaining,
         }
     });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]
@@ -179,7 +198,11 @@ mod tests {
         assert_eq!(labels["konghq.com/credential"], "konnect");
         let v = view(&s, "uid-1", "token");
         assert!(v.owned && v.has_value);
-        assert_eq!(v.revision, Some(2), "our annotations win over template annotations");
+        assert_eq!(
+            v.revision,
+            Some(2),
+            "our annotations win over template annotations"
+        );
         assert_eq!(v.token_id.as_deref(), Some("tok-1"));
         assert_eq!(v.expires_at, Some(Timestamp::from_second(1090).unwrap()));
         assert!(!view(&s, "other-uid", "token").owned);

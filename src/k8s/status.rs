@@ -12,5 +12,6 @@ pub async fn replace<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {
-    api.replace_status(&obj.name_any(), &PostParams::default(), obj).await
+    api.replace_status(&obj.name_any(), &PostParams::default(), obj)
+        .await
 }

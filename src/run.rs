@@ -1,0 +1,311 @@
+//! `konnect-sa-operator run`: the controller manager.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::SystemAccount;
+use crate::controller::connections::Connections;
+use crate::controller::context::ControllerConfig;
+use crate::controller::{self, Runtime};
+use crate::konnect::{ClientConfig, KonnectError, TokenValue};
+use crate::leader::{LeaderElector, LeaseConfig};
+use crate::telemetry::{self, Health, LogFormat, Metrics};
+
+/// Flags of `konnect-sa-operator run` (each with an environment variable).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Konnect API base URL. Regional hosts (https://eu.api.konghq.com) map to the global host.
+    #[arg(
+        long,
+        env = "KONNECT_URL",
+        default_value = "https://global.api.konghq.com"
+    )]
+    pub konnect_url: String,
+    /// File holding the Konnect token (kpat_/spat_) with the Identity Admin role. Alternative: KONNECT_TOKEN.
+    #[arg(long, env = "KONNECT_TOKEN_FILE")]
+    pub konnect_token_file: Option<std::path::PathBuf>,
+    /// Namespaces to watch, comma separated. Empty: all namespaces.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub namespaces: Vec<String>,
+    /// How often every object is compared with Konnect when nothing changes (Go duration; 10% jitter added).
+    #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    pub resync_period: Duration,
+    /// Reconciles running at once per kind.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 4)]
+    pub max_concurrent_reconciles: u16,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Run only while holding the leader Lease (for more than one replica).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace from POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "konnect-sa-system")]
+    pub leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_ID",
+        default_value = "konnect-sa-operator"
+    )]
+    pub leader_election_id: String,
+    /// Lease duration: a standby takes over this long after the leader stops renewing.
+    #[arg(long, env = "LEADER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_lease_duration: Duration,
+    /// Konnect requests in flight at once, per Konnect connection.
+    #[arg(long, env = "KONNECT_MAX_CONCURRENCY", default_value_t = 16)]
+    pub konnect_max_concurrency: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::api::duration::parse(s)
+}
+
+/// Why `run` stopped with an error (printed, exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "no Konnect token: pass --konnect-token-file (env KONNECT_TOKEN_FILE) or set KONNECT_TOKEN to a token \
+         with the Identity Admin role"
+    )]
+    MissingToken,
+    #[error("cannot read the Konnect token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "Konnect rejected the token at {url} ({source}); check the token and its Identity Admin role"
+    )]
+    TokenRejected { url: String, source: KonnectError },
+    #[error("invalid Konnect URL: {0}")]
+    KonnectConfig(KonnectError),
+    #[error("cannot reach Kubernetes: {0}. Set KUBECONFIG or run in a cluster")]
+    Kubeconfig(String),
+    #[error(
+        "the Kubernetes API refused to list SystemAccounts ({0}): are the CRDs installed (kubectl apply -k config/crd) and does the operator's RBAC allow it?"
+    )]
+    Kubernetes(kube::Error),
+    #[error("metrics server: {0}")]
+    Metrics(std::io::Error),
+    #[error("lost the leader lease")]
+    LostLease,
+}
+
+fn read_token(args: &RunArgs) -> Result<TokenValue, RunError> {
+    if let Some(path) = &args.konnect_token_file {
+        let raw = std::fs::read_to_string(path).map_err(|source| RunError::TokenFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(RunError::MissingToken);
+        }
+        return Ok(TokenValue::new(raw));
+    }
+    match std::env::var("KONNECT_TOKEN") {
+        Ok(v) if !v.trim().is_empty() => Ok(TokenValue::new(v.trim())),
+        _ => Err(RunError::MissingToken),
+    }
+}
+
+/// Starts from the environment's kubeconfig.
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let token = read_token(&args)?;
+    let kube = kube::Client::try_default()
+        .await
+        .map_err(|e| RunError::Kubeconfig(e.to_string()))?;
+    run_with(kube, token, args, shutdown).await
+}
+
+/// Runs the operator against `kube` until `shutdown` resolves (tests call this in-process).
+pub async fn run_with(
+    kube: kube::Client,
+    token: TokenValue,
+    args: RunArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let mut konnect = ClientConfig::new(args.konnect_url.clone(), token);
+    konnect.max_concurrency = args.konnect_max_concurrency;
+    konnect.observer = Some(metrics.clone());
+    let connections =
+        Arc::new(Connections::new(kube.clone(), konnect).map_err(RunError::KonnectConfig)?);
+
+    // Fail fast on what no retry fixes: a rejected token, missing CRDs or RBAC.
+    let default = connections.default_connection().client.clone();
+    match default.me().await {
+        Ok(org) => {
+            tracing::info!(organization = %org.name, url = %default.base_url(), "Konnect token accepted");
+            health.set_konnect_ok(true);
+        }
+        Err(e) if e.is_auth() => {
+            return Err(RunError::TokenRejected {
+                url: default.base_url().to_string(),
+                source: e,
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Konnect not reachable yet; retrying in the background")
+        }
+    }
+    let probe: kube::Api<SystemAccount> = match args.namespaces.first().filter(|n| !n.is_empty()) {
+        Some(ns) => kube::Api::namespaced(kube.clone(), ns),
+        None => kube::Api::all(kube.clone()),
+    };
+    probe
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(RunError::Kubernetes)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let server = tokio::spawn(telemetry::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        stopped(),
+    ));
+    let konnect_probe = tokio::spawn(probe_konnect(default.clone(), health.clone(), stopped()));
+
+    let namespaces: Vec<String> = args
+        .namespaces
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
+    let elector = args.leader_elect.then(|| {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()));
+        LeaderElector::new(
+            kube.clone(),
+            LeaseConfig {
+                namespace: args.leader_election_namespace.clone(),
+                name: args.leader_election_id.clone(),
+                identity,
+                lease_duration: args.leader_lease_duration,
+                retry_period: args.leader_lease_duration / 5,
+            },
+        )
+    });
+    let rt = Runtime {
+        kube,
+        connections,
+        metrics,
+        health,
+        config: ControllerConfig {
+            resync: args.resync_period,
+            ..Default::default()
+        },
+        max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),
+        namespaces,
+        instance: std::env::var("POD_NAME").ok(),
+    };
+
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+    };
+    let result = match elector.map(Arc::new) {
+        None => {
+            controller::run(rt, shutdown).await;
+            Ok(())
+        }
+        Some(elector) => {
+            let mut shutdown = Box::pin(shutdown);
+            let acquired = tokio::select! {
+                _ = elector.acquire() => true,
+                _ = &mut shutdown => false,
+            };
+            if acquired {
+                let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
+                let holder = elector.clone();
+                let stop = async move {
+                    let lost = tokio::select! {
+                        _ = shutdown => false,
+                        _ = holder.hold() => true,
+                    };
+                    let _ = lost_tx.send(lost);
+                };
+                controller::run(rt, stop).await;
+                if lost_rx.await.unwrap_or(false) {
+                    Err(RunError::LostLease)
+                } else {
+                    elector.release().await;
+                    Ok(())
+                }
+            } else {
+                Ok(())
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = konnect_probe.await;
+    if let Ok(Err(e)) = server.await {
+        return Err(RunError::Metrics(e));
+    }
+    result
+}
+
+/// Keeps /readyz honest about Konnect: one cheap call a minute.
+async fn probe_konnect(
+    client: crate::konnect::KonnectClient,
+    health: Arc<Health>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let ok = client.me().await.is_ok();
+        health.set_konnect_ok(ok);
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "konnect-sa-operator".into())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
