@@ -146,7 +146,7 @@ pub fn parse_list_query(
             }
             k if k.starts_with("filter[") => match parse_filter(k, value, allowed) {
                 Ok(c) => conds.push(c),
-                Err(p) => invalid.push(p),
+                Err(p) => invalid.push(*p),
             },
             // Unknown parameters are ignored, like most HTTP APIs do.
             _ => {}
@@ -176,21 +176,21 @@ fn parse_filter(
     key: &str,
     value: &str,
     allowed: &[(&str, FieldKind)],
-) -> Result<(String, Cond), InvalidParam> {
+) -> Result<(String, Cond), Box<InvalidParam>> {
     let Some(segs) = brackets(key) else {
-        return Err(InvalidParam::new(
+        return Err(Box::new(InvalidParam::new(
             key,
             Some("invalid"),
             "is not a valid filter",
-        ));
+        )));
     };
     let field = segs[0];
     let Some((_, kind)) = allowed.iter().find(|(f, _)| *f == field) else {
-        return Err(InvalidParam::new(
+        return Err(Box::new(InvalidParam::new(
             format!("[filter][{field}]"),
             Some("unknown_property"),
             format!("[{field}] is not a supported filter field"),
-        ));
+        )));
     };
     let op = segs.get(1).copied();
     let unsupported = |op: &str| {
@@ -208,14 +208,14 @@ fn parse_filter(
             "true" => Cond::Bool(true),
             "false" => Cond::Bool(false),
             _ => {
-                return Err(InvalidParam::new(
+                return Err(Box::new(InvalidParam::new(
                     format!("[filter][{field}]"),
                     Some("is_boolean"),
                     "must be a boolean",
-                ));
+                )));
             }
         },
-        (_, Some(op)) => return Err(unsupported(op)),
+        (_, Some(op)) => return Err(Box::new(unsupported(op))),
     };
     Ok((field.to_string(), cond))
 }
