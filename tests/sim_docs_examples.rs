@@ -17,6 +17,7 @@ struct Sim {
 
 impl Sim {
     fn start() -> Self {
+        assert_binary_has_the_simulator();
         // Pick a free port, then hand it to the binary.
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -81,6 +82,19 @@ impl Sim {
             .unwrap();
         (status.success(), out)
     }
+}
+
+/// CARGO_TARGET_DIR may be shared with other worktrees of this crate: a build there replaces the binary.
+fn assert_binary_has_the_simulator() {
+    let out = Command::new(env!("CARGO_BIN_EXE_konnect-sa-operator"))
+        .args(["sim", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("--fault-lost"),
+        "{} is not this branch's build (shared target dir overwritten by another build?): rerun the test",
+        env!("CARGO_BIN_EXE_konnect-sa-operator")
+    );
 }
 
 struct Reply {
@@ -313,6 +327,7 @@ fn konnect_docs_examples_work_against_the_binary() {
 
 #[test]
 fn a_bad_seed_file_or_rate_is_refused_with_a_message() {
+    assert_binary_has_the_simulator();
     let dir = tempfile::tempdir().unwrap();
     let seed = dir.path().join("seed.yaml");
     std::fs::write(&seed, "teams: [{nme: typo}]\n").unwrap();

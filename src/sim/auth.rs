@@ -54,10 +54,13 @@ pub async fn require_admin(
     req: Request,
     next: Next,
 ) -> Response {
-    match bearer(req.headers()) {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = match bearer(req.headers()) {
         Some(t) if same(t, shared.admin_token.expose()) => next.run(req).await,
         _ => ApiError::unauthorized().into_response(),
-    }
+    };
+    tracing::info!(method = %method, path = %path, status = resp.status().as_u16(), "admin request");
+    resp
 }
 
 #[cfg(test)]

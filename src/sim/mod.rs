@@ -195,7 +195,10 @@ fn router(shared: Arc<Shared>) -> Router {
     let admin =
         admin::admin_router().route_layer(from_fn_with_state(shared.clone(), auth::require_admin));
     api.merge(admin)
-        .fallback(|| async { ApiError::not_found("Not found").into_response() })
+        .fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            tracing::info!(method = %method, path = %uri.path(), status = 404u16, "unknown path");
+            ApiError::not_found("Not found").into_response()
+        })
         .with_state(shared)
 }
 

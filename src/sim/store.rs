@@ -116,7 +116,22 @@ impl StateDump {
     }
 }
 
-/// Seed data (`--seed-file`, YAML).
+/// Seed data (`--seed-file`, YAML). Example:
+/// ```yaml
+/// organization_name: Acme
+/// teams:
+///   - name: Organization Admin
+///     system_team: true
+///   - {name: platform, description: Platform team, id: 6f1c1f43-0a35-4a4b-9d4e-5b0a3e6f0f01}
+/// system_accounts:
+///   - name: mesh-zone-eu-1
+///     konnect_managed: true
+///   - name: legacy-ci
+///     description: created by hand
+///     teams: [platform]
+///     roles:
+///       - {role_name: Viewer, entity_type_name: Control Planes, entity_id: "*", entity_region: eu}
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SeedData {
