@@ -2,6 +2,8 @@
 //! (`filter[name][eq]=x`, `filter[name]=x`, `filter[konnect_managed]=true`).
 use super::problem::{ApiError, InvalidParam};
 
+/// Konnect's real default and maximum are unconfirmed; the simulator refuses a size above the maximum
+/// (instead of clamping) so a client that asks for more shows up in tests.
 pub const DEFAULT_PAGE_SIZE: u64 = 10;
 pub const MAX_PAGE_SIZE: u64 = 100;
 
