@@ -66,7 +66,8 @@ impl ClientConfig {
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
-            .field("base_url", &self.base_url)
+            // Unvalidated here: a pasted URL could hold a token.
+            .field("base_url", &redact_tokens(&self.base_url))
             .field("token", &self.token)
             .field("request_timeout", &self.request_timeout)
             .field("max_attempts", &self.max_attempts)
@@ -559,8 +560,9 @@ impl KonnectClient {
             if meta.size > 0 {
                 size = meta.size;
             }
-            let current = if meta.number > 0 { meta.number } else { number };
-            if fetched == 0 || fetched < size || current.saturating_mul(size) >= meta.total {
+            // Our own page counter, not the echoed `number`: a server that echoes a wrong number cannot make
+            // us re-read a page forever.
+            if fetched == 0 || fetched < size || number.saturating_mul(size) >= meta.total {
                 return Ok(items);
             }
             if number >= MAX_PAGES {
@@ -568,7 +570,7 @@ impl KonnectClient {
                     "{operation}: the list did not end after {MAX_PAGES} pages"
                 )));
             }
-            number = current + 1;
+            number += 1;
         }
     }
 

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use reqwest::Url;
 
 use super::error::{KonnectError, Result};
+use super::response::redact_tokens;
 
 /// Regions whose `<region>.api.konghq.com` host users may paste; identity calls are served by the global host.
 const REGIONS: [&str; 6] = ["us", "eu", "au", "me", "in", "sg"];
@@ -17,8 +18,12 @@ pub fn normalize_base_url(raw: &str) -> Result<String> {
     if let Some(stripped) = s.strip_suffix("/v3") {
         s = stripped.trim_end_matches('/');
     }
-    let mut url = Url::parse(s)
-        .map_err(|e| KonnectError::Config(format!("base URL {s:?} is not a valid URL: {e}")))?;
+    let mut url = Url::parse(s).map_err(|e| {
+        KonnectError::Config(format!(
+            "base URL {:?} is not a valid URL: {e}",
+            redact_tokens(s)
+        ))
+    })?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(KonnectError::Config(
             "base URL must not contain credentials".into(),
