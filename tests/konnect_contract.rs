@@ -356,6 +356,8 @@ fn client_for(
 ) -> KonnectClient {
     let mut config = ClientConfig::new(sim.base_url(), token);
     config.request_timeout = Duration::from_secs(5);
+    // Enough that random 429s (30% in one test) never exhaust a call.
+    config.max_attempts = 20;
     tune(&mut config);
     KonnectClient::new(config).expect("client")
 }
@@ -766,6 +768,22 @@ fn is_known_deviation(error: &str) -> bool {
         .and_then(|rest| rest.strip_suffix("/entity_id"));
     at == "/entity_id"
         || index.is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A 429 is refused before anything runs, so under rate limiting every operation, including the single-attempt
+/// token create, must give exactly the results it gives without it.
+#[tokio::test]
+async fn every_operation_behaves_the_same_under_rate_limiting() {
+    let sim = start_sim(Faults {
+        rate_429: 0.3,
+        retry_after_secs: 0,
+        ..Faults::default()
+    })
+    .await;
+    let c = client_for(&sim, sim.admin_token(), |_| {});
+    exercise_every_operation(&sim, &c).await;
+    let limited = sim.counts().values().sum::<u64>() as usize - sim.journal().len();
+    assert!(limited > 20, "only {limited} requests were rate limited");
 }
 
 #[derive(Default)]
