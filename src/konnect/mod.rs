@@ -2,6 +2,9 @@
 pub mod client;
 pub mod error;
 pub mod models;
+mod response;
+pub mod retry;
+pub mod url;
 
 pub use client::{AccountFilter, ClientConfig, Created, KonnectClient, RequestObserver};
 pub use error::{IgnoreNotFound, KonnectError, Result};
