@@ -1142,6 +1142,10 @@ async fn token_values_never_reach_debug_output_errors_or_logs() {
         logs.contains("Konnect request"),
         "the capture saw no client log line"
     );
+    assert!(
+        logs.contains("operation=\"post-system-accounts-id-access-tokens\""),
+        "the capture saw no token create"
+    );
     let mut secrets: Vec<&str> = issued.iter().map(TokenValue::expose).collect();
     secrets.push(admin.expose());
     for (i, text) in shown.iter().chain(std::iter::once(&logs)).enumerate() {
