@@ -38,7 +38,8 @@ pub fn parse(input: &str) -> Result<Duration, String> {
     if input.starts_with('-') {
         return Err(bad("must not be negative"));
     }
-    let mut rest = input.strip_prefix('+').unwrap_or(input);
+    // No sign: Go accepts "+1h", the CRD pattern does not, and this parser agrees with the pattern.
+    let mut rest = input;
     let mut total: u128 = 0;
     while !rest.is_empty() {
         let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();

@@ -56,11 +56,12 @@ pub fn required_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// Rules in the operator's own namespace: the leader-election Lease.
+/// Rules in the operator's own namespace: the leader-election Lease. kube-lease-manager 0.13 gets, creates and
+/// patches (strategic merge or apply) its Lease; it never replaces or deletes it.
 pub fn leader_election_rules() -> Vec<PolicyRule> {
     vec![rule(
         "coordination.k8s.io",
         &["leases"],
-        &["get", "create", "update", "patch"],
+        &["get", "create", "patch"],
     )]
 }
