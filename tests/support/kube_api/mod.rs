@@ -1,0 +1,447 @@
+//! A Kubernetes API stand-in for controller integration tests: real HTTP on 127.0.0.1, real watch streams,
+//! the write semantics controllers depend on. See `store.rs` for the semantics and `patch.rs` for the
+//! approximations of strategic merge patch and server-side apply.
+//!
+//! ```ignore
+//! let kube = FakeKube::start(Path::new("crds")).await;
+//! let client = kube.client();
+//! // ... run controllers with `client`, or the real binary with KUBECONFIG=kube.write_kubeconfig(..)
+//! assert!(kube.get("", "v1", "secrets", "ns", "name").is_some());
+//! kube.shutdown().await;
+//! ```
+
+pub mod http;
+pub mod patch;
+pub mod selector;
+pub mod store;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use self::http::Shared;
+pub use self::http::{Fault, RequestRecord};
+use self::selector::{FieldSelector, LabelSelector};
+pub use self::store::{ApiError, DeleteOutcome, Preconditions, ResourceType, Store, Target};
+
+/// The running stand-in. Dropping it without `shutdown()` leaves the server task running until the runtime ends.
+pub struct FakeKube {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Reads every `CustomResourceDefinition` in the `*.yaml` / `*.yml` files of `dir` (multi-document files are
+/// fine; other kinds are skipped). A missing directory yields no types.
+pub fn load_crds(dir: &Path) -> Result<Vec<ResourceType>, String> {
+    let mut types = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(types);
+    };
+    let mut paths: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        if !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = <Value as serde::Deserialize>::deserialize(doc)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if value.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
+                continue;
+            }
+            types.push(crd_type(&value).map_err(|e| format!("{}: {e}", path.display()))?);
+        }
+    }
+    Ok(types)
+}
+
+fn crd_type(crd: &Value) -> Result<ResourceType, String> {
+    let spec = crd.get("spec").ok_or("CRD without spec")?;
+    let field = |p: &str| {
+        spec.pointer(p)
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or(format!("CRD without spec{}", p.replace('/', ".")))
+    };
+    let versions: Vec<&Value> = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .map(|v| {
+            v.iter()
+                .filter(|v| v.get("served").and_then(Value::as_bool).unwrap_or(true))
+                .collect()
+        })
+        .unwrap_or_default();
+    if versions.is_empty() {
+        return Err("CRD without served versions".into());
+    }
+    Ok(ResourceType {
+        group: field("/group")?,
+        versions: versions
+            .iter()
+            .filter_map(|v| v.get("name").and_then(Value::as_str).map(String::from))
+            .collect(),
+        plural: field("/names/plural")?,
+        kind: field("/names/kind")?,
+        namespaced: field("/scope")? == "Namespaced",
+        status_subresource: versions
+            .iter()
+            .any(|v| v.pointer("/subresources/status").is_some()),
+        has_generation: true,
+        custom: true,
+    })
+}
+
+impl FakeKube {
+    /// Starts the stand-in with the built-in kinds plus the CRDs in `crd_dir` (which may be empty or absent).
+    /// Panics if a CRD file cannot be parsed: a broken fixture should fail the test loudly.
+    pub async fn start(crd_dir: &Path) -> FakeKube {
+        let crds = load_crds(crd_dir)
+            .unwrap_or_else(|e| panic!("loading CRDs from {}: {e}", crd_dir.display()));
+        Self::start_with_types(crds).await
+    }
+
+    /// Starts the stand-in with the built-in kinds plus the CRDs in each of `dirs`.
+    pub async fn start_with_crd_dirs(dirs: &[&Path]) -> FakeKube {
+        let mut types = Vec::new();
+        for dir in dirs {
+            types.extend(
+                load_crds(dir)
+                    .unwrap_or_else(|e| panic!("loading CRDs from {}: {e}", dir.display())),
+            );
+        }
+        Self::start_with_types(types).await
+    }
+
+    /// Starts the stand-in with the built-in kinds plus `extra` types.
+    pub async fn start_with_types(extra: Vec<ResourceType>) -> FakeKube {
+        let mut store = Store::new(store::builtin_types());
+        for t in extra {
+            store.add_type(t);
+        }
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared {
+            store: Arc::new(Mutex::new(store)),
+            requests: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            bookmark_interval_ms: AtomicU64::new(1_000),
+            max_watch_ms: AtomicU64::new(3_600_000),
+            shutdown,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let app = http::router(shared.clone());
+        let mut stop = shared.shutdown.subscribe();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+        });
+        FakeKube {
+            addr,
+            shared,
+            server: Some(server),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client without auth pointing at the stand-in (install the rustls ring provider first).
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url().parse().expect("valid URL"));
+        kube::Client::try_from(config).expect("kube client")
+    }
+
+    /// Writes a kubeconfig that points at the stand-in (default namespace `default`), for the real binary.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {}\n\
+             contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\n    namespace: default\n\
+             current-context: standin\nusers:\n- name: standin\n  user: {{}}\n",
+            self.url()
+        );
+        std::fs::write(path, text)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.shared.store.lock().expect("store lock")
+    }
+
+    fn type_of(store: &Store, group: &str, version: &str, plural: &str) -> store::TypeId {
+        store
+            .type_id(group, version, plural)
+            .unwrap_or_else(|| panic!("the stand-in does not serve {group}/{version} {plural}"))
+    }
+
+    /// One object as the API would return it, or None. `ns` is ignored for cluster-scoped kinds.
+    pub fn get(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store
+            .get(t, ns, name)
+            .ok()
+            .map(|o| store.render(t, version, &o))
+    }
+
+    /// Objects of a kind in `ns` (None: all namespaces), sorted by namespace and name.
+    pub fn list(&self, group: &str, version: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
+        self.list_selected(group, version, plural, ns, "")
+    }
+
+    /// Like `list`, filtered by a label selector (`a=b,c!=d,e,!f`). Panics on a malformed selector.
+    pub fn list_selected(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: Option<&str>,
+        label_selector: &str,
+    ) -> Vec<Value> {
+        let labels = LabelSelector::parse(label_selector).expect("valid label selector");
+        let store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store
+            .list(t, ns, &labels, &FieldSelector::default())
+            .iter()
+            .map(|o| store.render(t, version, o))
+            .collect()
+    }
+
+    /// All Events, core v1 and events.k8s.io/v1 (separate stores here, one resource in a real cluster).
+    pub fn events(&self) -> Vec<Value> {
+        let mut all = self.list("events.k8s.io", "v1", "events", None);
+        all.extend(self.list("", "v1", "events", None));
+        all
+    }
+
+    /// Creates an object directly (same path as POST, watches see it). `ns` comes from the object if None.
+    pub fn create_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        obj: Value,
+    ) -> Result<Value, ApiError> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(String::from);
+        store
+            .create(t, ns.as_deref(), obj)
+            .map(|o| store.render(t, version, &o))
+    }
+
+    /// Changes an object like `kubectl edit` would (same path as an unconditional PUT, watches see it).
+    /// Changes to `.status` are ignored for kinds with a status subresource; use `modify_status_raw`.
+    pub fn modify_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        self.modify(group, version, plural, ns, name, Target::Main, edit)
+    }
+
+    /// Changes an object's `.status` (same path as PUT on /status).
+    pub fn modify_status_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        self.modify(group, version, plural, ns, name, Target::Status, edit)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn modify(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        target: Target,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        let mut obj = store.get(t, ns, name)?;
+        edit(&mut obj);
+        // Keeps the current resourceVersion, so the write is unconditional.
+        let current = store.get(t, ns, name)?;
+        if let (Some(m), Some(rv)) = (
+            obj.get_mut("metadata").and_then(Value::as_object_mut),
+            current.pointer("/metadata/resourceVersion").cloned(),
+        ) {
+            m.insert("resourceVersion".into(), rv);
+        }
+        store
+            .replace(t, ns, name, obj, target)
+            .map(|o| store.render(t, version, &o))
+    }
+
+    /// Deletes an object like `kubectl delete` (finalizers hold it with a deletionTimestamp; watches see it).
+    pub fn delete_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<DeleteOutcome, ApiError> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store.delete(t, ns, name, &Preconditions::default())
+    }
+
+    /// Removes an object whatever its finalizers say (like deleting it from etcd); dependents are collected.
+    pub fn purge_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store.purge(t, ns, name)
+    }
+
+    /// Forgets the watch history and ends every open watch with 410 Gone: watchers must relist.
+    pub fn compact(&self) {
+        self.store().compact();
+    }
+
+    /// The current (global) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.store().resource_version()
+    }
+
+    /// How often watches that asked for bookmarks get one (default 1 s).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.shared
+            .bookmark_interval_ms
+            .store(every.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Ends every watch after at most `d` (default 1 h), whatever its timeoutSeconds; watchers reconnect.
+    pub fn set_max_watch_duration(&self, d: Duration) {
+        self.shared
+            .max_watch_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.requests.lock().expect("requests lock").clone()
+    }
+
+    /// Requests so far with this verb (get, list, watch, create, update, patch, delete, deletecollection).
+    pub fn request_count(&self, verb: &str) -> usize {
+        self.requests().iter().filter(|r| r.verb == verb).count()
+    }
+
+    /// Requests so far with this verb on this resource (plural, e.g. "secrets").
+    pub fn request_count_for(&self, verb: &str, plural: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.verb == verb && r.plural == plural)
+            .count()
+    }
+
+    /// Request counts by verb.
+    pub fn request_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for r in self.requests() {
+            *counts.entry(r.verb).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub fn reset_request_counts(&self) {
+        self.shared.requests.lock().expect("requests lock").clear();
+    }
+
+    /// Makes the next `times` requests with `verb` on `plural` ("*" matches any) fail with HTTP `code`
+    /// (a Status with reason InternalError) before they reach the store.
+    pub fn inject_failure(&self, verb: &str, plural: &str, times: u32, code: u16) {
+        self.shared.faults.lock().expect("faults lock").push(Fault {
+            verb: verb.into(),
+            plural: plural.into(),
+            remaining: times,
+            code,
+        });
+    }
+
+    /// Polls `check` every 20 ms until it returns true or `timeout` passes; returns the last result.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&FakeKube) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if check(self) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Ends all watches and stops the server.
+    pub async fn shutdown(mut self) {
+        let _ = self.shared.shutdown.send(true);
+        if let Some(server) = self.server.take() {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("stand-in did not stop within 3 s; aborting it");
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        // Ends watches so test runtimes do not wait on open streams.
+        let _ = self.shared.shutdown.send(true);
+    }
+}
