@@ -102,7 +102,7 @@ pub struct ApiError {
     pub reason: String,
     pub message: String,
     /// (name, group, kind) for `details`.
-    pub details: Option<(String, String, String)>,
+    pub details: Option<Box<(String, String, String)>>,
 }
 
 impl ApiError {
@@ -116,7 +116,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, rt: &ResourceType, name: &str) -> Self {
-        self.details = Some((name.into(), rt.group.clone(), rt.plural.clone()));
+        self.details = Some(Box::new((name.into(), rt.group.clone(), rt.plural.clone())));
         self
     }
 
@@ -189,7 +189,7 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if let Some((name, group, kind)) = &self.details {
+        if let Some((name, group, kind)) = self.details.as_deref() {
             status["details"] = json!({"name": name, "group": group, "kind": kind});
         }
         status
@@ -709,6 +709,7 @@ impl Store {
     }
 
     /// PATCH: applies a patch to an object (or its status); server-side apply creates a missing object.
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
         t: TypeId,
