@@ -564,19 +564,30 @@ async fn merge_json_strategic_and_apply_patches() {
     let api = widgets(&client, NS);
     let ssa = PatchParams::apply("standin-test");
 
-    // Apply creates a missing object, then merges into it.
+    // Apply creates a missing object; another manager's apply merges into it; a manager's re-apply
+    // removes what it applied before and leaves out now (unless someone else applied it too).
     let applied = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"a": 1, "b": {"c": 2}}});
     let created = api
         .patch("w1", &ssa, &Patch::Apply(&applied))
         .await
         .unwrap();
     assert_eq!(created.data["spec"]["b"]["c"], 2);
-    let reapplied = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"b": {"d": 3}}});
+    let other = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"b": {"d": 3}}});
     let merged = api
-        .patch("w1", &ssa.clone().force(), &Patch::Apply(&reapplied))
+        .patch(
+            "w1",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(&other),
+        )
         .await
         .unwrap();
     assert_eq!(merged.data["spec"], json!({"a": 1, "b": {"c": 2, "d": 3}}));
+    let reapplied = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"b": {"c": 2}}});
+    let merged = api
+        .patch("w1", &ssa, &Patch::Apply(&reapplied))
+        .await
+        .unwrap();
+    assert_eq!(merged.data["spec"], json!({"b": {"c": 2, "d": 3}}));
 
     // Status through apply, the way the operator writes conditions.
     let status = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "status": {"conditions": [{"type": "Ready", "status": "True"}]}});

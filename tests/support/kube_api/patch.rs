@@ -1,11 +1,14 @@
 //! Patch bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902), strategic merge patch and server-side apply.
 //!
 //! Approximations (enough for controller tests, not a full API server):
-//! - strategic merge patch is applied as a JSON merge patch after dropping `$`-directives: lists are replaced,
-//!   not merged by key (real Kubernetes merges e.g. `metadata.finalizers` and `containers` by key);
-//! - server-side apply merges the applied fields into the live object (a merge patch of the applied
-//!   configuration): no managedFields, no ownership conflicts, and a field left out of a later apply is not
-//!   removed. `force` is accepted and has no effect.
+//! - strategic merge patch is applied as a JSON merge patch after dropping `$`-directives, except that
+//!   `metadata.finalizers` merges as a set and honours `$deleteFromPrimitiveList/finalizers`; other lists are
+//!   replaced, not merged by key (real Kubernetes merges e.g. `containers` by name);
+//! - server-side apply merges the applied configuration into the live object; the store remembers which leaf
+//!   fields each field manager applied (not shown as managedFields) and removes a field that manager applied
+//!   before and leaves out now, unless another manager applied it too. Lists are atomic (no list-map merge
+//!   by key), updates and merge patches take no ownership, and there are no ownership conflicts: `force` is
+//!   accepted and has no effect.
 
 use serde_json::Value;
 
@@ -58,7 +61,8 @@ pub fn apply(kind: PatchKind, doc: &Value, patch: &Value) -> Result<Value, Strin
             if !patch.is_object() {
                 return Err("a strategic merge patch must be a JSON object".into());
             }
-            json_patch::merge(&mut out, &strip_directives(patch));
+            let patch = merge_finalizers(doc, patch);
+            json_patch::merge(&mut out, &strip_directives(&patch));
         }
         PatchKind::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
@@ -67,6 +71,98 @@ pub fn apply(kind: PatchKind, doc: &Value, patch: &Value) -> Result<Value, Strin
         }
     }
     Ok(out)
+}
+
+/// `metadata.finalizers` has patchStrategy=merge: a strategic patch adds to the list, and
+/// `$deleteFromPrimitiveList/finalizers` removes from it.
+fn merge_finalizers(doc: &Value, patch: &Value) -> Value {
+    let added = patch
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array);
+    let removed = patch
+        .pointer("/metadata/$deleteFromPrimitiveList~1finalizers")
+        .and_then(Value::as_array);
+    if added.is_none() && removed.is_none() {
+        return patch.clone();
+    }
+    let mut list: Vec<Value> = doc
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for f in added.into_iter().flatten() {
+        if !list.contains(f) {
+            list.push(f.clone());
+        }
+    }
+    list.retain(|f| !removed.is_some_and(|r| r.contains(f)));
+    let mut out = patch.clone();
+    out["metadata"]["finalizers"] = Value::Array(list);
+    out
+}
+
+/// Leaf paths of an applied configuration (objects recurse; lists and scalars are leaves), without the
+/// identifying fields, which nobody owns.
+pub fn leaf_paths(applied: &Value) -> Vec<Vec<String>> {
+    fn walk(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    path.push(k.clone());
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            Value::Null => {}
+            _ => out.push(path.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    walk(applied, &mut Vec::new(), &mut out);
+    let identity: [&[&str]; 5] = [
+        &["apiVersion"],
+        &["kind"],
+        &["metadata", "name"],
+        &["metadata", "namespace"],
+        &["metadata", "resourceVersion"],
+    ];
+    out.retain(|p| {
+        !identity
+            .iter()
+            .any(|id| p.iter().map(String::as_str).eq(id.iter().copied()))
+    });
+    out
+}
+
+/// Removes the field at `path`, then the objects left empty above it (but not top-level fields).
+pub fn remove_path(doc: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cursor = &mut *doc;
+    for p in parents {
+        match cursor.get_mut(p.as_str()) {
+            Some(next) => cursor = next,
+            None => return,
+        }
+    }
+    if let Some(m) = cursor.as_object_mut() {
+        m.remove(last.as_str());
+    }
+    if parents.len() > 1 {
+        let parent_empty = doc
+            .pointer(&pointer(parents))
+            .is_some_and(|v| v.as_object().is_some_and(|m| m.is_empty()));
+        if parent_empty {
+            remove_path(doc, parents);
+        }
+    }
+}
+
+fn pointer(path: &[String]) -> String {
+    path.iter()
+        .map(|p| format!("/{}", p.replace('~', "~0").replace('/', "~1")))
+        .collect()
 }
 
 /// Removes strategic-merge directives (`$patch`, `$setElementOrder/...`, `$retainKeys`, ...).
@@ -123,11 +219,41 @@ mod tests {
             json!({"a": {"b": 4, "c": 2}, "l": [1, 2]})
         );
 
+        let with_finalizer = json!({"metadata": {"finalizers": ["a"]}});
+        let added = apply(
+            PatchKind::Strategic,
+            &with_finalizer,
+            &json!({"metadata": {"finalizers": ["b"]}}),
+        )
+        .unwrap();
+        assert_eq!(added["metadata"]["finalizers"], json!(["a", "b"]));
+        let dropped = apply(
+            PatchKind::Strategic,
+            &added,
+            &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
+        )
+        .unwrap();
+        assert_eq!(dropped["metadata"]["finalizers"], json!(["b"]));
+
         let yaml = parse_body(PatchKind::Apply, b"a:\n  c: 7\n").unwrap();
         assert_eq!(
             apply(PatchKind::Apply, &doc, &yaml).unwrap(),
             json!({"a": {"b": 1, "c": 7}, "l": [1, 2]})
         );
         assert!(apply(PatchKind::Merge, &doc, &json!([1])).is_err());
+    }
+
+    #[test]
+    fn apply_paths_and_removal() {
+        let applied = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n", "labels": {"a": "1"}}, "spec": {"l": [1], "m": {"k": "v"}, "e": {}}});
+        let mut paths = leaf_paths(&applied);
+        paths.sort();
+        let strs: Vec<String> = paths.iter().map(|p| p.join(".")).collect();
+        assert_eq!(strs, ["metadata.labels.a", "spec.e", "spec.l", "spec.m.k"]);
+
+        let mut doc = json!({"spec": {"m": {"k": "v"}, "keep": 1}, "status": {"x": {"y": 1}}});
+        remove_path(&mut doc, &["spec".into(), "m".into(), "k".into()]);
+        remove_path(&mut doc, &["status".into(), "x".into(), "y".into()]);
+        assert_eq!(doc, json!({"spec": {"keep": 1}, "status": {}}));
     }
 }

@@ -260,6 +260,9 @@ pub struct WatchStart {
 
 type Key = (String, String);
 
+/// Leaf paths each server-side-apply field manager last applied to an object.
+type AppliedFields = BTreeMap<String, BTreeSet<Vec<String>>>;
+
 pub struct Store {
     types: Vec<ResourceType>,
     objects: Vec<BTreeMap<Key, Value>>,
@@ -269,6 +272,8 @@ pub struct Store {
     /// A watch from a resourceVersion below this has missed events: 410 Gone.
     floor: u64,
     tx: broadcast::Sender<Arc<WatchRecord>>,
+    /// Server-side apply bookkeeping, in place of managedFields.
+    applied: BTreeMap<(TypeId, Key), AppliedFields>,
 }
 
 /// Initial resourceVersion; anything below is "too old" from the start.
@@ -376,6 +381,7 @@ impl Store {
             history_limit: 5000,
             floor: FIRST_RV,
             tx,
+            applied: BTreeMap::new(),
         }
     }
 
@@ -502,6 +508,7 @@ impl Store {
     /// Removes the object for good (no finalizer check), then garbage-collects its dependents.
     fn commit_remove(&mut self, t: TypeId, key: &Key) -> Option<Value> {
         let mut obj = self.objects[t].remove(key)?;
+        self.applied.remove(&(t, key.clone()));
         let rv = self.next_rv();
         meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
         self.record(WatchRecord::Change {
@@ -732,7 +739,7 @@ impl Store {
         let old = match self.get(t, ns, name) {
             Ok(old) => old,
             Err(e) if kind == PatchKind::Apply && target == Target::Main && e.code == 404 => {
-                let mut new = patch_value;
+                let mut new = patch_value.clone();
                 if !new.is_object() {
                     return Err(ApiError::bad_request("an apply body must be an object"));
                 }
@@ -744,13 +751,97 @@ impl Store {
                 }
                 meta_mut(&mut new).insert("name".into(), Value::String(name.into()));
                 let url_ns = rt.namespaced.then_some(ns);
-                return self.create(t, url_ns, new);
+                let created = self.create(t, url_ns, new)?;
+                self.record_applied(t, &created, field_manager, &patch_value, target);
+                return Ok(created);
             }
             Err(e) => return Err(e),
         };
-        let patched =
+        let mut patched =
             patch::apply(kind, &old, &patch_value).map_err(|e| ApiError::invalid(&rt, name, &e))?;
-        self.write_update(t, ns, name, old, patched, target)
+        if kind == PatchKind::Apply {
+            for path in self.released_fields(t, &old, field_manager, &patch_value, target) {
+                patch::remove_path(&mut patched, &path);
+            }
+        }
+        let written = self.write_update(t, ns, name, old, patched, target)?;
+        if kind == PatchKind::Apply {
+            self.record_applied(t, &written, field_manager, &patch_value, target);
+        }
+        Ok(written)
+    }
+
+    /// Whether a field path belongs to the part of the object that `target` writes.
+    fn in_target(&self, t: TypeId, path: &[String], target: Target) -> bool {
+        let is_status =
+            self.types[t].status_subresource && path.first().is_some_and(|p| p == "status");
+        is_status == (target == Target::Status)
+    }
+
+    fn applied_key(&self, t: TypeId, obj: &Value) -> (TypeId, Key) {
+        let ns = meta_str(obj, "namespace").unwrap_or("");
+        (t, self.key(t, ns, meta_str(obj, "name").unwrap_or("")))
+    }
+
+    /// Fields this manager applied before, leaves out now, and no other manager applied.
+    fn released_fields(
+        &self,
+        t: TypeId,
+        obj: &Value,
+        manager: Option<&str>,
+        applied: &Value,
+        target: Target,
+    ) -> Vec<Vec<String>> {
+        let manager = manager.unwrap_or_default();
+        let Some(managers) = self.applied.get(&self.applied_key(t, obj)) else {
+            return Vec::new();
+        };
+        let now: BTreeSet<Vec<String>> = patch::leaf_paths(applied).into_iter().collect();
+        let others: BTreeSet<&Vec<String>> = managers
+            .iter()
+            .filter(|(m, _)| m.as_str() != manager)
+            .flat_map(|(_, paths)| paths)
+            .collect();
+        managers
+            .get(manager)
+            .into_iter()
+            .flatten()
+            .filter(|p| self.in_target(t, p, target) && !now.contains(*p) && !others.contains(p))
+            .cloned()
+            .collect()
+    }
+
+    /// Remembers what `manager` applied to `target` (its fields in the other part stay as they were).
+    fn record_applied(
+        &mut self,
+        t: TypeId,
+        obj: &Value,
+        manager: Option<&str>,
+        applied: &Value,
+        target: Target,
+    ) {
+        let key = self.applied_key(t, obj);
+        if !self.objects[t].contains_key(&key.1) {
+            return;
+        }
+        let manager = manager.unwrap_or_default();
+        let fresh: Vec<Vec<String>> = patch::leaf_paths(applied)
+            .into_iter()
+            .filter(|p| self.in_target(t, p, target))
+            .collect();
+        let kept: Vec<Vec<String>> = self
+            .applied
+            .get(&key)
+            .and_then(|m| m.get(manager))
+            .into_iter()
+            .flatten()
+            .filter(|p| !self.in_target(t, p, target))
+            .cloned()
+            .collect();
+        self.applied
+            .entry(key)
+            .or_default()
+            .insert(manager.to_string(), kept.into_iter().chain(fresh).collect());
     }
 
     /// The common update path of PUT and PATCH.
@@ -1165,6 +1256,63 @@ mod tests {
         assert_eq!(main["status"]["ok"], true);
         assert_eq!(main["spec"]["x"], 2);
         assert_eq!(main["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn apply_removes_fields_its_manager_dropped() {
+        let (mut s, w, _) = store();
+        let apply = |s: &mut Store, manager: &str, body: &str, target: Target| {
+            s.patch(
+                w,
+                "ns",
+                "a",
+                PatchKind::Apply,
+                body.as_bytes(),
+                target,
+                Some(manager),
+            )
+            .unwrap()
+        };
+        apply(
+            &mut s,
+            "op",
+            r#"{"metadata":{"name":"a"},"spec":{"x":1,"y":{"z":2}}}"#,
+            Target::Main,
+        );
+        apply(
+            &mut s,
+            "op",
+            r#"{"status":{"message":"boom","ready":false}}"#,
+            Target::Status,
+        );
+        apply(&mut s, "other", r#"{"spec":{"x":1}}"#, Target::Main);
+        s.patch(
+            w,
+            "ns",
+            "a",
+            PatchKind::Merge,
+            br#"{"spec":{"manual":true}}"#,
+            Target::Main,
+            None,
+        )
+        .unwrap();
+        // "op" drops spec.x (still applied by "other") and spec.y; the merge-patched field stays.
+        let main = apply(&mut s, "op", r#"{"spec":{"w":0}}"#, Target::Main);
+        assert_eq!(main["spec"], json!({"x": 1, "w": 0, "manual": true}));
+        assert_eq!(
+            main["status"]["message"], "boom",
+            "a main apply leaves the status alone"
+        );
+        let status = apply(&mut s, "op", r#"{"status":{"ready":true}}"#, Target::Status);
+        assert_eq!(status["status"], json!({"ready": true}));
+        assert_eq!(
+            status["spec"]["w"], 0,
+            "a status apply leaves the spec alone"
+        );
+        assert!(
+            s.patch(w, "ns", "a", PatchKind::Apply, b"{}", Target::Main, None)
+                .is_err()
+        );
     }
 
     #[test]

@@ -81,6 +81,13 @@ fn line(value: &Value) -> Bytes {
     Bytes::from(text)
 }
 
+/// A change as a watch event line, with the object shown in the watched version.
+fn event_line(event: EventType, object: &Value, api_version: &str) -> Bytes {
+    let mut object = object.clone();
+    object["apiVersion"] = Value::String(api_version.to_string());
+    line(&json!({"type": event.as_str(), "object": object}))
+}
+
 fn error_line(err: &ApiError) -> Bytes {
     line(&json!({"type": "ERROR", "object": err.to_status()}))
 }
@@ -95,13 +102,13 @@ pub fn start(
     let begun = {
         let guard = store.lock().expect("store lock");
         let rt = guard.resource_type(req.type_id).clone();
+        let api_version = rt.api_version(&req.version);
         guard.start_watch(req.type_id, req.from).map(|start| {
-            let render = |o: &Value| guard.render(req.type_id, &req.version, o);
             let replay: Vec<Bytes> = start
                 .replay
                 .iter()
                 .filter_map(|r| req.translate(r))
-                .map(|(ev, o)| line(&json!({"type": ev.as_str(), "object": render(o)})))
+                .map(|(ev, o)| event_line(ev, o, &api_version))
                 .collect();
             (start.rx, start.rv, replay, rt)
         })
@@ -152,13 +159,8 @@ pub fn start(
                         WatchRecord::Change { rv, .. } if *rv <= start_rv => continue,
                         WatchRecord::Change { rv, .. } => {
                             last_rv = *rv;
-                            let guard_render = |o: &Value| {
-                                let mut o = o.clone();
-                                o["apiVersion"] = Value::String(api_version.clone());
-                                o
-                            };
                             match req.translate(&record) {
-                                Some((ev, o)) => line(&json!({"type": ev.as_str(), "object": guard_render(o)})),
+                                Some((ev, o)) => event_line(ev, o, &api_version),
                                 None => continue,
                             }
                         }
