@@ -220,6 +220,68 @@ async fn generation_moves_on_spec_changes_only() {
 }
 
 #[tokio::test]
+async fn crd_schemas_prune_default_and_validate() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let mut w = widget(
+        "w1",
+        json!({"size": 1, "options": {"window": "90s"}, "anything": true}),
+    );
+    w.data["junk"] = json!("pruned");
+    let created = api.create(&PostParams::default(), &w).await.unwrap();
+    assert_eq!(
+        created.data["spec"]["options"]["mode"], "fast",
+        "schema default applied"
+    );
+    assert_eq!(
+        created.data["spec"]["anything"], true,
+        "preserve-unknown-fields keeps it"
+    );
+    assert!(
+        created.data.get("junk").is_none(),
+        "unknown top-level fields are pruned"
+    );
+
+    for (bad, field) in [
+        (json!({"size": -1}), "spec.size"),
+        (json!({"size": "big"}), "spec.size"),
+        (json!({"options": {"mode": "warp"}}), "spec.options.mode"),
+        (
+            json!({"options": {"window": "soon"}}),
+            "spec.options.window",
+        ),
+    ] {
+        let err = api
+            .create(&PostParams::default(), &widget("bad", bad.clone()))
+            .await
+            .unwrap_err();
+        let kube::Error::Api(status) = &err else {
+            panic!("expected an API error for {bad}, got {err:?}");
+        };
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (422, "Invalid"),
+            "{bad}"
+        );
+        assert!(status.message.contains(field), "{}", status.message);
+    }
+    let err = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": -5}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_code(&err).map(|c| c.0),
+        Some(422),
+        "updates are validated too"
+    );
+    kube.shutdown().await;
+}
+
+#[tokio::test]
 async fn status_subresource_is_isolated_both_ways() {
     let (kube, client) = start().await;
     let api = widgets(&client, NS);

@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod patch;
+pub mod schema;
 pub mod selector;
 pub mod store;
 pub mod watch;
@@ -98,6 +99,10 @@ fn crd_type(crd: &Value) -> Result<ResourceType, String> {
             .any(|v| v.pointer("/subresources/status").is_some()),
         has_generation: true,
         custom: true,
+        schema: versions
+            .iter()
+            .find_map(|v| v.pointer("/schema/openAPIV3Schema"))
+            .cloned(),
     })
 }
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use super::patch::{self, PatchKind};
+use super::schema;
 use super::selector::{FieldSelector, LabelSelector};
 
 pub type TypeId = usize;
@@ -30,6 +31,8 @@ pub struct ResourceType {
     pub has_generation: bool,
     /// Custom resources: PUT needs a resourceVersion, DELETE returns the object, create drops `.status`.
     pub custom: bool,
+    /// The CRD's `openAPIV3Schema`: writes are pruned, defaulted and validated with it (see `schema.rs`).
+    pub schema: Option<Value>,
 }
 
 impl ResourceType {
@@ -43,6 +46,7 @@ impl ResourceType {
             status_subresource: false,
             has_generation: false,
             custom: false,
+            schema: None,
         }
     }
 
@@ -682,6 +686,7 @@ impl Store {
                 obj.insert("status".into(), json!({}));
             }
         }
+        check_schema(&rt, &key.1, &mut body)?;
         if rt.namespaced {
             self.ensure_namespace(&ns);
         }
@@ -948,6 +953,7 @@ impl Store {
             }
         }
 
+        check_schema(&rt, name, &mut new)?;
         if rt.has_generation && spec_part(&rt, &old) != spec_part(&rt, &new) {
             let generation = old_meta
                 .get("generation")
@@ -1091,6 +1097,24 @@ impl Store {
             rx,
             rv: self.rv,
         })
+    }
+}
+
+/// Prunes, defaults and validates a custom resource against its CRD schema.
+fn check_schema(rt: &ResourceType, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+    let Some(s) = &rt.schema else {
+        return Ok(());
+    };
+    schema::prune_and_default(s, obj);
+    let errors = schema::validate(s, obj);
+    match errors.as_slice() {
+        [] => Ok(()),
+        [one] => Err(ApiError::invalid(rt, name, one)),
+        many => Err(ApiError::invalid(
+            rt,
+            name,
+            &format!("[{}]", many.join(", ")),
+        )),
     }
 }
 
