@@ -939,6 +939,44 @@ async fn the_operator_crds_are_served_when_present() {
                 .is_empty()
         );
     }
+    // The samples (when present) pass the CRD schemas: what `kubectl apply -k config/samples` would do.
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    if !types.is_empty() && samples.is_dir() {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&samples)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+            })
+            .collect();
+        paths.sort();
+        let mut accepted = 0;
+        for path in paths {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let obj = <Value as serde::Deserialize>::deserialize(doc).unwrap();
+                let Some(t) = types
+                    .iter()
+                    .find(|t| Some(t.kind.as_str()) == obj["kind"].as_str())
+                else {
+                    continue;
+                };
+                let mut obj = obj.clone();
+                obj["metadata"]["namespace"] = json!(NS);
+                let created = kube
+                    .create_raw(&t.group, &t.versions[0], &t.plural, obj)
+                    .unwrap_or_else(|e| panic!("{} is refused: {}", path.display(), e.message));
+                assert!(created["spec"].is_object());
+                accepted += 1;
+            }
+        }
+        assert!(
+            accepted > 0,
+            "no sample of the operator's kinds in {}",
+            samples.display()
+        );
+    }
+
     // The cluster-scoped fixture kind works without a namespace.
     let gadgets: Api<DynamicObject> = Api::all_with(
         client.clone(),
