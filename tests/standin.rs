@@ -832,6 +832,71 @@ async fn a_controller_reconciles_and_sees_updates() {
 }
 
 #[tokio::test]
+async fn kube_runtime_finalizer_helper_completes_a_deletion() {
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &widget_resource());
+    let cleaned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    struct Ctx {
+        client: kube::Client,
+        cleaned: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    async fn reconcile(
+        obj: Arc<DynamicObject>,
+        ctx: Arc<Ctx>,
+    ) -> Result<Action, kube::runtime::finalizer::Error<Never>> {
+        let api = widgets(&ctx.client, &obj.namespace().unwrap_or_default());
+        finalizer(&api, "example.dev/cleanup", obj, |event| async move {
+            match event {
+                Finalizer::Apply(_) => Ok(Action::await_change()),
+                Finalizer::Cleanup(_) => {
+                    ctx.cleaned
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(Action::await_change())
+                }
+            }
+        })
+        .await
+    }
+    fn error_policy(
+        _: Arc<DynamicObject>,
+        _: &kube::runtime::finalizer::Error<Never>,
+        _: Arc<Ctx>,
+    ) -> Action {
+        Action::requeue(Duration::from_millis(100))
+    }
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        cleaned: cleaned.clone(),
+    });
+    let handle = tokio::spawn(
+        Controller::new_with(all, watcher::Config::default(), widget_resource())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {}),
+    );
+
+    api.create(&PostParams::default(), &widget("w1", json!({})))
+        .await
+        .unwrap();
+    let has_finalizer = |k: &FakeKube| {
+        k.get("example.dev", "v1", "widgets", NS, "w1")
+            .is_some_and(|o| o["metadata"]["finalizers"] == json!(["example.dev/cleanup"]))
+    };
+    assert!(
+        kube.wait_until(Duration::from_secs(10), has_finalizer)
+            .await
+    );
+    api.delete("w1", &DeleteParams::default()).await.unwrap();
+    let gone = |k: &FakeKube| k.get("example.dev", "v1", "widgets", NS, "w1").is_none();
+    assert!(kube.wait_until(Duration::from_secs(10), gone).await);
+    assert_eq!(cleaned.load(std::sync::atomic::Ordering::SeqCst), 1);
+    handle.abort();
+    kube.shutdown().await;
+}
+
+#[tokio::test]
 async fn events_leases_kubeconfig_and_request_counts() {
     let (kube, client) = start().await;
     let api = widgets(&client, NS);

@@ -276,6 +276,12 @@ async fn handle(
             name: route.name.clone(),
             subresource: route.subresource.clone(),
         });
+    if params.get("dryRun").is_some() {
+        // Refused rather than silently committed: a test relying on dry runs should notice.
+        return error_response(&ApiError::bad_request(
+            "dryRun is not supported by the Kubernetes API stand-in",
+        ));
+    }
     if let Some(code) = take_fault(&shared, verb, &route.plural) {
         let err = ApiError::new(
             code,
@@ -299,10 +305,15 @@ async fn handle(
             "the server does not allow this method",
         )),
     };
-    match result {
-        Ok((code, value)) => json_response(code, &value),
-        Err(e) => error_response(&e),
-    }
+    let (code, value) = match result {
+        Ok((code, value)) => (code, value),
+        Err(e) => (
+            StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            e.to_status(),
+        ),
+    };
+    tracing::debug!(target: "kube_standin", verb, path = uri.path(), code = code.as_u16(), "request");
+    json_response(code, &value)
 }
 
 fn take_fault(shared: &Shared, verb: &str, plural: &str) -> Option<u16> {

@@ -67,7 +67,18 @@ pub fn apply(kind: PatchKind, doc: &Value, patch: &Value) -> Result<Value, Strin
         PatchKind::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| format!("invalid JSON patch: {e}"))?;
-            json_patch::patch(&mut out, &ops).map_err(|e| format!("JSON patch failed: {e}"))?;
+            for op in ops.0 {
+                // Like Kubernetes (evanphx/json-patch), a `test` for null passes on a missing path:
+                // kube-runtime's finalizer helper relies on it when it adds the first finalizer.
+                if let json_patch::PatchOperation::Test(t) = &op
+                    && t.value.is_null()
+                    && out.pointer(t.path.as_str()).is_none()
+                {
+                    continue;
+                }
+                json_patch::patch(&mut out, std::slice::from_ref(&op))
+                    .map_err(|e| format!("JSON patch failed: {e}"))?;
+            }
         }
     }
     Ok(out)
@@ -210,6 +221,10 @@ mod tests {
         let ops = json!([{"op": "replace", "path": "/a/b", "value": 5}, {"op": "add", "path": "/l/-", "value": 9}]);
         let patched = apply(PatchKind::Json, &doc, &ops).unwrap();
         assert_eq!(patched, json!({"a": {"b": 5, "c": 2}, "l": [1, 2, 9]}));
+        let first_finalizer = json!([{"op": "test", "path": "/metadata/finalizers", "value": null}, {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]);
+        let with_finalizer =
+            apply(PatchKind::Json, &json!({"metadata": {}}), &first_finalizer).unwrap();
+        assert_eq!(with_finalizer["metadata"]["finalizers"], json!(["f"]));
         let failing = json!([{"op": "test", "path": "/a/b", "value": 7}]);
         assert!(apply(PatchKind::Json, &doc, &failing).is_err());
 
