@@ -557,6 +557,44 @@ async fn watcher_sees_changes_and_relists_after_compaction() {
 }
 
 #[tokio::test]
+async fn streaming_list_watchers_get_initial_events_and_the_end_bookmark() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    api.create(&PostParams::default(), &widget("w1", json!({})))
+        .await
+        .unwrap();
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+    {
+        match ev.unwrap() {
+            watcher::Event::InitApply(o) => seen.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["w1"]);
+    assert_eq!(
+        kube.request_count("list"),
+        0,
+        "a streaming list needs no list call"
+    );
+    api.create(&PostParams::default(), &widget("w2", json!({})))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(watcher::Event::Apply(o))) => assert_eq!(o.name_any(), "w2"),
+        other => panic!("expected w2, got {other:?}"),
+    }
+    kube.shutdown().await;
+}
+
+#[tokio::test]
 async fn watch_from_an_expired_version_gets_410_and_bookmarks_flow() {
     let (kube, client) = start().await;
     kube.set_bookmark_interval(Duration::from_millis(50));

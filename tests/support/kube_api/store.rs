@@ -687,6 +687,7 @@ impl Store {
             }
         }
         check_schema(&rt, &key.1, &mut body)?;
+        check_builtin(&rt, &key.1, None, &mut body)?;
         if rt.namespaced {
             self.ensure_namespace(&ns);
         }
@@ -954,6 +955,7 @@ impl Store {
         }
 
         check_schema(&rt, name, &mut new)?;
+        check_builtin(&rt, name, Some(&old), &mut new)?;
         if rt.has_generation && spec_part(&rt, &old) != spec_part(&rt, &new) {
             let generation = old_meta
                 .get("generation")
@@ -1116,6 +1118,74 @@ fn check_schema(rt: &ResourceType, name: &str, obj: &mut Value) -> Result<(), Ap
             &format!("[{}]", many.join(", ")),
         )),
     }
+}
+
+/// What the API server does for built-in kinds on a write. Secrets: `stringData` is folded into `data`
+/// (base64), `type` defaults to Opaque and cannot change, and an immutable Secret keeps its data.
+fn check_builtin(
+    rt: &ResourceType,
+    name: &str,
+    old: Option<&Value>,
+    new: &mut Value,
+) -> Result<(), ApiError> {
+    if !(rt.group.is_empty() && rt.plural == "secrets") {
+        return Ok(());
+    }
+    let obj = new.as_object_mut().expect("object");
+    if let Some(Value::Object(string_data)) = obj.remove("stringData") {
+        let data = obj.entry("data").or_insert_with(|| json!({}));
+        if !data.is_object() {
+            *data = json!({});
+        }
+        for (k, v) in string_data {
+            let text = v.as_str().unwrap_or_default();
+            data[k.as_str()] = Value::String(base64(text.as_bytes()));
+        }
+    }
+    if obj.get("type").is_none_or(Value::is_null) {
+        obj.insert("type".into(), Value::String("Opaque".into()));
+    }
+    if let Some(old) = old {
+        if old.get("type") != new.get("type") {
+            return Err(ApiError::invalid(
+                rt,
+                name,
+                "type: Invalid value: field is immutable",
+            ));
+        }
+        if old.get("immutable") == Some(&Value::Bool(true))
+            && (old.get("data") != new.get("data")
+                || new.get("immutable") != Some(&Value::Bool(true)))
+        {
+            return Err(ApiError::invalid(
+                rt,
+                name,
+                "data: Forbidden: field is immutable when `immutable` is set",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The part of an object whose change bumps `metadata.generation`.
@@ -1337,6 +1407,53 @@ mod tests {
             s.patch(w, "ns", "a", PatchKind::Apply, b"{}", Target::Main, None)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn secrets_fold_string_data_and_default_their_type() {
+        let (mut s, _, secrets) = store();
+        let created = s
+            .create(
+                secrets,
+                Some("ns"),
+                json!({"metadata": {"name": "s"}, "stringData": {"token": "abcd", "e": ""}}),
+            )
+            .unwrap();
+        assert_eq!(created["data"], json!({"token": "YWJjZA==", "e": ""}));
+        assert!(created.get("stringData").is_none());
+        assert_eq!(created["type"], "Opaque");
+        assert_eq!(base64(b"a"), "YQ==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        let retyped = s.patch(
+            secrets,
+            "ns",
+            "s",
+            PatchKind::Merge,
+            br#"{"type":"kubernetes.io/tls"}"#,
+            Target::Main,
+            None,
+        );
+        assert_eq!(retyped.unwrap_err().code, 422);
+        s.patch(
+            secrets,
+            "ns",
+            "s",
+            PatchKind::Merge,
+            br#"{"immutable":true}"#,
+            Target::Main,
+            None,
+        )
+        .unwrap();
+        let changed = s.patch(
+            secrets,
+            "ns",
+            "s",
+            PatchKind::Merge,
+            br#"{"stringData":{"token":"x"}}"#,
+            Target::Main,
+            None,
+        );
+        assert_eq!(changed.unwrap_err().code, 422);
     }
 
     #[test]
