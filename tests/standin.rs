@@ -791,6 +791,27 @@ async fn owner_deletion_collects_owned_secrets() {
     assert_eq!(secrets.get_opt("owned").await.unwrap(), None);
     assert!(secrets.get_opt("unrelated").await.unwrap().is_some());
 
+    // Manifests apply like `kubectl apply --server-side`, and raw patches go through the same path as PATCH.
+    let manifest = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: m1\nstringData:\n  k: v\n---\napiVersion: example.dev/v1\nkind: Widget\nmetadata:\n  name: w2\n  namespace: other\nspec:\n  size: 3\n";
+    let applied = kube.apply_manifest(manifest, NS).unwrap();
+    assert_eq!(applied.len(), 2);
+    assert_eq!(
+        kube.get("", "v1", "secrets", NS, "m1").unwrap()["data"]["k"],
+        "dg=="
+    );
+    let patched = kube
+        .patch_raw(
+            "example.dev",
+            "v1",
+            "widgets",
+            "other",
+            "w2",
+            support::kube_api::PatchKind::Merge,
+            &json!({"spec": {"size": 4}}),
+        )
+        .unwrap();
+    assert_eq!(patched["metadata"]["generation"], 2);
+
     // Behind-the-back deletion goes through the same path.
     let gone = kube
         .delete_raw("", "v1", "secrets", NS, "unrelated")

@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use self::http::Shared;
 pub use self::http::{Fault, RequestRecord};
+pub use self::patch::PatchKind;
 use self::selector::{FieldSelector, LabelSelector};
 pub use self::store::{ApiError, DeleteOutcome, Preconditions, ResourceType, Store, Target};
 
@@ -314,6 +315,87 @@ impl FakeKube {
         store
             .replace(t, ns, name, obj, target)
             .map(|o| store.render(t, version, &o))
+    }
+
+    /// Patches an object directly (same path as PATCH; watches see it). `body` is the patch document
+    /// (for `PatchKind::Json`, the array of operations). Apply uses the field manager "kubectl".
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        kind: PatchKind,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        let bytes = body.to_string();
+        store
+            .patch(
+                t,
+                ns,
+                name,
+                kind,
+                bytes.as_bytes(),
+                Target::Main,
+                Some("kubectl"),
+            )
+            .map(|o| store.render(t, version, &o))
+    }
+
+    /// Like `kubectl apply --server-side -f`: every document of a (multi-document) YAML manifest is applied
+    /// with field manager "kubectl", created when absent. Namespaced objects without a namespace go to
+    /// `default_ns`. Documents of kinds the stand-in does not serve fail with 404.
+    pub fn apply_manifest(&self, yaml: &str, default_ns: &str) -> Result<Vec<Value>, ApiError> {
+        let mut applied = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let obj = <Value as serde::Deserialize>::deserialize(doc)
+                .map_err(|e| ApiError::bad_request(format!("manifest is not YAML: {e}")))?;
+            if obj.is_null() {
+                continue;
+            }
+            let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+            let kind = obj["kind"].as_str().unwrap_or_default();
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let mut store = self.store();
+            let t = store
+                .types()
+                .iter()
+                .position(|t| {
+                    t.group == group && t.kind == kind && t.versions.iter().any(|v| v == version)
+                })
+                .ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "NotFound",
+                        format!("no {kind} in {api_version} is served"),
+                    )
+                })?;
+            let ns = obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(default_ns)
+                .to_string();
+            let bytes = obj.to_string();
+            let out = store.patch(
+                t,
+                &ns,
+                name,
+                PatchKind::Apply,
+                bytes.as_bytes(),
+                Target::Main,
+                Some("kubectl"),
+            )?;
+            applied.push(store.render(t, version, &out));
+        }
+        Ok(applied)
     }
 
     /// Deletes an object like `kubectl delete` (finalizers hold it with a deletionTimestamp; watches see it).
