@@ -1,14 +1,35 @@
-//! A Kubernetes API stand-in for controller integration tests: real HTTP on 127.0.0.1, real watch streams,
-//! the write semantics controllers depend on. See `store.rs` for the semantics and `patch.rs` for the
-//! approximations of strategic merge patch and server-side apply.
+//! A Kubernetes API stand-in for controller integration tests: real HTTP on 127.0.0.1 (random port), real
+//! watch streams, and the write semantics controllers depend on.
 //!
 //! ```ignore
-//! let kube = FakeKube::start(Path::new("crds")).await;
-//! let client = kube.client();
-//! // ... run controllers with `client`, or the real binary with KUBECONFIG=kube.write_kubeconfig(..)
+//! let _ = rustls::crypto::ring::default_provider().install_default();
+//! let kube = FakeKube::start(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds").as_path()).await;
+//! let client = kube.client();                      // or kube.write_kubeconfig(path) for the real binary
+//! // ... run controllers with `client` ...
 //! assert!(kube.get("", "v1", "secrets", "ns", "name").is_some());
 //! kube.shutdown().await;
 //! ```
+//!
+//! Served: the CRDs of a directory; core v1 namespaces, secrets, configmaps, events; events.k8s.io/v1 events;
+//! coordination.k8s.io/v1 leases; apps/v1 deployments, statefulsets, daemonsets. Verbs: get, list (label and
+//! field selectors, limit/continue), watch, create, update (PUT), patch (merge, JSON, strategic, apply),
+//! delete, deletecollection, and the `/status` subresource; minimal discovery (`/api`, `/apis`, `/version`).
+//!
+//! Semantics kept (see `store.rs`): one global resourceVersion bumped by every write; 409 Conflict on a stale
+//! resourceVersion (PUT, or a patch carrying one); no-op writes change nothing; uid, creationTimestamp,
+//! generation (spec changes only when there is a status subresource; also when deletion starts); namespace
+//! from the URL; `/status` changes only `.status` and the main resource never does; finalizers hold a deletion
+//! with deletionTimestamp (new finalizers then refused with 422); ownerReference garbage collection
+//! (background, done at once); CRD schema pruning, defaults and validation (`schema.rs`); Secret `stringData`
+//! folded into `data`; watch from a resourceVersion with a bounded history, 410 Expired when it is too old
+//! or after `compact()`, bookmarks, `sendInitialEvents`, `timeoutSeconds`.
+//!
+//! Approximations: lists always serve the latest state (resourceVersion/resourceVersionMatch accepted and
+//! ignored; continue pages are not a snapshot); server-side apply has no managedFields and no conflicts (see
+//! `patch.rs`); strategic merge patch merges only `metadata.finalizers` lists; no CEL rules, admission, RBAC,
+//! defaults of built-in kinds (except Secret `type`), namespace deletion cascade, foreground/orphan
+//! propagation, or conversion between CRD versions; core and events.k8s.io Events are separate stores;
+//! `dryRun` is refused with 400.
 
 pub mod http;
 pub mod patch;
