@@ -182,3 +182,55 @@ pub fn start(
         |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(labels: &str) -> WatchRequest {
+        WatchRequest {
+            type_id: 0,
+            version: "v1".into(),
+            namespace: Some("ns".into()),
+            labels: LabelSelector::parse(labels).unwrap(),
+            fields: FieldSelector::default(),
+            from: None,
+            bookmarks: false,
+            send_initial_events: false,
+            timeout: Duration::from_secs(1),
+            bookmark_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn modified(before: &str, after: &str) -> WatchRecord {
+        let obj = |app: &str| json!({"metadata": {"name": "a", "namespace": "ns", "labels": {"app": app}}});
+        WatchRecord::Change {
+            rv: 1,
+            type_id: 0,
+            event: EventType::Modified,
+            object: obj(after),
+            previous: Some(obj(before)),
+        }
+    }
+
+    #[test]
+    fn selector_watches_see_objects_enter_and_leave() {
+        let req = request("app=web");
+        let kind = |r: &WatchRecord| req.translate(r).map(|(e, _)| e);
+        assert_eq!(kind(&modified("web", "web")), Some(EventType::Modified));
+        assert_eq!(kind(&modified("db", "web")), Some(EventType::Added));
+        assert_eq!(kind(&modified("web", "db")), Some(EventType::Deleted));
+        assert_eq!(kind(&modified("db", "db")), None);
+        let other_type = WatchRecord::Change {
+            rv: 1,
+            type_id: 1,
+            event: EventType::Added,
+            object: json!({}),
+            previous: None,
+        };
+        assert_eq!(kind(&other_type), None);
+        let other_ns =
+            json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}}});
+        assert!(!req.selects(&other_ns));
+    }
+}
