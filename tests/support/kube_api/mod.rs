@@ -388,6 +388,11 @@ impl FakeKube {
         self.store().compact();
     }
 
+    /// How many changes the watch history keeps (default 20 000); a watch from further back gets 410 Gone.
+    pub fn set_history_limit(&self, changes: usize) {
+        self.store().set_history_limit(changes);
+    }
+
     /// The current (global) resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.store().resource_version()

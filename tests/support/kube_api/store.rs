@@ -191,14 +191,14 @@ fn random_suffix() -> String {
 
 impl Store {
     pub fn new(types: Vec<ResourceType>) -> Self {
-        let (tx, _) = broadcast::channel(8192);
+        let (tx, _) = broadcast::channel(65_536);
         let objects = types.iter().map(|_| BTreeMap::new()).collect();
         Self {
             types,
             objects,
             rv: FIRST_RV,
             history: VecDeque::new(),
-            history_limit: 5000,
+            history_limit: 20_000,
             floor: FIRST_RV,
             tx,
             applied: BTreeMap::new(),
@@ -1289,5 +1289,18 @@ mod tests {
             Some(410)
         );
         assert!(s.start_watch(w, Some(s.resource_version())).is_ok());
+
+        // A bounded history: only the last `limit` changes can be replayed.
+        s.set_history_limit(2);
+        let before = s.resource_version();
+        for name in ["c", "d", "e"] {
+            s.create(w, Some("ns"), json!({"metadata": {"name": name}}))
+                .unwrap();
+        }
+        assert_eq!(
+            s.start_watch(w, Some(before)).err().map(|e| e.code),
+            Some(410)
+        );
+        assert_eq!(s.start_watch(w, Some(before + 1)).unwrap().replay.len(), 2);
     }
 }
