@@ -19,7 +19,7 @@ pub fn required_rules() -> Vec<PolicyRule> {
         rule(
             "konnect-sa.dev",
             &["systemaccounts", "systemaccounttokens", "rolebindings"],
-            &["get", "list", "watch", "patch", "update"],
+            &["get", "list", "watch", "patch"],
         ),
         rule(
             "konnect-sa.dev",
@@ -28,7 +28,7 @@ pub fn required_rules() -> Vec<PolicyRule> {
                 "systemaccounttokens/status",
                 "rolebindings/status",
             ],
-            &["get", "patch", "update"],
+            &["get", "update"],
         ),
         rule(
             "konnect-sa.dev",
@@ -51,17 +51,17 @@ pub fn required_rules() -> Vec<PolicyRule> {
         rule(
             "apps",
             &["deployments", "statefulsets", "daemonsets"],
-            &["get", "patch"],
+            &["patch"],
         ),
     ]
 }
 
-/// Rules in the operator's own namespace: the leader-election Lease. kube-lease-manager 0.13 gets, creates and
-/// patches (strategic merge or apply) its Lease; it never replaces or deletes it.
+/// Rules in the operator's own namespace: the leader-election Lease (src/leader.rs): get, create, and a
+/// resourceVersion-guarded update to take or renew it.
 pub fn leader_election_rules() -> Vec<PolicyRule> {
     vec![rule(
         "coordination.k8s.io",
         &["leases"],
-        &["get", "create", "patch"],
+        &["get", "create", "update"],
     )]
 }

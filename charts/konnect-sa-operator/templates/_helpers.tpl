@@ -58,10 +58,10 @@ src/api/rbac.rs (tests/install.rs compares them).
 rules:
   - apiGroups: ["konnect-sa.dev"]
     resources: ["systemaccounts", "systemaccounttokens", "rolebindings"]
-    verbs: ["get", "list", "watch", "patch", "update"]
+    verbs: ["get", "list", "watch", "patch"]
   - apiGroups: ["konnect-sa.dev"]
     resources: ["systemaccounts/status", "systemaccounttokens/status", "rolebindings/status"]
-    verbs: ["get", "patch", "update"]
+    verbs: ["get", "update"]
   - apiGroups: ["konnect-sa.dev"]
     resources: ["systemaccounts/finalizers", "systemaccounttokens/finalizers", "rolebindings/finalizers"]
     verbs: ["update"]
@@ -75,13 +75,13 @@ rules:
   # rolloutRestartTargets: the same patch as `kubectl rollout restart`.
   - apiGroups: ["apps"]
     resources: ["deployments", "statefulsets", "daemonsets"]
-    verbs: ["get", "patch"]
+    verbs: ["patch"]
 {{- end }}
 
-{{/* Leader election: kube-lease-manager gets, creates and patches one Lease. */}}
+{{/* Leader election: the operator gets, creates and updates one Lease. */}}
 {{- define "konnect-sa-operator.leaderElectionRules" -}}
 rules:
   - apiGroups: ["coordination.k8s.io"]
     resources: ["leases"]
-    verbs: ["get", "create", "patch"]
+    verbs: ["get", "create", "update"]
 {{- end }}

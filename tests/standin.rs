@@ -1,0 +1,1124 @@
+//! The Kubernetes API stand-in (tests/support/kube_api) driven by the real kube client, watcher and Controller:
+//! if these pass, controller integration tests run against semantics a real API server would show.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use support::FakeKube;
+use support::kube_api::DeleteOutcome;
+
+const NS: &str = "team-a";
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crds")
+}
+
+async fn start() -> (FakeKube, kube::Client) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kube = FakeKube::start(&fixture_dir()).await;
+    let client = kube.client();
+    (kube, client)
+}
+
+fn widget_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.dev", "v1", "Widget"),
+        "widgets",
+    )
+}
+
+fn widgets(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &widget_resource())
+}
+
+fn widget(name: &str, spec: Value) -> DynamicObject {
+    let mut w = DynamicObject::new(name, &widget_resource());
+    w.data = json!({"spec": spec});
+    w
+}
+
+fn secret(name: &str, labels: &[(&str, &str)]) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    s.string_data = None;
+    s.data = Some([("k".to_string(), k8s_openapi::ByteString(b"v".to_vec()))].into());
+    s
+}
+
+fn api_code(err: &kube::Error) -> Option<(u16, String)> {
+    match err {
+        kube::Error::Api(status) => Some((status.code, status.reason.clone())),
+        _ => None,
+    }
+}
+
+fn generation(o: &DynamicObject) -> i64 {
+    o.metadata.generation.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn create_get_replace_conflict_and_errors() {
+    let (kube, client) = start().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+
+    let created = secrets
+        .create(&PostParams::default(), &secret("s1", &[]))
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.metadata.namespace.as_deref(), Some(NS));
+    assert_eq!(
+        created.metadata.generation, None,
+        "Secrets have no generation"
+    );
+
+    let mut fresh = secrets.get("s1").await.unwrap();
+    fresh.metadata.labels = Some([("edited".to_string(), "yes".to_string())].into());
+    let replaced = secrets
+        .replace("s1", &PostParams::default(), &fresh)
+        .await
+        .unwrap();
+    assert!(
+        replaced.resource_version().unwrap().parse::<u64>().unwrap()
+            > created.resource_version().unwrap().parse::<u64>().unwrap()
+    );
+
+    // `created` carries the old resourceVersion now.
+    let err = secrets
+        .replace("s1", &PostParams::default(), &created)
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = &err else {
+        panic!("expected an API error, got {err:?}");
+    };
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(
+        status.message.contains(
+            "the object has been modified; please apply your changes to the latest version"
+        )
+    );
+
+    let dup = secrets
+        .create(&PostParams::default(), &secret("s1", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&dup), Some((409, "AlreadyExists".into())));
+    let missing = secrets.get("nope").await.unwrap_err();
+    assert_eq!(api_code(&missing), Some((404, "NotFound".into())));
+    assert_eq!(secrets.get_opt("nope").await.unwrap(), None);
+    let nameless = secrets
+        .create(&PostParams::default(), &Secret::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&nameless), Some((422, "Invalid".into())));
+
+    // The test API sees the same objects, and the namespace was created on the way.
+    assert_eq!(
+        kube.get("", "v1", "secrets", NS, "s1").unwrap()["metadata"]["labels"]["edited"],
+        "yes"
+    );
+    assert!(kube.get("", "v1", "namespaces", "", NS).is_some());
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn generation_moves_on_spec_changes_only() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let created = api
+        .create(&PostParams::default(), &widget("w1", json!({"size": 1})))
+        .await
+        .unwrap();
+    assert_eq!(generation(&created), 1);
+
+    let labelled = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        generation(&labelled),
+        1,
+        "metadata changes keep the generation"
+    );
+    let resized = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(generation(&resized), 2);
+    let status = api
+        .patch_status(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"ready": true}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(generation(&status), 2, "status changes keep the generation");
+
+    // A no-op write neither moves the resourceVersion nor wakes watchers.
+    let again = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.resource_version(), status.resource_version());
+
+    // Built-in workloads follow the same rule.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "app"},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": {"app": "x"}}}}
+    }))
+    .unwrap();
+    let d = deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+    assert_eq!(d.metadata.generation, Some(1));
+    let restart =
+        json!({"spec": {"template": {"metadata": {"annotations": {"restartedAt": "now"}}}}});
+    let d = deployments
+        .patch("app", &PatchParams::default(), &Patch::Strategic(restart))
+        .await
+        .unwrap();
+    assert_eq!(d.metadata.generation, Some(2));
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn crd_schemas_prune_default_and_validate() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let mut w = widget(
+        "w1",
+        json!({"size": 1, "options": {"window": "90s"}, "anything": true}),
+    );
+    w.data["junk"] = json!("pruned");
+    let created = api.create(&PostParams::default(), &w).await.unwrap();
+    assert_eq!(
+        created.data["spec"]["options"]["mode"], "fast",
+        "schema default applied"
+    );
+    assert_eq!(
+        created.data["spec"]["anything"], true,
+        "preserve-unknown-fields keeps it"
+    );
+    assert!(
+        created.data.get("junk").is_none(),
+        "unknown top-level fields are pruned"
+    );
+
+    for (bad, field) in [
+        (json!({"size": -1}), "spec.size"),
+        (json!({"size": "big"}), "spec.size"),
+        (json!({"options": {"mode": "warp"}}), "spec.options.mode"),
+        (
+            json!({"options": {"window": "soon"}}),
+            "spec.options.window",
+        ),
+    ] {
+        let err = api
+            .create(&PostParams::default(), &widget("bad", bad.clone()))
+            .await
+            .unwrap_err();
+        let kube::Error::Api(status) = &err else {
+            panic!("expected an API error for {bad}, got {err:?}");
+        };
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (422, "Invalid"),
+            "{bad}"
+        );
+        assert!(status.message.contains(field), "{}", status.message);
+    }
+    let err = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": -5}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_code(&err).map(|c| c.0),
+        Some(422),
+        "updates are validated too"
+    );
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_subresource_is_isolated_both_ways() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let mut w = widget("w1", json!({"size": 1}));
+    w.data["status"] = json!({"ready": true});
+    let created = api.create(&PostParams::default(), &w).await.unwrap();
+    assert!(
+        created.data.get("status").is_none(),
+        "status is dropped on create"
+    );
+
+    let mut main = created.clone();
+    main.data["status"] = json!({"ready": true});
+    main.data["spec"]["size"] = json!(5);
+    let after_main = api
+        .replace("w1", &PostParams::default(), &main)
+        .await
+        .unwrap();
+    assert_eq!(after_main.data["spec"]["size"], 5);
+    assert!(
+        after_main.data.get("status").is_none(),
+        "the main resource ignores .status"
+    );
+
+    let mut status_write = after_main.clone();
+    status_write.data["status"] = json!({"ready": true});
+    status_write.data["spec"]["size"] = json!(99);
+    let after_status = api
+        .replace_status("w1", &PostParams::default(), &status_write)
+        .await
+        .unwrap();
+    assert_eq!(after_status.data["status"]["ready"], true);
+    assert_eq!(
+        after_status.data["spec"]["size"], 5,
+        "/status ignores the spec"
+    );
+    assert_eq!(generation(&after_status), generation(&after_main));
+
+    // A stale status write conflicts too.
+    let err = api
+        .replace_status("w1", &PostParams::default(), &status_write)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((409, "Conflict".into())));
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_the_last_is_removed() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let mut w = widget("w1", json!({}));
+    w.metadata.finalizers = Some(vec!["example.dev/cleanup".into()]);
+    api.create(&PostParams::default(), &w).await.unwrap();
+
+    let pending = api.delete("w1", &DeleteParams::default()).await.unwrap();
+    let pending = pending
+        .left()
+        .expect("a finalized object is returned, not a Status");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert_eq!(pending.metadata.deletion_grace_period_seconds, Some(0));
+    assert!(
+        api.get("w1").await.is_ok(),
+        "still there while finalizers remain"
+    );
+
+    let add = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["example.dev/cleanup", "other/x"]}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&add), Some((422, "Invalid".into())));
+
+    let remove = json!([{"op": "remove", "path": "/metadata/finalizers/0"}]);
+    api.patch(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Json::<()>(serde_json::from_value(remove).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api.get_opt("w1").await.unwrap(), None);
+
+    // Without finalizers a delete is immediate.
+    api.create(&PostParams::default(), &widget("w2", json!({})))
+        .await
+        .unwrap();
+    api.delete("w2", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api.get_opt("w2").await.unwrap(), None);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(&PostParams::default(), &secret("s", &[]))
+        .await
+        .unwrap();
+    assert!(
+        secrets
+            .delete("s", &DeleteParams::default())
+            .await
+            .unwrap()
+            .is_right()
+    );
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn lists_filter_by_label_field_and_namespace() {
+    let (kube, client) = start().await;
+    for (ns, name, labels) in [
+        ("a", "one", vec![("app", "web"), ("tier", "front")]),
+        ("a", "two", vec![("app", "db")]),
+        ("a", "three", vec![]),
+        ("b", "four", vec![("app", "web")]),
+    ] {
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        api.create(&PostParams::default(), &secret(name, &labels))
+            .await
+            .unwrap();
+    }
+    let names = |l: kube::core::ObjectList<Secret>| {
+        let mut n: Vec<String> = l.items.iter().map(|s| s.name_any()).collect();
+        n.sort();
+        n
+    };
+    let in_a: Api<Secret> = Api::namespaced(client.clone(), "a");
+    let all: Api<Secret> = Api::all(client.clone());
+    let cases: [(&Api<Secret>, ListParams, Vec<&str>); 7] = [
+        (&in_a, ListParams::default(), vec!["one", "three", "two"]),
+        (&in_a, ListParams::default().labels("app=web"), vec!["one"]),
+        (
+            &in_a,
+            ListParams::default().labels("app!=web"),
+            vec!["three", "two"],
+        ),
+        (&in_a, ListParams::default().labels("!app"), vec!["three"]),
+        (
+            &all,
+            ListParams::default().labels("app"),
+            vec!["four", "one", "two"],
+        ),
+        (
+            &all,
+            ListParams::default().fields("metadata.name=four"),
+            vec!["four"],
+        ),
+        (
+            &all,
+            ListParams::default().fields("metadata.namespace=b"),
+            vec!["four"],
+        ),
+    ];
+    for (api, lp, want) in cases {
+        let got = names(api.list(&lp).await.unwrap());
+        assert_eq!(got, want, "{:?} {:?}", lp.label_selector, lp.field_selector);
+    }
+    let list = all.list(&ListParams::default()).await.unwrap();
+    assert!(list.metadata.resource_version.is_some());
+
+    // Paging, as kube-runtime's watcher asks for it (limit + continue), and resourceVersion=0 lists.
+    let first = all.list(&ListParams::default().limit(3)).await.unwrap();
+    assert_eq!(first.items.len(), 3);
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    let rest = all
+        .list(&ListParams::default().limit(3).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert!(rest.metadata.continue_.is_none());
+    let any = all
+        .list(&ListParams::default().match_any().limit(500))
+        .await
+        .unwrap();
+    assert_eq!(any.items.len(), 4);
+    kube.shutdown().await;
+}
+
+/// Collects watcher events into a channel so the test can wait for particular ones.
+fn spawn_watcher(api: Api<DynamicObject>) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        while let Some(ev) = stream.next().await {
+            let line = match ev {
+                Ok(watcher::Event::Apply(o)) => {
+                    format!("apply {} {}", o.name_any(), o.data["spec"])
+                }
+                Ok(watcher::Event::Delete(o)) => format!("delete {}", o.name_any()),
+                Ok(watcher::Event::Init) => "init".into(),
+                Ok(watcher::Event::InitApply(o)) => format!("initapply {}", o.name_any()),
+                Ok(watcher::Event::InitDone) => "initdone".into(),
+                Err(e) => format!("error {e}"),
+            };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn wait_for(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    want: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = rx.recv().await {
+            let hit = line.starts_with(want);
+            seen.push(line);
+            if hit {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "timed out waiting for {want:?}; saw {seen:?}"
+    );
+    seen
+}
+
+#[tokio::test]
+async fn watcher_sees_changes_and_relists_after_compaction() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    api.create(&PostParams::default(), &widget("before", json!({"n": 0})))
+        .await
+        .unwrap();
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &widget_resource());
+    let mut rx = spawn_watcher(all);
+    wait_for(&mut rx, "initapply before").await;
+    wait_for(&mut rx, "initdone").await;
+
+    api.create(&PostParams::default(), &widget("w1", json!({"n": 1})))
+        .await
+        .unwrap();
+    wait_for(&mut rx, "apply w1 {\"n\":1}").await;
+    api.patch(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"n": 2}})),
+    )
+    .await
+    .unwrap();
+    wait_for(&mut rx, "apply w1 {\"n\":2}").await;
+    api.delete("w1", &DeleteParams::default()).await.unwrap();
+    wait_for(&mut rx, "delete w1").await;
+
+    // A compaction ends the watch with 410 Gone: the watcher relists and carries on.
+    let lists_before = kube.request_count_for("list", "widgets");
+    kube.compact();
+    let seen = wait_for(&mut rx, "initdone").await;
+    assert!(
+        seen.iter().any(|l| l.starts_with("error")),
+        "the 410 surfaces as a watcher error: {seen:?}"
+    );
+    assert!(kube.request_count_for("list", "widgets") > lists_before);
+    api.create(&PostParams::default(), &widget("w2", json!({"n": 3})))
+        .await
+        .unwrap();
+    wait_for(&mut rx, "apply w2").await;
+
+    // A change made behind the client's back (like kubectl edit) is seen as well.
+    kube.modify_raw("example.dev", "v1", "widgets", NS, "w2", |o| {
+        o["spec"]["n"] = json!(4)
+    })
+    .unwrap();
+    wait_for(&mut rx, "apply w2 {\"n\":4}").await;
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn streaming_list_watchers_get_initial_events_and_the_end_bookmark() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    api.create(&PostParams::default(), &widget("w1", json!({})))
+        .await
+        .unwrap();
+    let mut stream = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+    {
+        match ev.unwrap() {
+            watcher::Event::InitApply(o) => seen.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["w1"]);
+    assert_eq!(
+        kube.request_count("list"),
+        0,
+        "a streaming list needs no list call"
+    );
+    api.create(&PostParams::default(), &widget("w2", json!({})))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(watcher::Event::Apply(o))) => assert_eq!(o.name_any(), "w2"),
+        other => panic!("expected w2, got {other:?}"),
+    }
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_from_an_expired_version_gets_410_and_bookmarks_flow() {
+    let (kube, client) = start().await;
+    kube.set_bookmark_interval(Duration::from_millis(50));
+    let api = widgets(&client, NS);
+    let created = api
+        .create(&PostParams::default(), &widget("w1", json!({})))
+        .await
+        .unwrap();
+    let old_rv = created.resource_version().unwrap();
+    api.patch(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"x": 1}})),
+    )
+    .await
+    .unwrap();
+
+    // From the old version the change is replayed, then bookmarks follow.
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(5), &old_rv)
+        .await
+        .unwrap()
+        .boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Modified(o)) => assert_eq!(o.data["spec"]["x"], 1),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Bookmark(b)) => assert!(!b.metadata.resource_version.is_empty()),
+        other => panic!("expected BOOKMARK, got {other:?}"),
+    }
+
+    kube.compact();
+    let mut expired = api
+        .watch(&WatchParams::default(), &old_rv)
+        .await
+        .unwrap()
+        .boxed();
+    match expired.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected a 410 ERROR, got {other:?}"),
+    }
+
+    // Watches end at timeoutSeconds.
+    let now = kube.resource_version().to_string();
+    let short = api
+        .watch(&WatchParams::default().timeout(1).disable_bookmarks(), &now)
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(5),
+        short.boxed().try_collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        ended
+            .expect("the watch ended by itself")
+            .unwrap()
+            .is_empty()
+    );
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn merge_json_strategic_and_apply_patches() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let ssa = PatchParams::apply("standin-test");
+
+    // Apply creates a missing object; another manager's apply merges into it; a manager's re-apply
+    // removes what it applied before and leaves out now (unless someone else applied it too).
+    let applied = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"a": 1, "b": {"c": 2}}});
+    let created = api
+        .patch("w1", &ssa, &Patch::Apply(&applied))
+        .await
+        .unwrap();
+    assert_eq!(created.data["spec"]["b"]["c"], 2);
+    let other = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"b": {"d": 3}}});
+    let merged = api
+        .patch(
+            "w1",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(&other),
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged.data["spec"], json!({"a": 1, "b": {"c": 2, "d": 3}}));
+    let reapplied = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"b": {"c": 2}}});
+    let merged = api
+        .patch("w1", &ssa, &Patch::Apply(&reapplied))
+        .await
+        .unwrap();
+    assert_eq!(merged.data["spec"], json!({"b": {"c": 2, "d": 3}}));
+
+    // Status through apply, the way the operator writes conditions.
+    let status = json!({"apiVersion": "example.dev/v1", "kind": "Widget", "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+    let with_status = api
+        .patch_status("w1", &ssa, &Patch::Apply(&status))
+        .await
+        .unwrap();
+    assert_eq!(with_status.data["status"]["conditions"][0]["type"], "Ready");
+
+    let merge = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"a": null, "e": [1]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(merge.data["spec"], json!({"b": {"c": 2, "d": 3}, "e": [1]}));
+
+    let ops = json!([{"op": "add", "path": "/spec/e/-", "value": 2}, {"op": "test", "path": "/spec/b/c", "value": 2}]);
+    let jp = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(ops).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(jp.data["spec"]["e"], json!([1, 2]));
+    let failing = json!([{"op": "test", "path": "/spec/b/c", "value": 7}]);
+    let err = api
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(failing).unwrap()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err).map(|c| c.0), Some(422));
+
+    // A merge patch carrying a stale resourceVersion is an optimistic-lock failure.
+    let stale =
+        json!({"metadata": {"resourceVersion": created.resource_version()}, "spec": {"z": 1}});
+    let err = api
+        .patch("w1", &PatchParams::default(), &Patch::Merge(stale))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((409, "Conflict".into())));
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(&PostParams::default(), &secret("s", &[("a", "1")]))
+        .await
+        .unwrap();
+    let smp = secrets
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"labels": {"b": "2"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(smp.labels().len(), 2);
+
+    // Patching a missing object is a 404 (only apply creates).
+    let err = api
+        .patch(
+            "nope",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err).map(|c| c.0), Some(404));
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn owner_deletion_collects_owned_secrets() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let owner = api
+        .create(&PostParams::default(), &widget("w1", json!({})))
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let mut owned = secret("owned", &[]);
+    owned.metadata.owner_references = Some(vec![
+        owner.controller_owner_ref(&widget_resource()).unwrap(),
+    ]);
+    secrets
+        .create(&PostParams::default(), &owned)
+        .await
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("unrelated", &[]))
+        .await
+        .unwrap();
+
+    api.delete("w1", &DeleteParams::background()).await.unwrap();
+    assert_eq!(secrets.get_opt("owned").await.unwrap(), None);
+    assert!(secrets.get_opt("unrelated").await.unwrap().is_some());
+
+    // Manifests apply like `kubectl apply --server-side`, and raw patches go through the same path as PATCH.
+    let manifest = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: m1\nstringData:\n  k: v\n---\napiVersion: example.dev/v1\nkind: Widget\nmetadata:\n  name: w2\n  namespace: other\nspec:\n  size: 3\n";
+    let applied = kube.apply_manifest(manifest, NS).unwrap();
+    assert_eq!(applied.len(), 2);
+    assert_eq!(
+        kube.get("", "v1", "secrets", NS, "m1").unwrap()["data"]["k"],
+        "dg=="
+    );
+    let patched = kube
+        .patch_raw(
+            "example.dev",
+            "v1",
+            "widgets",
+            "other",
+            "w2",
+            support::kube_api::PatchKind::Merge,
+            &json!({"spec": {"size": 4}}),
+        )
+        .unwrap();
+    assert_eq!(patched["metadata"]["generation"], 2);
+
+    // Behind-the-back deletion goes through the same path.
+    let gone = kube
+        .delete_raw("", "v1", "secrets", NS, "unrelated")
+        .unwrap();
+    assert!(matches!(gone, DeleteOutcome::Deleted(_)));
+    kube.shutdown().await;
+}
+
+#[derive(Debug)]
+struct Never;
+impl std::fmt::Display for Never {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("never")
+    }
+}
+impl std::error::Error for Never {}
+
+#[tokio::test]
+async fn a_controller_reconciles_and_sees_updates() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &widget_resource());
+
+    // Reconcile: copy spec.size into status.observedSize, with the generation it saw.
+    async fn reconcile(
+        obj: Arc<DynamicObject>,
+        client: Arc<kube::Client>,
+    ) -> Result<Action, Never> {
+        let api = widgets(&client, &obj.namespace().unwrap_or_default());
+        let status = json!({"status": {"observedSize": obj.data["spec"]["size"], "observedGeneration": obj.meta().generation}});
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(status),
+        )
+        .await
+        .map_err(|_| Never)?;
+        Ok(Action::await_change())
+    }
+    fn error_policy(_: Arc<DynamicObject>, _: &Never, _: Arc<kube::Client>) -> Action {
+        Action::requeue(Duration::from_millis(100))
+    }
+    let controller = Controller::new_with(all, watcher::Config::default(), widget_resource())
+        .run(reconcile, error_policy, Arc::new(client.clone()))
+        .for_each(|_| async {});
+    let handle = tokio::spawn(controller);
+
+    api.create(&PostParams::default(), &widget("w1", json!({"size": 1})))
+        .await
+        .unwrap();
+    let observed = |size: i64, generation: i64| {
+        move |k: &FakeKube| {
+            k.get("example.dev", "v1", "widgets", NS, "w1")
+                .is_some_and(|o| {
+                    o["status"]["observedSize"] == size
+                        && o["status"]["observedGeneration"] == generation
+                })
+        }
+    };
+    assert!(
+        kube.wait_until(Duration::from_secs(10), observed(1, 1))
+            .await
+    );
+    api.patch(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"size": 2}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        kube.wait_until(Duration::from_secs(10), observed(2, 2))
+            .await
+    );
+    handle.abort();
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn kube_runtime_finalizer_helper_completes_a_deletion() {
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &widget_resource());
+    let cleaned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    struct Ctx {
+        client: kube::Client,
+        cleaned: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    async fn reconcile(
+        obj: Arc<DynamicObject>,
+        ctx: Arc<Ctx>,
+    ) -> Result<Action, kube::runtime::finalizer::Error<Never>> {
+        let api = widgets(&ctx.client, &obj.namespace().unwrap_or_default());
+        finalizer(&api, "example.dev/cleanup", obj, |event| async move {
+            match event {
+                Finalizer::Apply(_) => Ok(Action::await_change()),
+                Finalizer::Cleanup(_) => {
+                    ctx.cleaned
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(Action::await_change())
+                }
+            }
+        })
+        .await
+    }
+    fn error_policy(
+        _: Arc<DynamicObject>,
+        _: &kube::runtime::finalizer::Error<Never>,
+        _: Arc<Ctx>,
+    ) -> Action {
+        Action::requeue(Duration::from_millis(100))
+    }
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        cleaned: cleaned.clone(),
+    });
+    let handle = tokio::spawn(
+        Controller::new_with(all, watcher::Config::default(), widget_resource())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {}),
+    );
+
+    api.create(&PostParams::default(), &widget("w1", json!({})))
+        .await
+        .unwrap();
+    let has_finalizer = |k: &FakeKube| {
+        k.get("example.dev", "v1", "widgets", NS, "w1")
+            .is_some_and(|o| o["metadata"]["finalizers"] == json!(["example.dev/cleanup"]))
+    };
+    assert!(
+        kube.wait_until(Duration::from_secs(10), has_finalizer)
+            .await
+    );
+    api.delete("w1", &DeleteParams::default()).await.unwrap();
+    let gone = |k: &FakeKube| k.get("example.dev", "v1", "widgets", NS, "w1").is_none();
+    assert!(kube.wait_until(Duration::from_secs(10), gone).await);
+    assert_eq!(cleaned.load(std::sync::atomic::Ordering::SeqCst), 1);
+    handle.abort();
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_leases_kubeconfig_and_request_counts() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let w = api
+        .create(&PostParams::default(), &widget("w1", json!({})))
+        .await
+        .unwrap();
+
+    // The Recorder creates an Event, then patches it for a repeat.
+    let recorder = Recorder::new(client.clone(), Reporter::from("standin-test".to_string()));
+    let ev = KEvent {
+        type_: EventType::Normal,
+        reason: "Tested".into(),
+        note: Some("hello".into()),
+        action: "Test".into(),
+        secondary: None,
+    };
+    let reference = w.object_ref(&widget_resource());
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events = kube.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["reason"], "Tested");
+    assert_eq!(events[0]["series"]["count"], 2);
+
+    // Leases: create, then replace with the right and a stale resourceVersion.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let lease: Lease = serde_json::from_value(
+        json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a"}}),
+    )
+    .unwrap();
+    let first = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let mut taken = first.clone();
+    taken.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("leader", &PostParams::default(), &taken)
+        .await
+        .unwrap();
+    let err = leases
+        .replace("leader", &PostParams::default(), &taken)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err).map(|c| c.0), Some(409));
+
+    // A kubeconfig for the real binary.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&path).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(config.default_namespace, "default");
+    let via_file = kube::Client::try_from(config).unwrap();
+    let secrets: Api<Secret> = Api::default_namespaced(via_file);
+    secrets
+        .create(&PostParams::default(), &secret("from-file", &[]))
+        .await
+        .unwrap();
+    assert!(
+        kube.get("", "v1", "secrets", "default", "from-file")
+            .is_some()
+    );
+
+    // Traffic accounting, and injected failures.
+    kube.reset_request_counts();
+    secrets.get("from-file").await.unwrap();
+    secrets.list(&ListParams::default()).await.unwrap();
+    assert_eq!(kube.request_count("get"), 1);
+    assert_eq!(kube.request_count_for("list", "secrets"), 1);
+    kube.inject_failure("get", "secrets", 1, 500);
+    let err = secrets.get("from-file").await.unwrap_err();
+    assert_eq!(api_code(&err).map(|c| c.0), Some(500));
+    assert!(secrets.get("from-file").await.is_ok());
+    assert_eq!(kube.request_counts()["get"], 3);
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_operator_crds_are_served_when_present() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let crate_crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let types = support::kube_api::load_crds(&crate_crds).unwrap();
+    let kube = FakeKube::start_with_crd_dirs(&[&fixture_dir(), &crate_crds]).await;
+    let client = kube.client();
+    for t in &types {
+        assert_eq!(t.group, "konnect-sa.dev");
+        assert!(
+            t.namespaced && t.status_subresource,
+            "{} should be namespaced with status",
+            t.plural
+        );
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(&t.group, &t.versions[0], &t.kind),
+            &t.plural,
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &ar);
+        assert!(
+            api.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+    }
+    // The samples (when present) pass the CRD schemas: what `kubectl apply -k config/samples` would do.
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    if !types.is_empty() && samples.is_dir() {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&samples)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+            })
+            .collect();
+        paths.sort();
+        let mut accepted = 0;
+        for path in paths {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let obj = <Value as serde::Deserialize>::deserialize(doc).unwrap();
+                let Some(t) = types
+                    .iter()
+                    .find(|t| Some(t.kind.as_str()) == obj["kind"].as_str())
+                else {
+                    continue;
+                };
+                let mut obj = obj.clone();
+                obj["metadata"]["namespace"] = json!(NS);
+                let created = kube
+                    .create_raw(&t.group, &t.versions[0], &t.plural, obj)
+                    .unwrap_or_else(|e| panic!("{} is refused: {}", path.display(), e.message));
+                assert!(created["spec"].is_object());
+                accepted += 1;
+            }
+        }
+        assert!(
+            accepted > 0,
+            "no sample of the operator's kinds in {}",
+            samples.display()
+        );
+    }
+
+    // The cluster-scoped fixture kind works without a namespace.
+    let gadgets: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("example.dev", "v1", "Gadget"),
+            "gadgets",
+        ),
+    );
+    let mut g = DynamicObject::new(
+        "g1",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("example.dev", "v1", "Gadget"),
+            "gadgets",
+        ),
+    );
+    g.data = json!({"spec": {"x": 1}});
+    let g = gadgets.create(&PostParams::default(), &g).await.unwrap();
+    assert_eq!(g.metadata.namespace, None);
+    assert!(kube.get("example.dev", "v1", "gadgets", "", "g1").is_some());
+    kube.shutdown().await;
+}

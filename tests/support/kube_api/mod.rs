@@ -1,0 +1,496 @@
+//! A Kubernetes API stand-in for controller integration tests: real HTTP on 127.0.0.1 (random port), real
+//! watch streams, and the write semantics controllers depend on.
+//!
+//! ```ignore
+//! let _ = rustls::crypto::ring::default_provider().install_default();
+//! let kube = FakeKube::start(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds").as_path()).await;
+//! let client = kube.client();                      // or kube.write_kubeconfig(path) for the real binary
+//! // ... run controllers with `client` ...
+//! assert!(kube.get("", "v1", "secrets", "ns", "name").is_some());
+//! kube.shutdown().await;
+//! ```
+//!
+//! Served: the CRDs of a directory; core v1 namespaces, secrets, configmaps, events; events.k8s.io/v1 events;
+//! coordination.k8s.io/v1 leases; apps/v1 deployments, statefulsets, daemonsets. Verbs: get, list (label and
+//! field selectors, limit/continue), watch, create, update (PUT), patch (merge, JSON, strategic, apply),
+//! delete, deletecollection, and the `/status` subresource; minimal discovery (`/api`, `/apis`, `/version`).
+//!
+//! Semantics kept (see `store.rs`): one global resourceVersion bumped by every write; 409 Conflict on a stale
+//! resourceVersion (PUT, or a patch carrying one); no-op writes change nothing; uid, creationTimestamp,
+//! generation (spec changes only when there is a status subresource; also when deletion starts); namespace
+//! from the URL; `/status` changes only `.status` and the main resource never does; finalizers hold a deletion
+//! with deletionTimestamp (new finalizers then refused with 422); ownerReference garbage collection
+//! (background, done at once); CRD schema pruning, defaults and validation (`schema.rs`); Secret `stringData`
+//! folded into `data`; watch from a resourceVersion with a bounded history, 410 Expired when it is too old
+//! or after `compact()`, bookmarks, `sendInitialEvents`, `timeoutSeconds`.
+//!
+//! Approximations: lists always serve the latest state (resourceVersion/resourceVersionMatch accepted and
+//! ignored; continue pages are not a snapshot); server-side apply has no managedFields and no conflicts (see
+//! `patch.rs`); strategic merge patch merges only `metadata.finalizers` lists; no CEL rules, admission, RBAC,
+//! defaults of built-in kinds (except Secret `type`), namespace deletion cascade, foreground/orphan
+//! propagation, or conversion between CRD versions; core and events.k8s.io Events are separate stores;
+//! `dryRun` is refused with 400.
+
+pub mod builtin;
+pub mod crd;
+pub mod http;
+pub mod patch;
+pub mod schema;
+pub mod selector;
+pub mod store;
+pub mod types;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use self::crd::load_crds;
+use self::http::Shared;
+pub use self::http::{Fault, RequestRecord};
+pub use self::patch::PatchKind;
+use self::selector::{FieldSelector, LabelSelector};
+pub use self::store::{ApiError, DeleteOutcome, Preconditions, ResourceType, Store, Target};
+
+/// The running stand-in. Dropping it without `shutdown()` leaves the server task running until the runtime ends.
+pub struct FakeKube {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeKube {
+    /// Starts the stand-in with the built-in kinds plus the CRDs in `crd_dir` (which may be empty or absent).
+    /// Panics if a CRD file cannot be parsed: a broken fixture should fail the test loudly.
+    pub async fn start(crd_dir: &Path) -> FakeKube {
+        let crds = load_crds(crd_dir)
+            .unwrap_or_else(|e| panic!("loading CRDs from {}: {e}", crd_dir.display()));
+        Self::start_with_types(crds).await
+    }
+
+    /// Starts the stand-in with the built-in kinds plus the CRDs in each of `dirs`.
+    pub async fn start_with_crd_dirs(dirs: &[&Path]) -> FakeKube {
+        let mut types = Vec::new();
+        for dir in dirs {
+            types.extend(
+                load_crds(dir)
+                    .unwrap_or_else(|e| panic!("loading CRDs from {}: {e}", dir.display())),
+            );
+        }
+        Self::start_with_types(types).await
+    }
+
+    /// Starts the stand-in with the built-in kinds plus `extra` types.
+    pub async fn start_with_types(extra: Vec<ResourceType>) -> FakeKube {
+        let mut store = Store::new(store::builtin_types());
+        for t in extra {
+            store.add_type(t);
+        }
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared {
+            store: Arc::new(Mutex::new(store)),
+            requests: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            bookmark_interval_ms: AtomicU64::new(1_000),
+            max_watch_ms: AtomicU64::new(3_600_000),
+            shutdown,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let app = http::router(shared.clone());
+        let mut stop = shared.shutdown.subscribe();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+        });
+        FakeKube {
+            addr,
+            shared,
+            server: Some(server),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client without auth pointing at the stand-in (install the rustls ring provider first).
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url().parse().expect("valid URL"));
+        kube::Client::try_from(config).expect("kube client")
+    }
+
+    /// Writes a kubeconfig that points at the stand-in (default namespace `default`), for the real binary.
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {}\n\
+             contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\n    namespace: default\n\
+             current-context: standin\nusers:\n- name: standin\n  user: {{}}\n",
+            self.url()
+        );
+        std::fs::write(path, text)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.shared.store.lock().expect("store lock")
+    }
+
+    fn type_of(store: &Store, group: &str, version: &str, plural: &str) -> store::TypeId {
+        store
+            .type_id(group, version, plural)
+            .unwrap_or_else(|| panic!("the stand-in does not serve {group}/{version} {plural}"))
+    }
+
+    /// One object as the API would return it, or None. `ns` is ignored for cluster-scoped kinds.
+    pub fn get(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store
+            .get(t, ns, name)
+            .ok()
+            .map(|o| store.render(t, version, &o))
+    }
+
+    /// Objects of a kind in `ns` (None: all namespaces), sorted by namespace and name.
+    pub fn list(&self, group: &str, version: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
+        self.list_selected(group, version, plural, ns, "")
+    }
+
+    /// Like `list`, filtered by a label selector (`a=b,c!=d,e,!f`). Panics on a malformed selector.
+    pub fn list_selected(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: Option<&str>,
+        label_selector: &str,
+    ) -> Vec<Value> {
+        let labels = LabelSelector::parse(label_selector).expect("valid label selector");
+        let store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store
+            .list(t, ns, &labels, &FieldSelector::default())
+            .iter()
+            .map(|o| store.render(t, version, o))
+            .collect()
+    }
+
+    /// All Events, core v1 and events.k8s.io/v1 (separate stores here, one resource in a real cluster).
+    pub fn events(&self) -> Vec<Value> {
+        let mut all = self.list("events.k8s.io", "v1", "events", None);
+        all.extend(self.list("", "v1", "events", None));
+        all
+    }
+
+    /// Creates an object directly (same path as POST, watches see it). `ns` comes from the object if None.
+    pub fn create_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        obj: Value,
+    ) -> Result<Value, ApiError> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(String::from);
+        store
+            .create(t, ns.as_deref(), obj)
+            .map(|o| store.render(t, version, &o))
+    }
+
+    /// Changes an object like `kubectl edit` would (same path as an unconditional PUT, watches see it).
+    /// Changes to `.status` are ignored for kinds with a status subresource; use `modify_status_raw`.
+    pub fn modify_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        self.modify(group, version, plural, ns, name, Target::Main, edit)
+    }
+
+    /// Changes an object's `.status` (same path as PUT on /status).
+    pub fn modify_status_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        self.modify(group, version, plural, ns, name, Target::Status, edit)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn modify(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        target: Target,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        let mut obj = store.get(t, ns, name)?;
+        edit(&mut obj);
+        // Keeps the current resourceVersion, so the write is unconditional.
+        let current = store.get(t, ns, name)?;
+        if let (Some(m), Some(rv)) = (
+            obj.get_mut("metadata").and_then(Value::as_object_mut),
+            current.pointer("/metadata/resourceVersion").cloned(),
+        ) {
+            m.insert("resourceVersion".into(), rv);
+        }
+        store
+            .replace(t, ns, name, obj, target)
+            .map(|o| store.render(t, version, &o))
+    }
+
+    /// Patches an object directly (same path as PATCH; watches see it). `body` is the patch document
+    /// (for `PatchKind::Json`, the array of operations). Apply uses the field manager "kubectl".
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        kind: PatchKind,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        let bytes = body.to_string();
+        store
+            .patch(
+                t,
+                ns,
+                name,
+                kind,
+                bytes.as_bytes(),
+                Target::Main,
+                Some("kubectl"),
+            )
+            .map(|o| store.render(t, version, &o))
+    }
+
+    /// Like `kubectl apply --server-side -f`: every document of a (multi-document) YAML manifest is applied
+    /// with field manager "kubectl", created when absent. Namespaced objects without a namespace go to
+    /// `default_ns`. Documents of kinds the stand-in does not serve fail with 404.
+    pub fn apply_manifest(&self, yaml: &str, default_ns: &str) -> Result<Vec<Value>, ApiError> {
+        let mut applied = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let obj = <Value as serde::Deserialize>::deserialize(doc)
+                .map_err(|e| ApiError::bad_request(format!("manifest is not YAML: {e}")))?;
+            if obj.is_null() {
+                continue;
+            }
+            let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+            let kind = obj["kind"].as_str().unwrap_or_default();
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let mut store = self.store();
+            let t = store
+                .types()
+                .iter()
+                .position(|t| {
+                    t.group == group && t.kind == kind && t.versions.iter().any(|v| v == version)
+                })
+                .ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "NotFound",
+                        format!("no {kind} in {api_version} is served"),
+                    )
+                })?;
+            let ns = obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(default_ns)
+                .to_string();
+            let bytes = obj.to_string();
+            let out = store.patch(
+                t,
+                &ns,
+                name,
+                PatchKind::Apply,
+                bytes.as_bytes(),
+                Target::Main,
+                Some("kubectl"),
+            )?;
+            applied.push(store.render(t, version, &out));
+        }
+        Ok(applied)
+    }
+
+    /// Deletes an object like `kubectl delete` (finalizers hold it with a deletionTimestamp; watches see it).
+    pub fn delete_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<DeleteOutcome, ApiError> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store.delete(t, ns, name, &Preconditions::default())
+    }
+
+    /// Removes an object whatever its finalizers say (like deleting it from etcd); dependents are collected.
+    pub fn purge_raw(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store.purge(t, ns, name)
+    }
+
+    /// Forgets the watch history and ends every open watch with 410 Gone: watchers must relist.
+    pub fn compact(&self) {
+        self.store().compact();
+    }
+
+    /// How many changes the watch history keeps (default 20 000); a watch from further back gets 410 Gone.
+    pub fn set_history_limit(&self, changes: usize) {
+        self.store().set_history_limit(changes);
+    }
+
+    /// The current (global) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.store().resource_version()
+    }
+
+    /// How often watches that asked for bookmarks get one (default 1 s).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.shared
+            .bookmark_interval_ms
+            .store(every.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Ends every watch after at most `d` (default 1 h), whatever its timeoutSeconds; watchers reconnect.
+    pub fn set_max_watch_duration(&self, d: Duration) {
+        self.shared
+            .max_watch_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.requests.lock().expect("requests lock").clone()
+    }
+
+    /// Requests so far with this verb (get, list, watch, create, update, patch, delete, deletecollection).
+    pub fn request_count(&self, verb: &str) -> usize {
+        self.requests().iter().filter(|r| r.verb == verb).count()
+    }
+
+    /// Requests so far with this verb on this resource (plural, e.g. "secrets").
+    pub fn request_count_for(&self, verb: &str, plural: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.verb == verb && r.plural == plural)
+            .count()
+    }
+
+    /// Request counts by verb.
+    pub fn request_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for r in self.requests() {
+            *counts.entry(r.verb).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub fn reset_request_counts(&self) {
+        self.shared.requests.lock().expect("requests lock").clear();
+    }
+
+    /// Makes the next `times` requests with `verb` on `plural` ("*" matches any) fail with HTTP `code`
+    /// (a Status with reason InternalError) before they reach the store.
+    pub fn inject_failure(&self, verb: &str, plural: &str, times: u32, code: u16) {
+        self.shared.faults.lock().expect("faults lock").push(Fault {
+            verb: verb.into(),
+            plural: plural.into(),
+            remaining: times,
+            code,
+        });
+    }
+
+    /// Polls `check` every 20 ms until it returns true or `timeout` passes; returns the last result.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&FakeKube) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if check(self) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Ends all watches and stops the server.
+    pub async fn shutdown(mut self) {
+        let _ = self.shared.shutdown.send(true);
+        if let Some(server) = self.server.take() {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("stand-in did not stop within 3 s; aborting it");
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        // Ends watches so test runtimes do not wait on open streams.
+        let _ = self.shared.shutdown.send(true);
+    }
+}
