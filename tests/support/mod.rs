@@ -1,6 +1,8 @@
 //! Shared support for integration tests. Each test binary uses a subset of it.
 #![allow(dead_code)]
 
+pub mod env;
 pub mod kube_api;
 
+pub use env::{NS, TestEnv, delete, eventually, merge_patch, ready_of, wait_for};
 pub use kube_api::FakeKube;
