@@ -226,19 +226,43 @@ async fn run_once(args: &Args) -> Figures {
     };
     let converge_counts = env.sim.counts();
     let converge_calls: u64 = converge_counts.values().sum();
-    // The work itself: create each account, add it to its team, issue its token, assign its role,
-    // and resolve each team once.
-    let min_calls = 4 * n as u64 + args.teams as u64;
+    // The work itself: check each account name is free (the adoption rule needs it), create the
+    // account, add it to its team, issue its token, assign its role; resolve each team and read
+    // the roles reference once.
+    let min_calls = 5 * n as u64 + args.teams as u64 + 1;
     let lower_bound_s =
         min_calls as f64 * args.latency_ms as f64 / 1000.0 / args.concurrency as f64;
 
-    // Steady state: every object checked once per resync period.
+    // Steady state: a sweep checks every object once (one resync period, or longer when the
+    // drift budget stretches it). Sweeps are counted from the operator's drift-check counters.
+    let checks = |kind: &'static str| {
+        let url = metrics.clone();
+        async move {
+            metric_sum(
+                &url,
+                &format!("konnect_sa_drift_checks_total{{kind=\"{kind}\"}}"),
+            )
+            .await
+        }
+    };
+    let before = checks("SystemAccountToken").await + checks("RoleBinding").await;
     env.sim.reset_counts();
-    let steady_started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.resync * u64::from(args.sweeps))).await;
+    tokio::time::sleep(Duration::from_secs(
+        args.resync * u64::from(args.sweeps) + args.resync / 2,
+    ))
+    .await;
     let steady = env.sim.counts_detail();
-    let sweeps = steady_started.elapsed().as_secs_f64() / args.resync as f64;
-    let steady_calls_per_object_sweep = steady.total as f64 / (3.0 * n as f64) / sweeps;
+    let after = checks("SystemAccountToken").await + checks("RoleBinding").await;
+    let sweeps = (after - before) as f64 / (2.0 * n as f64);
+    let steady_calls_per_object_sweep =
+        steady.total as f64 / (3.0 * n as f64) / sweeps.max(f64::MIN_POSITIVE);
+    println!(
+        "steady state: {} Konnect calls over {sweeps:.2} sweeps",
+        steady.total
+    );
+    for (op, c) in &steady.operations {
+        println!("  {op:<55} {c:>8}");
+    }
     let max_calls_per_minute = steady.per_minute.iter().map(|m| m.count).max().unwrap_or(0);
 
     let errors = metric_sum(&metrics, "konnect_sa_reconcile_errors_total").await
@@ -246,6 +270,23 @@ async fn run_once(args: &Args) -> Figures {
             - (ready_count(&env, "systemaccounts")
                 + ready_count(&env, "systemaccounttokens")
                 + ready_count(&env, "rolebindings"))) as u64;
+    if let Ok(resp) = reqwest::Client::new().get(&metrics).send().await {
+        for l in resp
+            .text()
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("konnect_sa_reconcile_errors_total"))
+        {
+            println!("  {l}");
+        }
+    }
+    if errors > 0 {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("WARN")).take(8) {
+            println!("  {}", &l[..l.len().min(400)]);
+        }
+    }
     let rss_mib = proc_status(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
     let cpu_s = cpu_seconds(pid);
     let binary_mib = std::fs::metadata(env!("CARGO_BIN_EXE_konnect-sa-operator"))

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Lease duration: a standby takes over this long after the leader stops renewing.
     #[arg(long, env = "LEADER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub leader_lease_duration: Duration,
+    /// Konnect requests per minute for background drift checks of unchanged objects (0: unlimited).
+    /// Changes are never delayed by it; sweeps stretch instead.
+    #[arg(long, env = "KONNECT_BUDGET", default_value_t = 300)]
+    pub konnect_budget: u32,
     /// Konnect requests in flight at once, per Konnect connection.
     #[arg(long, env = "KONNECT_MAX_CONCURRENCY", default_value_t = 16)]
     pub konnect_max_concurrency: usize,

@@ -82,6 +82,7 @@ pub struct Metrics {
     pub token_renewal: Family<TokenLabels, Gauge<f64, AtomicU64>>,
     pub token_rotations: Family<ReasonLabels, Counter>,
     pub token_rotation_failures: Counter,
+    pub drift_checks: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +105,7 @@ impl Metrics {
         let token_renewal = Family::<TokenLabels, Gauge<f64, AtomicU64>>::default();
         let token_rotations = Family::<ReasonLabels, Counter>::default();
         let token_rotation_failures = Counter::default();
+        let drift_checks = Family::<KindLabels, Counter>::default();
         registry.register(
             "konnect_sa_reconciles",
             "Reconciles by kind",
@@ -149,6 +151,11 @@ impl Metrics {
             "Token rotations that failed (retried with backoff)",
             token_rotation_failures.clone(),
         );
+        registry.register(
+            "konnect_sa_drift_checks",
+            "Background checks of unchanged objects against Konnect, by kind",
+            drift_checks.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -160,6 +167,7 @@ impl Metrics {
             token_renewal,
             token_rotations,
             token_rotation_failures,
+            drift_checks,
         }
     }
 
@@ -186,6 +194,14 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    pub fn drift_check(&self, kind: &str) {
+        self.drift_checks
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     pub fn set_token_times(&self, namespace: &str, name: &str, expires: f64, renewal: f64) {

@@ -8,6 +8,7 @@ use super::account_plan::{
     AccountStep, DesiredAccount, ObservedAccount, ResolvedTeam, needs_name_lookup,
     pick_team_by_name, plan_account, plan_teams,
 };
+use super::connections::Connection;
 use super::context::Context;
 use super::error::ReconcileError;
 use super::reconciler::{Managed, mark_not_ready, mark_ready, reconcile_with};
@@ -81,7 +82,15 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     let k = &conn.client;
     let old_status = obj.status.clone().unwrap_or_default();
 
-    let mut observed = observe(k, &desired, &old_status).await?;
+    // A drift check of an unchanged, Ready account reads the shared snapshot (paced by the budget).
+    let background = old_status.id.is_some()
+        && old_status.observed_generation == obj.metadata.generation
+        && conditions::is_ready(&old_status.conditions, obj.metadata.generation);
+    if background {
+        ctx.metrics.drift_check("SystemAccount");
+    }
+    let mut observed = observe(&ctx, &conn, &desired, &old_status, background).await?;
+    let mut created = false;
     let mut working = (*obj).clone();
     let mut adopted = old_status.adopted;
     let account = loop {
@@ -103,10 +112,11 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     description: desired.description.clone(),
                     konnect_managed: None,
                 };
-                let created = k
+                let new = k
                     .create_system_account(&body)
                     .await
                     .map_err(ReconcileError::konnect("creating the system account"))?;
+                created = true;
                 let verb = if observed.recorded_id.is_some() {
                     "Recreated"
                 } else {
@@ -120,13 +130,13 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     "Create",
                     format!(
                         "{verb} Konnect system account '{}' ({})",
-                        created.value.name, created.value.id
+                        new.value.name, new.value.id
                     ),
                 )
                 .await;
                 adopted = Some(false);
                 observed = ObservedAccount {
-                    by_id: Some(created.value),
+                    by_id: Some(new.value),
                     ..Default::default()
                 };
             }
@@ -181,7 +191,17 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         }
     };
 
-    let teams = converge_teams(k, &obj, &account, &old_status, &ctx).await?;
+    ctx.snapshot.note_account(&conn, &account).await;
+    let teams = converge_teams(
+        &ctx,
+        &conn,
+        &obj,
+        &account,
+        &old_status,
+        created,
+        background,
+    )
+    .await?;
 
     let status = working.status.get_or_insert_with(Default::default);
     status.id = Some(account.id.clone());
@@ -203,18 +223,45 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     Ok(Action::requeue(ctx.resync_with_jitter()))
 }
 
-/// Reads the account by recorded id, and by name only when the plan needs it.
+/// Reads the account by recorded id (from the shared snapshot during a drift check, confirming
+/// a miss with a GET), and by name only when the plan needs it.
 async fn observe(
-    k: &KonnectClient,
+    ctx: &Context,
+    conn: &Connection,
     desired: &DesiredAccount,
     status: &SystemAccountStatus,
+    background: bool,
 ) -> Result<ObservedAccount, ReconcileError> {
+    let k = &conn.client;
     let by_id = match status.id.as_deref() {
-        Some(id) => match k.get_system_account(id).await {
-            Ok(a) => Some(a),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(ReconcileError::konnect("reading the system account")(e)),
-        },
+        Some(id) => {
+            let seen = if background {
+                ctx.snapshot
+                    .account(conn, &ctx.budget, id)
+                    .await
+                    .map_err(ReconcileError::konnect("listing system accounts"))?
+            } else {
+                None
+            };
+            match seen {
+                Some(a) => Some(a),
+                None => {
+                    if background {
+                        ctx.budget.acquire(1).await;
+                    }
+                    match k.get_system_account(id).await {
+                        Ok(a) => Some(a),
+                        Err(e) if e.is_not_found() => {
+                            ctx.snapshot.forget_account(conn, id).await;
+                            None
+                        }
+                        Err(e) => {
+                            return Err(ReconcileError::konnect("reading the system account")(e));
+                        }
+                    }
+                }
+            }
+        }
         None => None,
     };
     let by_name = if needs_name_lookup(desired, by_id.as_ref()) {
@@ -243,20 +290,37 @@ async fn find_by_name(k: &KonnectClient, name: &str) -> Result<Option<KAccount>,
 }
 
 async fn resolve_teams(
-    k: &KonnectClient,
+    ctx: &Context,
+    conn: &Connection,
     obj: &SystemAccount,
+    old: &SystemAccountStatus,
+    background: bool,
 ) -> Result<Vec<ResolvedTeam>, ReconcileError> {
     let mut resolved = Vec::with_capacity(obj.spec.teams.len());
     for team in &obj.spec.teams {
         let t = match team.target().map_err(ReconcileError::InvalidSpec)? {
             RefTarget::Name(name) => {
-                let candidates = k
-                    .list_teams(Some(name))
+                let candidates = ctx
+                    .cache
+                    .teams_named(conn, name)
                     .await
                     .map_err(ReconcileError::konnect("looking up teams"))?;
                 pick_team_by_name(name, &candidates).map_err(ReconcileError::InvalidSpec)?
             }
-            RefTarget::Id(id) => match k.get_team(id).await {
+            // During a drift check, a team id resolved before needs no new lookup.
+            RefTarget::Id(id) if background && old.teams.iter().any(|t| t.id == id) => {
+                let known = old
+                    .teams
+                    .iter()
+                    .find(|t| t.id == id)
+                    .cloned()
+                    .unwrap_or_default();
+                ResolvedTeam {
+                    id: known.id,
+                    name: known.name,
+                }
+            }
+            RefTarget::Id(id) => match conn.client.get_team(id).await {
                 Ok(t) => ResolvedTeam {
                     id: t.id,
                     name: t.name,
@@ -277,23 +341,56 @@ async fn resolve_teams(
 }
 
 async fn converge_teams(
-    k: &KonnectClient,
+    ctx: &Context,
+    conn: &Connection,
     obj: &SystemAccount,
     account: &KAccount,
     old: &SystemAccountStatus,
-    ctx: &Context,
+    created: bool,
+    background: bool,
 ) -> Result<Vec<TeamStatus>, ReconcileError> {
-    let desired = resolve_teams(k, obj).await?;
-    let current = k
-        .list_account_teams(&account.id)
-        .await
-        .map_err(ReconcileError::konnect("listing team memberships"))?;
+    let k = &conn.client;
+    let desired = resolve_teams(ctx, conn, obj, old, background).await?;
     let owned: Vec<String> = old.teams.iter().map(|t| t.id.clone()).collect();
+    // A new account is in no team; a drift check asks the shared per-team member lists about the
+    // teams that matter (wanted or owned); a change lists the account's teams directly.
+    let current: Vec<String> = if created {
+        Vec::new()
+    } else if background {
+        let mut ids = Vec::new();
+        for id in desired.iter().map(|t| &t.id).chain(owned.iter()) {
+            if !ids.contains(id)
+                && ctx
+                    .snapshot
+                    .is_member(conn, &ctx.budget, id, &account.id)
+                    .await
+                    .map_err(ReconcileError::konnect("listing team members"))?
+            {
+                ids.push(id.clone());
+            }
+        }
+        ids
+    } else {
+        k.list_account_teams(&account.id)
+            .await
+            .map_err(ReconcileError::konnect("listing team memberships"))?
+            .into_iter()
+            .map(|t| t.id)
+            .collect()
+    };
     let plan = plan_teams(&desired, &current, &owned);
     for team in &plan.add {
         match k.add_team_member(&team.id, &account.id).await {
-            Ok(()) => {}
-            Err(e) if e.is_conflict() => {}
+            Ok(()) => {
+                ctx.snapshot
+                    .note_member(conn, &team.id, &account.id, true)
+                    .await
+            }
+            Err(e) if e.is_conflict() => {
+                ctx.snapshot
+                    .note_member(conn, &team.id, &account.id, true)
+                    .await
+            }
             Err(e) => {
                 return Err(ReconcileError::konnect(format!(
                     "adding the account to team '{}'",
@@ -307,6 +404,7 @@ async fn converge_teams(
             .await
             .ignore_not_found()
             .map_err(ReconcileError::konnect("removing a team membership"))?;
+        ctx.snapshot.note_member(conn, id, &account.id, false).await;
     }
     if !plan.add.is_empty() || !plan.remove.is_empty() {
         let added: Vec<&str> = plan.add.iter().map(|t| t.name.as_str()).collect();
@@ -374,6 +472,7 @@ async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, R
             .await
             .ignore_not_found()
             .map_err(ReconcileError::konnect("deleting the system account"))?;
+        ctx.snapshot.forget_account(&conn, &account.id).await;
         events::publish(
             &ctx.recorder,
             &*obj,

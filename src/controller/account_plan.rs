@@ -115,8 +115,12 @@ pub struct TeamsPlan {
 
 /// Memberships converge both ways, but only those we own are removed: a membership added by
 /// someone else in Konnect is left alone.
-pub fn plan_teams(desired: &[ResolvedTeam], current: &[Team], owned_ids: &[String]) -> TeamsPlan {
-    let is_member = |id: &str| current.iter().any(|t| t.id == id);
+pub fn plan_teams(
+    desired: &[ResolvedTeam],
+    current_ids: &[String],
+    owned_ids: &[String],
+) -> TeamsPlan {
+    let is_member = |id: &str| current_ids.iter().any(|t| t == id);
     let wanted = |id: &str| desired.iter().any(|t| t.id == id);
     TeamsPlan {
         add: desired
@@ -296,7 +300,7 @@ mod tests {
             id: "t1".into(),
             name: "A".into(),
         }];
-        let current = vec![team("t2", "B"), team("t3", "C")];
+        let current = vec!["t2".to_string(), "t3".to_string()];
         let plan = plan_teams(&want, &current, &["t2".to_string()]);
         assert_eq!(plan.add, want);
         assert_eq!(

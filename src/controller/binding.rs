@@ -103,9 +103,28 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         .assigned_role_id
         .as_deref()
         .filter(|_| old.system_account_id.as_deref() == Some(account.id.as_str()));
+    // A drift check of an unchanged, Ready binding: paced by the budget, and skipped when its
+    // assignment was confirmed less than a resync period ago.
+    let background = recorded.is_some()
+        && old.observed_generation == obj.metadata.generation
+        && crate::k8s::conditions::is_ready(&old.conditions, obj.metadata.generation);
+    let key = format!("RoleBinding/{}", obj.uid().unwrap_or_default());
+    let fingerprint = format!("{}/{}", account.id, recorded.unwrap_or_default());
+    if background && ctx.recently_verified(&key, &fingerprint) {
+        return Ok(Action::requeue(ctx.resync_with_jitter()));
+    }
+    if recorded.is_none() {
+        // First assignment: create it (409 = it exists: adopt). No list needed.
+        let id = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
+        ctx.mark_verified(&key, &format!("{}/{id}", account.id));
+        return write_status(&ctx, &obj, &account.id, &id, &desired).await;
+    }
+    if background {
+        ctx.metrics.drift_check("RoleBinding");
+    }
     let assigned = ctx
         .cache
-        .assignments(&conn, &account.id)
+        .assignments(&conn, &account.id, background.then_some(&ctx.budget))
         .await
         .map_err(ReconcileError::konnect("listing assigned roles"))?;
     let plan = plan_binding(&desired, recorded, &assigned);
@@ -149,17 +168,28 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         )
         .await;
     }
-    let api: Api<RoleBinding> = Api::namespaced(ctx.kube.clone(), &ns);
-    let mut working = (*obj).clone();
+    ctx.mark_verified(&key, &format!("{}/{id}", account.id));
+    write_status(&ctx, &obj, &account.id, &id, &desired).await
+}
+
+async fn write_status(
+    ctx: &Context,
+    obj: &RoleBinding,
+    account_id: &str,
+    id: &str,
+    desired: &RoleTuple,
+) -> Result<Action, ReconcileError> {
+    let api: Api<RoleBinding> =
+        Api::namespaced(ctx.kube.clone(), &obj.namespace().unwrap_or_default());
+    let mut working = obj.clone();
     let st = working.status.get_or_insert_with(Default::default);
-    st.assigned_role_id = Some(id.clone());
-    st.system_account_id = Some(account.id.clone());
+    st.assigned_role_id = Some(id.to_string());
+    st.system_account_id = Some(account_id.to_string());
     mark_ready(
         &mut working,
         format!(
-            "{} is assigned to account {} (assignment {id})",
-            describe(&desired),
-            account.id
+            "{} is assigned to account {account_id} (assignment {id})",
+            describe(desired)
         ),
     );
     if working.status != obj.status {
@@ -196,7 +226,7 @@ async fn assign(
         Err(e) if e.is_conflict() => {
             let list = ctx
                 .cache
-                .assignments(conn, account_id)
+                .assignments(conn, account_id, None)
                 .await
                 .map_err(ReconcileError::konnect("listing assigned roles"))?;
             list.iter()

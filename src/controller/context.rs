@@ -6,8 +6,10 @@ use std::time::Duration;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
+use super::budget::DriftBudget;
 use super::connections::Connections;
 use super::konnect_cache::KonnectCache;
+use super::snapshot::Snapshot;
 use crate::api::{RoleBinding, SystemAccount};
 use crate::telemetry::Metrics;
 
@@ -18,6 +20,8 @@ pub struct ControllerConfig {
     pub resync: Duration,
     /// Upper bound of the error backoff.
     pub max_backoff: Duration,
+    /// Konnect requests per minute for background drift checks (0: unlimited).
+    pub konnect_budget: u32,
 }
 
 impl Default for ControllerConfig {
@@ -25,6 +29,7 @@ impl Default for ControllerConfig {
         Self {
             resync: Duration::from_secs(300),
             max_backoff: Duration::from_secs(300),
+            konnect_budget: 300,
         }
     }
 }
@@ -40,6 +45,12 @@ pub struct Context {
     /// The RoleBinding cache: a binding keeps an assignment another binding still wants.
     pub bindings: Store<RoleBinding>,
     pub cache: KonnectCache,
+    /// Shared Konnect view for drift checks.
+    pub snapshot: Snapshot,
+    /// Paces drift checks of unchanged objects.
+    pub budget: DriftBudget,
+    /// Objects whose Konnect state was confirmed recently: key -> (what was confirmed, when).
+    verified: Mutex<HashMap<String, (String, std::time::Instant)>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -58,10 +69,13 @@ impl Context {
             connections,
             metrics,
             recorder,
-            config,
             accounts,
             bindings,
-            cache: KonnectCache::new(Duration::from_secs(600), Duration::from_secs(5)),
+            cache: KonnectCache::new(Duration::from_secs(600), config.resync.mul_f64(0.9)),
+            snapshot: Snapshot::new(config.resync.mul_f64(0.9)),
+            budget: DriftBudget::new(config.konnect_budget),
+            verified: Mutex::new(HashMap::new()),
+            config,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -77,6 +91,29 @@ impl Context {
 
     pub fn record_success(&self, key: &str) {
         self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// True when `what` was confirmed in Konnect for `key` less than a resync period ago: events
+    /// between sweeps (our own status writes, watches of related objects) then cost no Konnect call.
+    pub fn recently_verified(&self, key: &str, what: &str) -> bool {
+        let v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        v.get(key)
+            .is_some_and(|(w, at)| w == what && at.elapsed() < self.config.resync)
+    }
+
+    pub fn mark_verified(&self, key: &str, what: &str) {
+        let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        v.insert(
+            key.to_string(),
+            (what.to_string(), std::time::Instant::now()),
+        );
+    }
+
+    pub fn forget_verified(&self, key: &str) {
+        self.verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::budget::DriftBudget;
 use super::connections::{Connection, ConnectionKey};
-use crate::konnect::{AssignedRole, Result, RolesReference};
+use crate::konnect::{AssignedRole, Result, RolesReference, Team};
 
 type Entry<T> = (Instant, Arc<T>);
 type AccountKey = (ConnectionKey, String);
@@ -15,6 +16,7 @@ pub struct KonnectCache {
     assignments_ttl: Duration,
     roles: Mutex<HashMap<ConnectionKey, Entry<RolesReference>>>,
     assignments: Mutex<HashMap<AccountKey, Entry<Vec<AssignedRole>>>>,
+    teams: Mutex<HashMap<AccountKey, Entry<Vec<Team>>>>,
 }
 
 impl KonnectCache {
@@ -24,6 +26,7 @@ impl KonnectCache {
             assignments_ttl,
             roles: Mutex::default(),
             assignments: Mutex::default(),
+            teams: Mutex::default(),
         }
     }
 
@@ -52,17 +55,37 @@ impl KonnectCache {
     }
 
     /// An account's assigned roles, shared by every binding of the account for a short while.
+    /// A background check passes its `budget`: a cache miss then waits for a permit.
     pub async fn assignments(
         &self,
         conn: &Connection,
         account_id: &str,
+        budget: Option<&DriftBudget>,
     ) -> Result<Arc<Vec<AssignedRole>>> {
         let key = (conn.key.clone(), account_id.to_string());
         if let Some(v) = Self::fresh(&self.assignments, &key, self.assignments_ttl) {
             return Ok(v);
         }
+        if let Some(b) = budget {
+            b.acquire(1).await;
+        }
         let v = Arc::new(conn.client.list_assigned_roles(account_id).await?);
         self.assignments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    /// Teams named `name` (team names are not unique), shared for a minute: N accounts in one
+    /// team resolve it with one call.
+    pub async fn teams_named(&self, conn: &Connection, name: &str) -> Result<Arc<Vec<Team>>> {
+        let key = (conn.key.clone(), name.to_string());
+        if let Some(v) = Self::fresh(&self.teams, &key, Duration::from_secs(60)) {
+            return Ok(v);
+        }
+        let v = Arc::new(conn.client.list_teams(Some(name)).await?);
+        self.teams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, (Instant::now(), v.clone()));

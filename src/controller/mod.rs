@@ -5,11 +5,13 @@ pub mod account_plan;
 pub mod account_ref;
 pub mod binding;
 pub mod binding_plan;
+pub mod budget;
 pub mod connections;
 pub mod context;
 pub mod error;
 pub mod konnect_cache;
 pub mod reconciler;
+pub mod snapshot;
 pub mod token;
 pub mod token_plan;
 

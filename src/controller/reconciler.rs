@@ -65,6 +65,13 @@ where
     let started = Instant::now();
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
+    // The cache can lag our own writes (a trigger from an older event runs after we wrote): act
+    // on the object as the API server has it now, so no decision is made on a stale status.
+    let obj = match api.get_opt(&obj.name_any()).await {
+        Ok(Some(fresh)) => Arc::new(fresh),
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => return Err(ReconcileError::kube("reading the object")(e)),
+    };
     let inner_ctx = ctx.clone();
     let result = finalizer(&api, FINALIZER, obj.clone(), |event| async move {
         match event {
@@ -83,7 +90,12 @@ where
         }
         other => ReconcileError::InvalidSpec(other.to_string()),
     });
-    let category = result.as_ref().err().map(|e| e.category());
+    // Waiting for an account is a state, not an error.
+    let category = result
+        .as_ref()
+        .err()
+        .filter(|e| !matches!(e, ReconcileError::WaitingForSystemAccount(_)))
+        .map(|e| e.category());
     ctx.metrics
         .observe_reconcile(K::KIND, started.elapsed(), category);
     match &result {

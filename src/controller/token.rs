@@ -311,11 +311,31 @@ async fn check_live(
     if current.expires_at.is_some_and(|e| e <= now) {
         return Ok(Some(false));
     }
+    // Confirmed less than a resync period ago (issued, or checked): events in between cost nothing.
+    let key = verified_key(&w.obj);
+    if w.ctx.recently_verified(&key, token_id) {
+        return Ok(Some(true));
+    }
+    let st = w.obj.status.clone().unwrap_or_default();
+    if st.observed_generation == w.obj.metadata.generation
+        && conditions::is_ready(&st.conditions, w.obj.metadata.generation)
+    {
+        // A drift check of an unchanged token: paced by the background budget.
+        w.ctx.metrics.drift_check("SystemAccountToken");
+        w.ctx.budget.acquire(1).await;
+    }
     match w.k.get_access_token(account_id, token_id).await {
-        Ok(_) => Ok(Some(true)),
+        Ok(_) => {
+            w.ctx.mark_verified(&key, token_id);
+            Ok(Some(true))
+        }
         Err(e) if e.is_not_found() => Ok(Some(false)),
         Err(e) => Err(ReconcileError::konnect("checking the current token")(e)),
     }
+}
+
+fn verified_key(obj: &SystemAccountToken) -> String {
+    format!("SystemAccountToken/{}", obj.uid().unwrap_or_default())
 }
 
 fn owner_ref(obj: &SystemAccountToken) -> OwnerReference {
@@ -451,6 +471,7 @@ async fn issue(
         st.last_rotate_annotation = rotate_annotation;
     }
     conditions::remove(&mut st.conditions, ISSUING);
+    w.ctx.mark_verified(&verified_key(&w.obj), &created.meta.id);
     w.ctx
         .metrics
         .token_rotations
