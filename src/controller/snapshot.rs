@@ -26,16 +26,15 @@ struct Members {
     ids: HashSet<String>,
 }
 
+type Slots<K, V> = std::sync::Mutex<HashMap<K, Arc<Mutex<V>>>>;
+
 pub struct Snapshot {
     ttl: Duration,
-    accounts: std::sync::Mutex<HashMap<ConnectionKey, Arc<Mutex<Accounts>>>>,
-    members: std::sync::Mutex<HashMap<(ConnectionKey, String), Arc<Mutex<Members>>>>,
+    accounts: Slots<ConnectionKey, Accounts>,
+    members: Slots<(ConnectionKey, String), Members>,
 }
 
-fn slot<K: std::hash::Hash + Eq + Clone, V: Default>(
-    map: &std::sync::Mutex<HashMap<K, Arc<Mutex<V>>>>,
-    key: &K,
-) -> Arc<Mutex<V>> {
+fn slot<K: std::hash::Hash + Eq + Clone, V: Default>(map: &Slots<K, V>, key: &K) -> Arc<Mutex<V>> {
     map.lock()
         .unwrap_or_else(|p| p.into_inner())
         .entry(key.clone())
