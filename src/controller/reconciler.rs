@@ -48,8 +48,32 @@ fn object_key<K: Managed>(obj: &K) -> String {
     )
 }
 
-/// Runs `apply` (or `cleanup` once the object is being deleted) under the finalizer.
+/// Runs `apply` (or `cleanup` once the object is being deleted) under the finalizer, in a span
+/// carrying the object's namespace/name and a trace id that every log line of this reconcile shares.
 pub async fn reconcile_with<K, A, AF, C, CF>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    apply: A,
+    cleanup: C,
+) -> Result<Action, ReconcileError>
+where
+    K: Managed,
+    A: FnOnce(Arc<K>, Arc<Context>) -> AF,
+    AF: Future<Output = Result<Action, ReconcileError>>,
+    C: FnOnce(Arc<K>, Arc<Context>) -> CF,
+    CF: Future<Output = Result<Action, ReconcileError>>,
+{
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = K::KIND,
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        trace_id = %uuid::Uuid::new_v4().simple(),
+    );
+    tracing::Instrument::instrument(reconcile_inner(obj, ctx, apply, cleanup), span).await
+}
+
+async fn reconcile_inner<K, A, AF, C, CF>(
     obj: Arc<K>,
     ctx: Arc<Context>,
     apply: A,
