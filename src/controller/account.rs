@@ -74,14 +74,41 @@ fn auth_secret(obj: &SystemAccount) -> Option<&str> {
 }
 
 async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    apply_checked(obj, ctx, false).await
+}
+
+/// `latest`: `obj` was just read from the API server, not the (possibly lagging) cache.
+async fn apply_checked(
+    obj: Arc<SystemAccount>,
+    ctx: Arc<Context>,
+    latest: bool,
+) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<SystemAccount> = Api::namespaced(ctx.kube.clone(), &ns);
     let desired = desired(&obj)?;
     let conn = ctx.connections.for_object(&ns, auth_secret(&obj)).await?;
     let k = &conn.client;
     let old_status = obj.status.clone().unwrap_or_default();
+    // Resolve the teams first: a spec error (unknown or ambiguous team) must not leave a new account behind.
+    let wanted_teams = resolve_teams(k, &obj).await?;
 
     let mut observed = observe(k, &desired, &old_status).await?;
+    if observed.by_id.is_none() && !latest {
+        // No account at status.id: what follows (create, adopt or refuse the name) hangs on status.id and
+        // status.pendingCreate, and the cache can lag behind our own last status write. Decide on the latest
+        // object, or we refuse (or duplicate) the account we just created.
+        let fresh = api
+            .get_status(&obj.name_any())
+            .await
+            .map_err(ReconcileError::kube("reading the latest status"))?;
+        if fresh.metadata.resource_version != obj.metadata.resource_version {
+            if fresh.metadata.deletion_timestamp.is_some() {
+                // Being deleted: the deletion's watch event runs the cleanup.
+                return Ok(Action::await_change());
+            }
+            return Box::pin(apply_checked(Arc::new(fresh), ctx.clone(), true)).await;
+        }
+    }
     let mut working = (*obj).clone();
     let mut adopted = old_status.adopted;
     let account = loop {
@@ -145,6 +172,21 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     )
                     .await;
                     adopted = Some(true);
+                } else {
+                    // Our own create whose response was lost: created, not adopted.
+                    events::publish(
+                        &ctx.recorder,
+                        &*obj,
+                        false,
+                        "Created",
+                        "Create",
+                        format!(
+                            "Created Konnect system account '{}' ({})",
+                            existing.name, existing.id
+                        ),
+                    )
+                    .await;
+                    adopted = Some(false);
                 }
                 observed = ObservedAccount {
                     by_id: Some(existing),
@@ -181,7 +223,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         }
     };
 
-    let teams = converge_teams(k, &obj, &account, &old_status, &ctx).await?;
+    let teams = converge_teams(k, &obj, wanted_teams, &account, &old_status, &ctx).await?;
 
     let status = working.status.get_or_insert_with(Default::default);
     status.id = Some(account.id.clone());
@@ -279,11 +321,11 @@ async fn resolve_teams(
 async fn converge_teams(
     k: &KonnectClient,
     obj: &SystemAccount,
+    desired: Vec<ResolvedTeam>,
     account: &KAccount,
     old: &SystemAccountStatus,
     ctx: &Context,
 ) -> Result<Vec<TeamStatus>, ReconcileError> {
-    let desired = resolve_teams(k, obj).await?;
     let current = k
         .list_account_teams(&account.id)
         .await

@@ -78,9 +78,11 @@ impl TestEnv {
             self.sim.base_url(),
             "--metrics-addr".into(),
             "127.0.0.1:0".into(),
-            "--resync-period".into(),
-            "3s".into(),
         ];
+        // The 3 s default resync unless `extra` sets one (clap refuses a flag given twice).
+        if !extra.contains(&"--resync-period") {
+            argv.extend(["--resync-period".into(), "3s".into()]);
+        }
         argv.extend(extra.iter().map(|s| s.to_string()));
         Cli::try_parse_from(argv).expect("valid flags").run
     }
