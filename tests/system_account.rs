@@ -600,3 +600,42 @@ async fn a_failing_konnect_gets_a_bounded_number_of_calls() {
     assert!(ready_message(&sa).contains("Retrying"), "{}", ready_message(&sa));
     env.stop_operator().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_committed_before_a_crash_is_recognised_as_our_own() {
+    let mut env = TestEnv::start().await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: crashy}
+spec: {description: CI}
+"#,
+    );
+    // The state a crash between "record the create" and "record the id" leaves behind: the account exists in
+    // Konnect, status.pendingCreate names it, status.id is empty.
+    let api = env.api::<SystemAccount>();
+    api.patch_status(
+        "crashy",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"status": {"pendingCreate": "crashy"}})),
+    )
+    .await
+    .unwrap();
+    let sa = api.get_status("crashy").await.unwrap();
+    assert_eq!(
+        sa.status.unwrap().pending_create.as_deref(),
+        Some("crashy"),
+        "the CRD keeps status.pendingCreate"
+    );
+    let ours = env.sim.seed_account("crashy", "CI", false);
+    env.start_operator(&[]).await;
+    let sa = wait_for(&api, "crashy", T, is_ready).await;
+    let status = sa.status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(ours.id.as_str()));
+    assert_eq!(status.pending_create, None);
+    assert_ne!(status.adopted, Some(true), "created by us, not adopted");
+    assert_eq!(env.sim.state().accounts.len(), 1, "not created twice");
+    assert!(!has_event(&env, "crashy", "Warning", "Conflict"));
+    env.stop_operator().await;
+}
