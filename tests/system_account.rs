@@ -50,12 +50,22 @@ fn events_for(env: &TestEnv, name: &str) -> Vec<(String, String, String)> {
         .events()
         .into_iter()
         .filter(|e| {
-            e.pointer("/regarding/name").or(e.pointer("/involvedObject/name"))
+            e.pointer("/regarding/name")
+                .or(e.pointer("/involvedObject/name"))
                 == Some(&Value::from(name))
         })
         .map(|e| {
-            let s = |p: &str| e.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
-            let note = if e.get("note").is_some() { s("/note") } else { s("/message") };
+            let s = |p: &str| {
+                e.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let note = if e.get("note").is_some() {
+                s("/note")
+            } else {
+                s("/message")
+            };
             (s("/type"), s("/reason"), note)
         })
         .collect()
@@ -244,7 +254,11 @@ spec: {description: managed now}
     let state = env.sim.state();
     assert_eq!(state.accounts.len(), 1, "adopted, not duplicated");
     assert_eq!(
-        state.account_by_name("legacy-ci").unwrap().account.description,
+        state
+            .account_by_name("legacy-ci")
+            .unwrap()
+            .account
+            .description,
         "managed now"
     );
     assert!(has_event(&env, "legacy-ci", "Normal", "Adopted"));
@@ -252,7 +266,10 @@ spec: {description: managed now}
     // An adopted account is ours: deleting the CR deletes it.
     delete(&api, "legacy-ci").await;
     assert!(eventually(T, || gone(&env, "legacy-ci")).await);
-    assert!(env.sim.state().accounts.is_empty(), "adopted account deleted");
+    assert!(
+        env.sim.state().accounts.is_empty(),
+        "adopted account deleted"
+    );
     env.stop_operator().await;
 }
 
@@ -283,8 +300,15 @@ spec: {description: created by us, deletionPolicy: Orphan}
     delete(&api, "fresh").await;
     assert!(eventually(T, || gone(&env, "kept") && gone(&env, "fresh")).await);
     let state = env.sim.state();
-    assert_eq!(state.accounts.len(), 2, "both accounts orphaned: {state:#?}");
-    assert_eq!(state.account_by_name("kept").unwrap().account.description, "new");
+    assert_eq!(
+        state.accounts.len(),
+        2,
+        "both accounts orphaned: {state:#?}"
+    );
+    assert_eq!(
+        state.account_by_name("kept").unwrap().account.description,
+        "new"
+    );
     assert_eq!(state.account_by_name("fresh").unwrap().account.id, fresh_id);
     env.stop_operator().await;
 }
@@ -392,7 +416,10 @@ spec:
     let api = env.api::<SystemAccount>();
     let sa = wait_for(&api, "unknown-team", T, failed_with("InvalidSpec")).await;
     let msg = ready_message(&sa);
-    assert!(msg.contains("'Nope'") && msg.contains("spec.teams"), "{msg}");
+    assert!(
+        msg.contains("'Nope'") && msg.contains("spec.teams"),
+        "{msg}"
+    );
     let sa = wait_for(&api, "dup-team", T, failed_with("InvalidSpec")).await;
     let msg = ready_message(&sa);
     assert!(
@@ -547,7 +574,11 @@ async fn fifty_accounts_converge_under_faults_without_duplicates() {
     }
     eprintln!("50 accounts Ready after {:?}", started.elapsed());
     let state = env.sim.state();
-    let names: BTreeSet<_> = state.accounts.iter().map(|a| a.account.name.clone()).collect();
+    let names: BTreeSet<_> = state
+        .accounts
+        .iter()
+        .map(|a| a.account.name.clone())
+        .collect();
     assert_eq!(state.accounts.len(), 50, "no duplicates");
     assert_eq!(names.len(), 50);
     let list = api.list(&Default::default()).await.unwrap();
@@ -594,10 +625,17 @@ async fn a_failing_konnect_gets_a_bounded_number_of_calls() {
     // the 35 s one is outside the window) plus at most one woken by our own Ready=False status write,
     // each making one Konnect call sent at most 5 times (client max_attempts): 4 x 5 = 20 requests per
     // object, 200 for 10 objects in 20 s, i.e. 600/min. A hot loop would be unbounded.
-    assert!(calls <= 200, "{calls} requests in 20 s ({per_minute:.0}/min)");
+    assert!(
+        calls <= 200,
+        "{calls} requests in 20 s ({per_minute:.0}/min)"
+    );
     let api = env.api::<SystemAccount>();
     let sa = wait_for(&api, "down-0", T, failed_with("KonnectError")).await;
-    assert!(ready_message(&sa).contains("Retrying"), "{}", ready_message(&sa));
+    assert!(
+        ready_message(&sa).contains("Retrying"),
+        "{}",
+        ready_message(&sa)
+    );
     env.stop_operator().await;
 }
 

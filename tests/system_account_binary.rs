@@ -40,7 +40,12 @@ spec: {description: from the binary}
     })
     .await;
     assert_eq!(
-        env.sim.state().account_by_name("bin-bot").unwrap().account.id,
+        env.sim
+            .state()
+            .account_by_name("bin-bot")
+            .unwrap()
+            .account
+            .id,
         sa.status.unwrap().id.unwrap()
     );
 
@@ -62,7 +67,11 @@ spec: {description: from the binary}
 }
 
 /// Runs the binary to completion with the given environment; returns (exit code, stdout+stderr).
-async fn run_binary(env: &TestEnv, kubeconfig: &std::path::Path, token: &str) -> (Option<i32>, String) {
+async fn run_binary(
+    env: &TestEnv,
+    kubeconfig: &std::path::Path,
+    token: &str,
+) -> (Option<i32>, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_konnect-sa-operator"))
         .args([
             "run",
