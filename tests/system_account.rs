@@ -2,12 +2,16 @@
 //! and the Konnect simulator.
 mod support;
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use konnect_sa_operator::api::SystemAccount;
+use konnect_sa_operator::konnect::{ClientConfig, KonnectClient};
+use konnect_sa_operator::sim::Faults;
+use serde_json::Value;
 use support::{NS, TestEnv, delete, eventually, merge_patch, ready_of, wait_for};
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = Duration::from_secs(30);
 
 fn is_ready(a: &SystemAccount) -> bool {
     let s = a.status.clone().unwrap_or_default();
@@ -17,6 +21,66 @@ fn is_ready(a: &SystemAccount) -> bool {
 
 fn reason(a: &SystemAccount) -> Option<String> {
     ready_of(&a.status.clone().unwrap_or_default().conditions).map(|(_, r, _)| r)
+}
+
+fn ready_message(a: &SystemAccount) -> String {
+    ready_of(&a.status.clone().unwrap_or_default().conditions)
+        .map(|(_, _, m)| m)
+        .unwrap_or_default()
+}
+
+/// Ready=False with this reason, for the current generation.
+fn failed_with(reason_: &'static str) -> impl Fn(&SystemAccount) -> bool {
+    move |a| {
+        let s = a.status.clone().unwrap_or_default();
+        reason(a).as_deref() == Some(reason_)
+            && ready_of(&s.conditions).is_some_and(|(st, _, _)| st == "False")
+            && s.observed_generation == a.metadata.generation
+    }
+}
+
+/// Someone working in Konnect directly (the UI, another tool): the simulator's admin token.
+fn konnect_admin(env: &TestEnv) -> KonnectClient {
+    KonnectClient::new(ClientConfig::new(env.sim.base_url(), env.sim.admin_token())).unwrap()
+}
+
+/// (type, reason, note) of the Events about the named object.
+fn events_for(env: &TestEnv, name: &str) -> Vec<(String, String, String)> {
+    env.kube
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e.pointer("/regarding/name")
+                .or(e.pointer("/involvedObject/name"))
+                == Some(&Value::from(name))
+        })
+        .map(|e| {
+            let s = |p: &str| {
+                e.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let note = if e.get("note").is_some() {
+                s("/note")
+            } else {
+                s("/message")
+            };
+            (s("/type"), s("/reason"), note)
+        })
+        .collect()
+}
+
+fn has_event(env: &TestEnv, name: &str, type_: &str, reason_: &str) -> bool {
+    events_for(env, name)
+        .iter()
+        .any(|(t, r, _)| t == type_ && r == reason_)
+}
+
+fn gone(env: &TestEnv, name: &str) -> bool {
+    env.kube
+        .get("konnect-sa.dev", "v1alpha1", "systemaccounts", NS, name)
+        .is_none()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -106,6 +170,16 @@ spec:
     );
     assert_eq!(state.account_by_name("taken").unwrap().account.id, other.id);
 
+    // Events tell the story: created, updated, and a Warning for the conflict.
+    assert!(
+        eventually(T, || has_event(&env, "ci-bot", "Normal", "Created")
+            && has_event(&env, "ci-bot", "Normal", "Updated")
+            && has_event(&env, "ci-bot", "Warning", "Conflict"))
+        .await,
+        "events: {:#?}",
+        events_for(&env, "ci-bot")
+    );
+
     // Delete: account gone from Konnect, finalizer removed.
     merge_patch(
         &api,
@@ -131,5 +205,475 @@ spec:
         env.sim.state().account_by_name("taken").is_some(),
         "the other account is untouched"
     );
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_existing_name_is_refused_untouched_or_adopted_on_request() {
+    let mut env = TestEnv::start().await;
+    let legacy = env.sim.seed_account("legacy-ci", "created by hand", false);
+    env.start_operator(&[]).await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: legacy-ci}
+spec: {description: managed now}
+"#,
+    );
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "legacy-ci", T, failed_with("Conflict")).await;
+    let msg = ready_message(&sa);
+    assert!(
+        msg.contains("legacy-ci") && msg.contains("Adopt"),
+        "says what to do: {msg}"
+    );
+    assert!(sa.status.as_ref().unwrap().id.is_none());
+    assert!(
+        eventually(T, || has_event(&env, "legacy-ci", "Warning", "Conflict")).await,
+        "a Warning event on Conflict"
+    );
+    // Refused means untouched: not patched, not deleted (let a resync pass too).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let state = env.sim.state();
+    let account = &state.account_by_name("legacy-ci").unwrap().account;
+    assert_eq!(account, &legacy, "the refused account is not patched");
+    assert_eq!(state.accounts.len(), 1);
+
+    // Adopt: the same account, now ours, description converged.
+    merge_patch(
+        &api,
+        "legacy-ci",
+        serde_json::json!({"spec": {"adoption": "Adopt"}}),
+    )
+    .await;
+    let sa = wait_for(&api, "legacy-ci", T, is_ready).await;
+    let status = sa.status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(legacy.id.as_str()));
+    assert_eq!(status.adopted, Some(true));
+    let state = env.sim.state();
+    assert_eq!(state.accounts.len(), 1, "adopted, not duplicated");
+    assert_eq!(
+        state
+            .account_by_name("legacy-ci")
+            .unwrap()
+            .account
+            .description,
+        "managed now"
+    );
+    assert!(has_event(&env, "legacy-ci", "Normal", "Adopted"));
+
+    // An adopted account is ours: deleting the CR deletes it.
+    delete(&api, "legacy-ci").await;
+    assert!(eventually(T, || gone(&env, "legacy-ci")).await);
+    assert!(
+        env.sim.state().accounts.is_empty(),
+        "adopted account deleted"
+    );
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletion_policy_orphan_keeps_the_account() {
+    let mut env = TestEnv::start().await;
+    let legacy = env.sim.seed_account("kept", "old", false);
+    env.start_operator(&[]).await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: kept}
+spec: {description: new, adoption: Adopt, deletionPolicy: Orphan}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: fresh}
+spec: {description: created by us, deletionPolicy: Orphan}
+"#,
+    );
+    let api = env.api::<SystemAccount>();
+    let kept = wait_for(&api, "kept", T, is_ready).await;
+    assert_eq!(kept.status.unwrap().id.as_deref(), Some(legacy.id.as_str()));
+    let fresh = wait_for(&api, "fresh", T, is_ready).await;
+    let fresh_id = fresh.status.unwrap().id.unwrap();
+    delete(&api, "kept").await;
+    delete(&api, "fresh").await;
+    assert!(eventually(T, || gone(&env, "kept") && gone(&env, "fresh")).await);
+    let state = env.sim.state();
+    assert_eq!(
+        state.accounts.len(),
+        2,
+        "both accounts orphaned: {state:#?}"
+    );
+    assert_eq!(
+        state.account_by_name("kept").unwrap().account.description,
+        "new"
+    );
+    assert_eq!(state.account_by_name("fresh").unwrap().account.id, fresh_id);
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_in_konnect_is_repaired_and_foreign_memberships_are_left_alone() {
+    let mut env = TestEnv::start().await;
+    let platform = env.sim.seed_team("Platform");
+    let ops = env.sim.seed_team("Ops");
+    let other = env.sim.seed_team("Other");
+    env.start_operator(&[]).await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: drift}
+spec:
+  teams: [{name: Platform}, {name: Ops}]
+"#,
+    );
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "drift", T, is_ready).await;
+    let first_id = sa.status.unwrap().id.unwrap();
+    let konnect = konnect_admin(&env);
+
+    // Deleted behind our back: recreated on the next resync (3 s here; generous timeout on a loaded machine),
+    // with a new id and its memberships.
+    konnect.delete_system_account(&first_id).await.unwrap();
+    let started = Instant::now();
+    let sa = wait_for(&api, "drift", T, |a| {
+        is_ready(a) && a.status.as_ref().unwrap().id.as_deref() != Some(first_id.as_str())
+    })
+    .await;
+    eprintln!("recreated after {:?}", started.elapsed());
+    let new_id = sa.status.unwrap().id.unwrap();
+    let state = env.sim.state();
+    let account = state.account_by_name("drift").expect("recreated");
+    assert_eq!(account.account.id, new_id);
+    let teams: BTreeSet<_> = account.team_ids.iter().cloned().collect();
+    assert_eq!(teams, BTreeSet::from([platform.id.clone(), ops.id.clone()]));
+    assert!(has_event(&env, "drift", "Normal", "Recreated"));
+
+    // A membership removed in Konnect is re-added; one added by someone else stays.
+    konnect.remove_team_member(&ops.id, &new_id).await.unwrap();
+    konnect.add_team_member(&other.id, &new_id).await.unwrap();
+    let members = || -> BTreeSet<String> {
+        env.sim
+            .state()
+            .account_by_name("drift")
+            .map(|a| a.team_ids.iter().cloned().collect())
+            .unwrap_or_default()
+    };
+    let all3 = BTreeSet::from([platform.id.clone(), ops.id.clone(), other.id.clone()]);
+    assert!(
+        eventually(T, || members() == all3).await,
+        "membership re-added, foreign one kept: {:?}",
+        members()
+    );
+
+    // Dropping Ops from the spec removes only our membership.
+    merge_patch(
+        &api,
+        "drift",
+        serde_json::json!({"spec": {"teams": [{"name": "Platform"}]}}),
+    )
+    .await;
+    wait_for(&api, "drift", T, |a| {
+        is_ready(a) && a.metadata.generation == Some(2)
+    })
+    .await;
+    assert_eq!(
+        members(),
+        BTreeSet::from([platform.id.clone(), other.id.clone()])
+    );
+    // And it stays that way across resyncs.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        members(),
+        BTreeSet::from([platform.id.clone(), other.id.clone()])
+    );
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_or_ambiguous_teams_are_invalid_spec_and_create_nothing() {
+    let mut env = TestEnv::start().await;
+    env.sim.seed_team("Dup");
+    env.sim.seed_team("Dup");
+    env.start_operator(&[]).await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: unknown-team}
+spec:
+  teams: [{name: Nope}]
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: dup-team}
+spec:
+  teams: [{name: Dup}]
+"#,
+    );
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "unknown-team", T, failed_with("InvalidSpec")).await;
+    let msg = ready_message(&sa);
+    assert!(
+        msg.contains("'Nope'") && msg.contains("spec.teams"),
+        "{msg}"
+    );
+    let sa = wait_for(&api, "dup-team", T, failed_with("InvalidSpec")).await;
+    let msg = ready_message(&sa);
+    assert!(
+        msg.contains("'Dup'") && msg.contains("by id"),
+        "says to refer by id: {msg}"
+    );
+    assert!(
+        env.sim.state().accounts.is_empty(),
+        "a spec error leaves nothing behind in Konnect"
+    );
+    // Both can still be deleted (nothing to clean up).
+    delete(&api, "unknown-team").await;
+    delete(&api, "dup-team").await;
+    assert!(eventually(T, || gone(&env, "unknown-team") && gone(&env, "dup-team")).await);
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn konnect_managed_accounts_are_never_adopted_patched_or_deleted() {
+    let mut env = TestEnv::start().await;
+    let managed = env.sim.seed_account("mesh-zone", "Konnect's own", true);
+    env.start_operator(&[]).await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: mesh-adopt}
+spec: {name: mesh-zone, description: mine now, adoption: Adopt}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: mesh-refuse}
+spec: {name: mesh-zone, description: mine now}
+"#,
+    );
+    let api = env.api::<SystemAccount>();
+    for name in ["mesh-adopt", "mesh-refuse"] {
+        let sa = wait_for(&api, name, T, failed_with("InvalidSpec")).await;
+        let msg = ready_message(&sa);
+        assert!(
+            msg.contains("konnect_managed") && msg.contains("spec.name"),
+            "{name}: {msg}"
+        );
+        assert!(sa.status.unwrap().id.is_none());
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    delete(&api, "mesh-adopt").await;
+    delete(&api, "mesh-refuse").await;
+    assert!(eventually(T, || gone(&env, "mesh-adopt") && gone(&env, "mesh-refuse")).await);
+    let state = env.sim.state();
+    assert_eq!(state.accounts.len(), 1);
+    assert_eq!(
+        state.accounts[0].account, managed,
+        "never patched nor deleted"
+    );
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejected_token_backs_off_and_recovers_when_the_secret_is_fixed() {
+    let mut env = TestEnv::start().await;
+    env.start_operator(&[]).await;
+    let wrong = "kpat_wrongwrongwrongwrongwrongwrongwrongwrongwrongwr";
+    env.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: konnect-auth}}
+stringData: {{token: {wrong}}}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {{name: authy}}
+spec:
+  konnect: {{authSecretRef: {{name: konnect-auth}}}}
+"#
+    ));
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "authy", T, failed_with("AuthFailed")).await;
+    let msg = ready_message(&sa);
+    assert!(msg.contains("token"), "{msg}");
+    assert!(!msg.contains("kpat_") && !msg.contains("spat_"), "{msg}");
+
+    // Backoff, not a hot loop: count the simulator's requests for ~8 s. Backoff is 5 s, 10 s, ... so at
+    // most three reconciles (plus one woken by our own status write) of one request each (401 is not
+    // retried by the client) fit in the window.
+    env.sim.reset_counts();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let calls = env.sim.counts_detail().total;
+    eprintln!("requests in 8 s with a rejected token: {calls}");
+    assert!(calls <= 8, "bounded: {calls} requests in 8 s");
+
+    // Fix the Secret: Ready without a restart.
+    env.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: konnect-auth}}
+stringData: {{token: {}}}
+"#,
+        env.sim.admin_token().expose()
+    ));
+    let sa = wait_for(&api, "authy", Duration::from_secs(60), is_ready).await;
+    assert!(env.sim.state().account_by_name("authy").is_some());
+    assert!(sa.status.unwrap().id.is_some());
+    for (_, _, note) in events_for(&env, "authy") {
+        assert!(!note.contains("kpat_") && !note.contains("spat_"), "{note}");
+    }
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_accounts_converge_under_faults_without_duplicates() {
+    let mut env = TestEnv::start().await;
+    // A 30 s resync: with 3 s, the resyncs of the accounts already Ready (two calls each, 30% of them
+    // waiting out a 429) keep the 4 workers busy, and kube-runtime picks the next object from a set
+    // in no fair order, so some new objects could wait indefinitely. Convergence is what this test is about.
+    env.start_operator(&["--resync-period", "30s"]).await;
+    env.set_faults(Faults {
+        rate_429: 0.3,
+        rate_5xx: 0.1,
+        rate_lost: 0.05,
+        retry_after_secs: 1,
+        ..Faults::default()
+    });
+    let manifest: String = (0..50)
+        .map(|i| {
+            format!(
+                "---\napiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {{name: bot-{i:02}}}\nspec: {{description: bot {i}}}\n"
+            )
+        })
+        .collect();
+    env.apply(&manifest);
+    let api = env.api::<SystemAccount>();
+    let started = Instant::now();
+    let all_ready = || async {
+        let list = api.list(&Default::default()).await.unwrap();
+        list.items.len() == 50 && list.items.iter().all(is_ready)
+    };
+    while !all_ready().await {
+        if started.elapsed() > Duration::from_secs(90) {
+            let list = api.list(&Default::default()).await.unwrap();
+            let not: Vec<_> = list
+                .items
+                .iter()
+                .filter(|a| !is_ready(a))
+                .map(|a| (a.metadata.name.clone(), ready_message(a)))
+                .collect();
+            panic!("not all Ready after 90 s: {not:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("50 accounts Ready after {:?}", started.elapsed());
+    let state = env.sim.state();
+    let names: BTreeSet<_> = state
+        .accounts
+        .iter()
+        .map(|a| a.account.name.clone())
+        .collect();
+    assert_eq!(state.accounts.len(), 50, "no duplicates");
+    assert_eq!(names.len(), 50);
+    let list = api.list(&Default::default()).await.unwrap();
+    for a in list.items {
+        let id = a.status.clone().unwrap().id.unwrap();
+        let name = a.metadata.name.unwrap();
+        assert_eq!(state.account_by_name(&name).unwrap().account.id, id);
+        // Its own account, recovered after a lost create, is never refused nor reported as adopted.
+        assert_ne!(a.status.as_ref().unwrap().adopted, Some(true), "{name}");
+        assert!(
+            !has_event(&env, &name, "Warning", "Conflict"),
+            "{name} refused its own account: {:#?}",
+            events_for(&env, &name)
+        );
+    }
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_konnect_gets_a_bounded_number_of_calls() {
+    let mut env = TestEnv::start().await;
+    env.start_operator(&[]).await;
+    // Let the operator start (its token check) before Konnect goes down.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.set_faults(Faults {
+        rate_5xx: 1.0,
+        ..Faults::default()
+    });
+    env.sim.reset_counts();
+    let manifest: String = (0..10)
+        .map(|i| {
+            format!(
+                "---\napiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {{name: down-{i}}}\nspec: {{}}\n"
+            )
+        })
+        .collect();
+    env.apply(&manifest);
+    let window = Duration::from_secs(20);
+    tokio::time::sleep(window).await;
+    let calls = env.sim.counts_detail().total;
+    let per_minute = calls as f64 * 60.0 / window.as_secs_f64();
+    eprintln!("{calls} requests in {window:?} with every call failing: {per_minute:.0}/min");
+    // Bound from the backoff policy: per object, reconciles at t = 0, 5, 15 s (error backoff 5 s doubling;
+    // the 35 s one is outside the window) plus at most one woken by our own Ready=False status write,
+    // each making one Konnect call sent at most 5 times (client max_attempts): 4 x 5 = 20 requests per
+    // object, 200 for 10 objects in 20 s, i.e. 600/min. A hot loop would be unbounded.
+    assert!(
+        calls <= 200,
+        "{calls} requests in 20 s ({per_minute:.0}/min)"
+    );
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "down-0", T, failed_with("KonnectError")).await;
+    assert!(
+        ready_message(&sa).contains("Retrying"),
+        "{}",
+        ready_message(&sa)
+    );
+    env.stop_operator().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_committed_before_a_crash_is_recognised_as_our_own() {
+    let mut env = TestEnv::start().await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: crashy}
+spec: {description: CI}
+"#,
+    );
+    // The state a crash between "record the create" and "record the id" leaves behind: the account exists in
+    // Konnect, status.pendingCreate names it, status.id is empty.
+    let api = env.api::<SystemAccount>();
+    api.patch_status(
+        "crashy",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"status": {"pendingCreate": "crashy"}})),
+    )
+    .await
+    .unwrap();
+    let sa = api.get_status("crashy").await.unwrap();
+    assert_eq!(
+        sa.status.unwrap().pending_create.as_deref(),
+        Some("crashy"),
+        "the CRD keeps status.pendingCreate"
+    );
+    let ours = env.sim.seed_account("crashy", "CI", false);
+    env.start_operator(&[]).await;
+    let sa = wait_for(&api, "crashy", T, is_ready).await;
+    let status = sa.status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(ours.id.as_str()));
+    assert_eq!(status.pending_create, None);
+    assert_ne!(status.adopted, Some(true), "created by us, not adopted");
+    assert_eq!(env.sim.state().accounts.len(), 1, "not created twice");
+    assert!(!has_event(&env, "crashy", "Warning", "Conflict"));
     env.stop_operator().await;
 }

@@ -81,7 +81,6 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     let conn = ctx.connections.for_object(&ns, auth_secret(&obj)).await?;
     let k = &conn.client;
     let old_status = obj.status.clone().unwrap_or_default();
-
     // A drift check of an unchanged, Ready account reads the shared snapshot (paced by the budget).
     let background = old_status.id.is_some()
         && old_status.observed_generation == obj.metadata.generation
@@ -89,6 +88,8 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     if background {
         ctx.metrics.drift_check("SystemAccount");
     }
+    // Resolve the teams first: a spec error (unknown or ambiguous team) must not leave a new account behind.
+    let wanted_teams = resolve_teams(&ctx, &conn, &obj, &old_status, background).await?;
     let mut observed = observe(&ctx, &conn, &desired, &old_status, background).await?;
     let mut created = false;
     let mut working = (*obj).clone();
@@ -155,6 +156,21 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     )
                     .await;
                     adopted = Some(true);
+                } else {
+                    // Our own create whose response was lost: created, not adopted.
+                    events::publish(
+                        &ctx.recorder,
+                        &*obj,
+                        false,
+                        "Created",
+                        "Create",
+                        format!(
+                            "Created Konnect system account '{}' ({})",
+                            existing.name, existing.id
+                        ),
+                    )
+                    .await;
+                    adopted = Some(false);
                 }
                 observed = ObservedAccount {
                     by_id: Some(existing),
@@ -196,6 +212,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         &ctx,
         &conn,
         &obj,
+        wanted_teams,
         &account,
         &old_status,
         created,
@@ -344,13 +361,13 @@ async fn converge_teams(
     ctx: &Context,
     conn: &Connection,
     obj: &SystemAccount,
+    desired: Vec<ResolvedTeam>,
     account: &KAccount,
     old: &SystemAccountStatus,
     created: bool,
     background: bool,
 ) -> Result<Vec<TeamStatus>, ReconcileError> {
     let k = &conn.client;
-    let desired = resolve_teams(ctx, conn, obj, old, background).await?;
     let owned: Vec<String> = old.teams.iter().map(|t| t.id.clone()).collect();
     // A new account is in no team; a drift check asks the shared per-team member lists about the
     // teams that matter (wanted or owned); a change lists the account's teams directly.
