@@ -215,8 +215,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         wanted_teams,
         &account,
         &old_status,
-        created,
-        background,
+        MembershipSource::pick(created, background),
     )
     .await?;
 
@@ -357,6 +356,27 @@ async fn resolve_teams(
     Ok(resolved)
 }
 
+/// Where the account's current memberships come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MembershipSource {
+    /// Created in this reconcile: in no team yet, nothing to read.
+    NewAccount,
+    /// A drift check: the shared per-team member lists.
+    Snapshot,
+    /// A change: list the account's teams.
+    Konnect,
+}
+
+impl MembershipSource {
+    fn pick(created: bool, background: bool) -> Self {
+        match (created, background) {
+            (true, _) => Self::NewAccount,
+            (false, true) => Self::Snapshot,
+            (false, false) => Self::Konnect,
+        }
+    }
+}
+
 async fn converge_teams(
     ctx: &Context,
     conn: &Connection,
@@ -364,16 +384,15 @@ async fn converge_teams(
     desired: Vec<ResolvedTeam>,
     account: &KAccount,
     old: &SystemAccountStatus,
-    created: bool,
-    background: bool,
+    source: MembershipSource,
 ) -> Result<Vec<TeamStatus>, ReconcileError> {
     let k = &conn.client;
     let owned: Vec<String> = old.teams.iter().map(|t| t.id.clone()).collect();
     // A new account is in no team; a drift check asks the shared per-team member lists about the
     // teams that matter (wanted or owned); a change lists the account's teams directly.
-    let current: Vec<String> = if created {
+    let current: Vec<String> = if source == MembershipSource::NewAccount {
         Vec::new()
-    } else if background {
+    } else if source == MembershipSource::Snapshot {
         let mut ids = Vec::new();
         for id in desired.iter().map(|t| &t.id).chain(owned.iter()) {
             if !ids.contains(id)
