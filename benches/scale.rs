@@ -7,7 +7,6 @@
 //!
 //! No timing is asserted anywhere: these are measurements for the README.
 #[path = "../tests/support/mod.rs"]
-#[allow(unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};
