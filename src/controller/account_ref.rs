@@ -1,6 +1,6 @@
 //! Resolving `systemAccountRef` for tokens and role bindings, and waking them when the account changes.
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
 
 use super::account::ready_account_id;
 use super::context::Context;
@@ -40,6 +40,35 @@ pub fn resolve(
                 konnect: account.spec.konnect.clone(),
             })
         }
+    }
+}
+
+/// Like [`resolve`], but when the cache says the account is missing or not Ready, asks the API
+/// server. The SystemAccount watch that wakes a dependent is not the cache `resolve` reads, and
+/// can run ahead of it: without this read the dependent would wait for its backoff (30 s and
+/// more) although its account is Ready.
+pub async fn resolve_fresh(
+    ctx: &Context,
+    namespace: &str,
+    r: &SystemAccountRef,
+) -> Result<ResolvedAccount, ReconcileError> {
+    let waiting = match resolve(ctx, namespace, r) {
+        Err(ReconcileError::WaitingForSystemAccount(msg)) => msg,
+        other => return other,
+    };
+    let Ok(RefTarget::Name(name)) = r.target() else {
+        return Err(ReconcileError::WaitingForSystemAccount(waiting));
+    };
+    let api: Api<SystemAccount> = Api::namespaced(ctx.kube.clone(), namespace);
+    let live = api
+        .get_opt(name)
+        .await
+        .map_err(ReconcileError::kube(format!(
+            "reading SystemAccount {namespace}/{name}"
+        )))?;
+    match live.and_then(|a| ready_account_id(&a).map(|id| (id, a.spec.konnect))) {
+        Some((id, konnect)) => Ok(ResolvedAccount { id, konnect }),
+        None => Err(ReconcileError::WaitingForSystemAccount(waiting)),
     }
 }
 
