@@ -1,14 +1,17 @@
-//! What the README promises a new user: config/samples, applied to a cluster whose operator talks to the simulator
-//! seeded with docs/sim-seed.yaml, all become Ready; the Secret holds a token Konnect accepts, labelled for
-//! kong-operator; the restart target is restarted. Plus the token lifecycle rules the README states for spec edits.
+//! What the README promises. config/samples, applied to a cluster whose operator talks to the simulator seeded with
+//! docs/sim-seed.yaml, all become Ready; the Secret holds a token Konnect accepts, labelled for kong-operator; the
+//! restart target is restarted. The token lifecycle rules it states for spec edits hold. And it does not drift from
+//! the code: every flag, CRD field, condition reason and metric is named in it.
 mod support;
 
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use konnect_sa_operator::api::{RoleBinding, SystemAccount, SystemAccountToken};
+use konnect_sa_operator::api::{self, RoleBinding, SystemAccount, SystemAccountToken};
 use konnect_sa_operator::sim::{SeedData, SimConfig};
 use support::env::crate_dir;
 use support::{NS, TestEnv, merge_patch, ready_of, wait_for};
@@ -341,4 +344,78 @@ spec:
         "the old token still works in Konnect"
     );
     env.stop_operator().await;
+}
+
+/// The `--flags` a subcommand's `--help` lists.
+fn flags_of(subcommand: &str) -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_konnect-sa-operator"))
+        .args([subcommand, "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{subcommand} --help");
+    String::from_utf8_lossy(&out.stdout)
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == ']')
+        .filter(|w| w.starts_with("--") && w.len() > 2 && w != &"--help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_names_every_flag_field_reason_and_metric() {
+    let readme = read("README.md");
+    let mut missing = Vec::new();
+    for sub in ["run", "sim"] {
+        let flags = flags_of(sub);
+        assert!(flags.len() > 5, "{sub} --help lists its flags: {flags:?}");
+        for flag in flags {
+            if !readme.contains(&format!("`{flag}`")) {
+                missing.push(format!("{sub} {flag}"));
+            }
+        }
+    }
+    // Every spec and status field of every kind, as `spec.<field>` / `status.<field>`.
+    for crd in api::crds() {
+        let kind = crd.spec.names.kind.clone();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let root = &schema["openAPIV3Schema"]["properties"];
+        for part in ["spec", "status"] {
+            let props = root[part]["properties"].as_object().expect("properties");
+            for field in props.keys() {
+                if !readme.contains(&format!("`{part}.{field}"))
+                    && !readme.contains(&format!(", `{part}.{field}`"))
+                {
+                    missing.push(format!("{kind} {part}.{field}"));
+                }
+            }
+        }
+        if !readme.contains(&format!("### {kind}")) {
+            missing.push(format!("section ### {kind}"));
+        }
+    }
+    for reason in api::reason::ALL {
+        if !readme.contains(&format!("| `{reason}` |")) {
+            missing.push(format!("reason {reason}"));
+        }
+    }
+    // Metric names as Prometheus exposes them (counters with _total).
+    let metrics = konnect_sa_operator::telemetry::Metrics::new().encode();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        let exposed = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        };
+        if !readme.contains(&format!("`{exposed}`")) {
+            missing.push(format!("metric {exposed}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README.md does not mention: {missing:#?}"
+    );
 }
