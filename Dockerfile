@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # konnect-sa-operator: a static musl binary on distroless (CA bundle included: kube and reqwest verify TLS with it).
 #   docker build -t ghcr.io/konnect-sa-operator/konnect-sa-operator:0.1.0 .
+#   docker run --rm ghcr.io/konnect-sa-operator/konnect-sa-operator:0.1.0 --help
 
 FROM rust:1.95-alpine AS builder
 # musl-dev: C runtime headers for ring's C code; the musl target links statically by default.
@@ -32,4 +33,6 @@ COPY --from=builder /out/konnect-sa-operator /konnect-sa-operator
 # nonroot (65532:65532), numeric so Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532
 EXPOSE 8080
-ENTRYPOINT ["/konnect-sa-operator", "run"]
+# The subcommand comes from the container args: the manifests pass `run ...`; `docker run <image> sim ...` runs the
+# simulator. (An entrypoint ending in `run` would make the manifests' args `run run ...`, which the CLI rejects.)
+ENTRYPOINT ["/konnect-sa-operator"]

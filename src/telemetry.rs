@@ -70,7 +70,7 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-/// Every metric the operator exports (see README "Metrics").
+/// Every metric the operator exports (README "Metrics and health" lists them; tests/docs.rs keeps it in step).
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Family<KindLabels, Counter>,

@@ -79,10 +79,11 @@ fn the_canonical_rules_are_least_privilege() {
             format!("{kind}/finalizers"),
             "update".into()
         )));
+        // Status is written with a resourceVersion-guarded replace (src/k8s/status.rs): PUT, verb update.
         assert!(g.contains(&(
             "konnect-sa.dev".into(),
             format!("{kind}/status"),
-            "patch".into()
+            "update".into()
         )));
         assert!(!g.contains(&("konnect-sa.dev".into(), kind.into(), "delete".into())));
     }
@@ -595,7 +596,34 @@ fn dockerfile_builds_a_static_nonroot_image() {
     assert!(text.contains("musl-dev"));
     assert!(text.contains("FROM gcr.io/distroless/static-debian12:nonroot"));
     assert!(text.contains("USER 65532:65532"));
-    assert!(text.contains(r#"ENTRYPOINT ["/konnect-sa-operator", "run"]"#));
+    // The entrypoint is the bare binary: the manifests' args start with the subcommand (`run`), so an entrypoint
+    // that already said `run` would start `konnect-sa-operator run run ...`, which the CLI rejects.
+    assert!(text.contains(r#"ENTRYPOINT ["/konnect-sa-operator"]"#));
+    let d = deployment(&read("config/manager/manager.yaml"));
+    let args = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert_eq!(args[0], "run", "the Deployment's args name the subcommand");
+    // What the container really runs: the entrypoint's arguments, then the Deployment's. `--help` at the end makes
+    // the CLI parse everything before it and exit without starting.
+    let entrypoint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .unwrap();
+    let entrypoint: Vec<String> = serde_json::from_str(entrypoint).unwrap();
+    let mut argv = entrypoint[1..].to_vec();
+    argv.extend(args);
+    argv.push("--help".into());
+    let out = Command::new(env!("CARGO_BIN_EXE_konnect-sa-operator"))
+        .args(&argv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the container's command line {argv:?} is rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ignore = read(".dockerignore");
     assert!(
         ignore.lines().any(|l| l.trim() == "target"),

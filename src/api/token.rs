@@ -103,6 +103,7 @@ pub struct SystemAccountTokenSpec {
     pub renew_before_percentage: Option<i32>,
     /// How long the previous token stays valid after the new one is in the Secret (time for consumers to reload),
     /// a Go duration from 0s to 8760h. 0s revokes it at once. Never later than the old token's own expiry.
+    /// A token whose Secret was deleted or emptied, or that Konnect no longer has, is revoked at once.
     /// Default: 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), regex(pattern = duration::GO_DURATION_PATTERN))]

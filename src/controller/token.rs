@@ -186,6 +186,12 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     restart_targets_if_due(&mut w).await;
     revoke_due(&mut w).await?;
 
+    // renewBefore(Percentage) may have changed since the token was issued: the schedule follows the spec.
+    let seed = format!("{}/{}", w.uid(), w.st().revision.unwrap_or(0));
+    if let Some(expires) = parse_time(&w.st().expires_at) {
+        w.st().renewal_time = Some(renewal_time(expires, renew_before, &seed).to_string());
+    }
+
     let st = w.st().clone();
     let (Some(expires), Some(renewal)) = (parse_time(&st.expires_at), parse_time(&st.renewal_time))
     else {
@@ -441,11 +447,11 @@ async fn issue(
 
     // 4. Record: the old token becomes previous, revoked after the retention. A token whose Secret
     //    was lost, or that Konnect no longer has, is revoked at once: no consumer can get it anymore.
+    //    After an account change consumers still hold the old token until they reload: it keeps
+    //    the retention (an old token of a recreated account is gone already; its revoke is a 404).
     let now = whole_seconds(Timestamp::now());
     let keep = match reason {
-        RotationReason::SecretLost
-        | RotationReason::TokenRevoked
-        | RotationReason::AccountChanged => std::time::Duration::ZERO,
+        RotationReason::SecretLost | RotationReason::TokenRevoked => std::time::Duration::ZERO,
         _ => retention,
     };
     let seed = format!("{}/{revision}", w.uid());

@@ -1,5 +1,5 @@
 //! The one place that builds conditions. A reason string leads back to the function that chose it
-//! (see `controller::outcome`).
+//! (`controller::error::ReconcileError::reason` for failures, `controller::reconciler` for Ready).
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
