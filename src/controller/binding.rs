@@ -133,7 +133,8 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
                 .await
                 .ignore_not_found()
                 .map_err(ReconcileError::konnect("removing the previous assignment"))?;
-            ctx.cache.invalidate_assignments(&conn, &account.id);
+            ctx.cache
+                .record_assignment_change(&conn, &account.id, None, Some(&stale.id));
         }
         events::publish(
             &ctx.recorder,
@@ -179,9 +180,10 @@ async fn assign(
     desired: &RoleTuple,
 ) -> Result<String, ReconcileError> {
     let result = conn.client.assign_role(account_id, desired).await;
-    ctx.cache.invalidate_assignments(conn, account_id);
     match result {
         Ok(a) => {
+            ctx.cache
+                .record_assignment_change(conn, account_id, Some(&a), None);
             events::publish(
                 &ctx.recorder,
                 obj,
@@ -194,6 +196,8 @@ async fn assign(
             Ok(a.id)
         }
         Err(e) if e.is_conflict() => {
+            // The cached list missed it: read it afresh.
+            ctx.cache.invalidate_assignments(conn, account_id);
             let list = ctx
                 .cache
                 .assignments(conn, account_id)
@@ -256,7 +260,8 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
         .await
         .ignore_not_found()
         .map_err(ReconcileError::konnect("removing the assignment"))?;
-    ctx.cache.invalidate_assignments(&conn, &account_id);
+    ctx.cache
+        .record_assignment_change(&conn, &account_id, None, Some(&id));
     events::publish(
         &ctx.recorder,
         &*obj,

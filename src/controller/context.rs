@@ -53,6 +53,8 @@ impl Context {
         accounts: Store<SystemAccount>,
         bindings: Store<RoleBinding>,
     ) -> Self {
+        // Shorter than the resync, so a resync sees Konnect's list, not our last read of it.
+        let assignments_ttl = Duration::from_secs(5).min(config.resync / 2);
         Self {
             kube,
             connections,
@@ -61,7 +63,7 @@ impl Context {
             config,
             accounts,
             bindings,
-            cache: KonnectCache::new(Duration::from_secs(600), Duration::from_secs(5)),
+            cache: KonnectCache::new(Duration::from_secs(600), assignments_ttl),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -1,5 +1,5 @@
 //! Shared support for integration tests. Each test binary uses a subset of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod env;
 pub mod kube_api;
