@@ -114,6 +114,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_after_a_kill() {
         "still the leader"
     );
     let standby = *children.keys().find(|id| **id != leader.as_str()).unwrap();
+    let leader_log = std::fs::read_to_string(&logs[leader.as_str()]).unwrap();
+    assert!(
+        leader_log.contains("became leader") && leader_log.contains("controllers started"),
+        "{leader_log}"
+    );
     // The standby never started its controllers.
     let standby_log = std::fs::read_to_string(&logs[standby]).unwrap();
     assert!(

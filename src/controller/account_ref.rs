@@ -1,6 +1,6 @@
 //! Resolving `systemAccountRef` for tokens and role bindings, and waking them when the account changes.
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
 
 use super::account::ready_account_id;
 use super::context::Context;
@@ -25,22 +25,55 @@ pub fn resolve(
             konnect: None,
         }),
         RefTarget::Name(name) => {
-            let account = ctx.accounts.get(&ObjectRef::new(name).within(namespace)).ok_or_else(|| {
-                ReconcileError::WaitingForSystemAccount(format!(
-                    "SystemAccount {namespace}/{name} does not exist yet; this resumes when it is Ready"
-                ))
-            })?;
-            let id = ready_account_id(&account).ok_or_else(|| {
-                ReconcileError::WaitingForSystemAccount(format!(
-                    "SystemAccount {namespace}/{name} is not Ready yet; this resumes when it is"
-                ))
-            })?;
-            Ok(ResolvedAccount {
-                id,
-                konnect: account.spec.konnect.clone(),
-            })
+            let account = ctx.accounts.get(&ObjectRef::new(name).within(namespace));
+            from_account(namespace, name, account.as_deref())
         }
     }
+}
+
+/// `resolve`, but an account the cache does not show as Ready yet is read from the API server
+/// before giving up: the SystemAccount watch that wakes a dependent is not the one that fills the
+/// account cache, and can run ahead of it. Giving up then would wait out the 30 s retry.
+pub async fn resolve_fresh(
+    ctx: &Context,
+    namespace: &str,
+    r: &SystemAccountRef,
+) -> Result<ResolvedAccount, ReconcileError> {
+    let cached = resolve(ctx, namespace, r);
+    let (Err(ReconcileError::WaitingForSystemAccount(_)), Ok(RefTarget::Name(name))) =
+        (&cached, r.target())
+    else {
+        return cached;
+    };
+    let api: Api<SystemAccount> = Api::namespaced(ctx.kube.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(account) => from_account(namespace, name, account.as_ref()),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the SystemAccount; using the cache");
+            cached
+        }
+    }
+}
+
+fn from_account(
+    namespace: &str,
+    name: &str,
+    account: Option<&SystemAccount>,
+) -> Result<ResolvedAccount, ReconcileError> {
+    let account = account.ok_or_else(|| {
+        ReconcileError::WaitingForSystemAccount(format!(
+            "SystemAccount {namespace}/{name} does not exist yet; this resumes when it is Ready"
+        ))
+    })?;
+    let id = ready_account_id(account).ok_or_else(|| {
+        ReconcileError::WaitingForSystemAccount(format!(
+            "SystemAccount {namespace}/{name} is not Ready yet; this resumes when it is"
+        ))
+    })?;
+    Ok(ResolvedAccount {
+        id,
+        konnect: account.spec.konnect.clone(),
+    })
 }
 
 /// The auth Secret name for a dependent: its own override, else its account's.

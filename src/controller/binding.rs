@@ -83,7 +83,7 @@ async fn connection(
 async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     obj.spec.validate().map_err(ReconcileError::InvalidSpec)?;
-    let account = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
+    let account = account_ref::resolve_fresh(&ctx, &ns, &obj.spec.system_account_ref).await?;
     let conn = connection(&ctx, &obj, account.konnect.as_ref()).await?;
     let desired = desired_tuple(&obj.spec);
     match ctx.cache.roles(&conn).await {

@@ -122,7 +122,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let ResolvedAccount {
         id: account_id,
         konnect: account_konnect,
-    } = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
+    } = account_ref::resolve_fresh(&ctx, &ns, &obj.spec.system_account_ref).await?;
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
     let conn = ctx.connections.for_object(&ns, auth).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
