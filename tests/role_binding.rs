@@ -214,9 +214,10 @@ async fn binding_lifecycle_with_the_documented_tuple() {
     env.stop_operator().await;
 }
 
-/// An assignment removed in Konnect behind the operator's back comes back at the next resync.
+/// An assignment removed in Konnect behind the operator's back comes back at the next resync; a
+/// binding moved to another account takes its assignment along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn assignment_removed_in_konnect_is_restored() {
+async fn assignment_is_restored_and_follows_its_account() {
     let mut env = TestEnv::start().await;
     env.start_operator(&["--resync-period", "3s"]).await;
     env.apply(&account_yaml("ci-bot"));
@@ -247,6 +248,42 @@ async fn assignment_removed_in_konnect_is_restored() {
     assert_eq!(roles[0].role, docs_tuple("Viewer"));
     assert_eq!(assigned_id(&b), roles[0].id);
     eprintln!("restored after {:?}", removed.elapsed());
+
+    // Pointing the binding at another account moves the assignment: created on the new account,
+    // then removed from the old one (nothing left behind).
+    env.apply(&account_yaml("other-bot"));
+    merge_patch(
+        &api,
+        "ci-viewer",
+        serde_json::json!({"spec": {"systemAccountRef": {"name": "other-bot"}}}),
+    )
+    .await;
+    let b = wait_for(&api, "ci-viewer", T, |b| {
+        is_ready(b) && b.metadata.generation == Some(2)
+    })
+    .await;
+    let moved = konnect_roles(&env, "other-bot");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].role, docs_tuple("Viewer"));
+    assert_eq!(assigned_id(&b), moved[0].id);
+    let st = b.status.unwrap();
+    assert_eq!(
+        st.system_account_id.as_deref(),
+        Some(
+            env.sim
+                .state()
+                .account_by_name("other-bot")
+                .unwrap()
+                .account
+                .id
+                .as_str()
+        )
+    );
+    assert!(
+        konnect_roles(&env, "ci-bot").is_empty(),
+        "left behind on the old account: {:?}",
+        konnect_roles(&env, "ci-bot")
+    );
     env.stop_operator().await;
 }
 

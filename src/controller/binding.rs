@@ -150,6 +150,15 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         )
         .await;
     }
+    // systemAccountRef moved to another account: the new assignment exists, now drop the old one.
+    if let (Some(prev_account), Some(prev_id)) = (
+        old.system_account_id
+            .as_deref()
+            .filter(|a| *a != account.id),
+        old.assigned_role_id.as_deref(),
+    ) {
+        remove_from_previous_account(&ctx, &conn, &obj, prev_account, prev_id).await?;
+    }
     let api: Api<RoleBinding> = Api::namespaced(ctx.kube.clone(), &ns);
     let mut working = (*obj).clone();
     let st = working.status.get_or_insert_with(Default::default);
@@ -169,6 +178,53 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
             .map_err(ReconcileError::kube("writing status"))?;
     }
     Ok(Action::requeue(ctx.resync_with_jitter()))
+}
+
+async fn remove_from_previous_account(
+    ctx: &Context,
+    conn: &Connection,
+    obj: &RoleBinding,
+    account_id: &str,
+    id: &str,
+) -> Result<(), ReconcileError> {
+    let list = match ctx.cache.assignments(conn, account_id).await {
+        Ok(list) => list,
+        // The old account is gone, and its assignments with it.
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => {
+            return Err(ReconcileError::konnect(
+                "listing the previous account's roles",
+            )(e));
+        }
+    };
+    let Some(prev) = list.iter().find(|a| a.id == id) else {
+        return Ok(());
+    };
+    if wanted_by_other(ctx, obj, account_id, &prev.role) {
+        return Ok(());
+    }
+    conn.client
+        .delete_assigned_role(account_id, id)
+        .await
+        .ignore_not_found()
+        .map_err(ReconcileError::konnect(
+            "removing the previous account's assignment",
+        ))?;
+    ctx.cache
+        .record_assignment_change(conn, account_id, None, Some(id));
+    events::publish(
+        &ctx.recorder,
+        obj,
+        false,
+        "Removed",
+        "Assign",
+        format!(
+            "Removed {} from the previous account {account_id}",
+            describe(&prev.role)
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 /// Creates the assignment; a 409 means it exists already: adopt it.
