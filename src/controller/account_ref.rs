@@ -14,7 +14,7 @@ pub struct ResolvedAccount {
     pub konnect: Option<KonnectOverride>,
 }
 
-pub async fn resolve(
+fn resolve_cached(
     ctx: &Context,
     namespace: &str,
     r: &SystemAccountRef,
@@ -25,40 +25,56 @@ pub async fn resolve(
             konnect: None,
         }),
         RefTarget::Name(name) => {
-            let cached = ctx.accounts.get(&ObjectRef::new(name).within(namespace));
-            let ready = cached
-                .as_deref()
-                .and_then(|a| ready_account_id(a).map(|id| (id, a.spec.konnect.clone())));
-            // Our wake-up comes from another watch than the one filling the cache: when the cache
-            // still says "not ready", ask the API server before waiting.
-            let ready = match ready {
-                Some(r) => Some(r),
-                None => {
-                    let api: Api<SystemAccount> = Api::namespaced(ctx.kube.clone(), namespace);
-                    let fresh = api
-                        .get_opt(name)
-                        .await
-                        .map_err(ReconcileError::kube(format!(
-                            "reading SystemAccount {namespace}/{name}"
-                        )))?;
-                    match fresh {
-                        None => {
-                            return Err(ReconcileError::WaitingForSystemAccount(format!(
-                                "SystemAccount {namespace}/{name} does not exist yet; this resumes when it is Ready"
-                            )));
-                        }
-                        Some(a) => ready_account_id(&a).map(|id| (id, a.spec.konnect.clone())),
-                    }
-                }
-            };
-            let (id, konnect) = ready.ok_or_else(|| {
-                ReconcileError::WaitingForSystemAccount(format!(
-                    "SystemAccount {namespace}/{name} is not Ready yet; this resumes when it is"
-                ))
-            })?;
-            Ok(ResolvedAccount { id, konnect })
+            let account = ctx.accounts.get(&ObjectRef::new(name).within(namespace));
+            from_account(namespace, name, account.as_deref())
         }
     }
+}
+
+/// Resolves a reference from the account cache; an account the cache does not show as Ready yet
+/// is read from the API server before giving up: the SystemAccount watch that wakes a dependent is
+/// not the one that fills the account cache, and can run ahead of it. Giving up then would wait
+/// out the retry.
+pub async fn resolve(
+    ctx: &Context,
+    namespace: &str,
+    r: &SystemAccountRef,
+) -> Result<ResolvedAccount, ReconcileError> {
+    let cached = resolve_cached(ctx, namespace, r);
+    let (Err(ReconcileError::WaitingForSystemAccount(_)), Ok(RefTarget::Name(name))) =
+        (&cached, r.target())
+    else {
+        return cached;
+    };
+    let api: Api<SystemAccount> = Api::namespaced(ctx.kube.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(account) => from_account(namespace, name, account.as_ref()),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the SystemAccount; using the cache");
+            cached
+        }
+    }
+}
+
+fn from_account(
+    namespace: &str,
+    name: &str,
+    account: Option<&SystemAccount>,
+) -> Result<ResolvedAccount, ReconcileError> {
+    let account = account.ok_or_else(|| {
+        ReconcileError::WaitingForSystemAccount(format!(
+            "SystemAccount {namespace}/{name} does not exist yet; this resumes when it is Ready"
+        ))
+    })?;
+    let id = ready_account_id(account).ok_or_else(|| {
+        ReconcileError::WaitingForSystemAccount(format!(
+            "SystemAccount {namespace}/{name} is not Ready yet; this resumes when it is"
+        ))
+    })?;
+    Ok(ResolvedAccount {
+        id,
+        konnect: account.spec.konnect.clone(),
+    })
 }
 
 /// The auth Secret name for a dependent: its own override, else its account's.

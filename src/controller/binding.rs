@@ -116,6 +116,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     if recorded.is_none() {
         // First assignment: create it (409 = it exists: adopt). No list needed.
         let id = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
+        drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
         ctx.mark_verified(&key, &format!("{}/{id}", account.id));
         return write_status(&ctx, &obj, &account.id, &id, &desired).await;
     }
@@ -152,7 +153,8 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
                 .await
                 .ignore_not_found()
                 .map_err(ReconcileError::konnect("removing the previous assignment"))?;
-            ctx.cache.invalidate_assignments(&conn, &account.id);
+            ctx.cache
+                .record_assignment_change(&conn, &account.id, None, Some(&stale.id));
         }
         events::publish(
             &ctx.recorder,
@@ -168,8 +170,28 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         )
         .await;
     }
+    drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
     ctx.mark_verified(&key, &format!("{}/{id}", account.id));
     write_status(&ctx, &obj, &account.id, &id, &desired).await
+}
+
+/// systemAccountRef moved to another account: the new assignment exists, now drop the old one.
+async fn drop_moved_assignment(
+    ctx: &Context,
+    conn: &Connection,
+    obj: &RoleBinding,
+    old: &crate::api::RoleBindingStatus,
+    account_id: &str,
+) -> Result<(), ReconcileError> {
+    if let (Some(prev_account), Some(prev_id)) = (
+        old.system_account_id
+            .as_deref()
+            .filter(|a| *a != account_id),
+        old.assigned_role_id.as_deref(),
+    ) {
+        remove_from_previous_account(ctx, conn, obj, prev_account, prev_id).await?;
+    }
+    Ok(())
 }
 
 async fn write_status(
@@ -200,6 +222,53 @@ async fn write_status(
     Ok(Action::requeue(ctx.resync_with_jitter()))
 }
 
+async fn remove_from_previous_account(
+    ctx: &Context,
+    conn: &Connection,
+    obj: &RoleBinding,
+    account_id: &str,
+    id: &str,
+) -> Result<(), ReconcileError> {
+    let list = match ctx.cache.assignments(conn, account_id, None).await {
+        Ok(list) => list,
+        // The old account is gone, and its assignments with it.
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => {
+            return Err(ReconcileError::konnect(
+                "listing the previous account's roles",
+            )(e));
+        }
+    };
+    let Some(prev) = list.iter().find(|a| a.id == id) else {
+        return Ok(());
+    };
+    if wanted_by_other(ctx, obj, account_id, &prev.role) {
+        return Ok(());
+    }
+    conn.client
+        .delete_assigned_role(account_id, id)
+        .await
+        .ignore_not_found()
+        .map_err(ReconcileError::konnect(
+            "removing the previous account's assignment",
+        ))?;
+    ctx.cache
+        .record_assignment_change(conn, account_id, None, Some(id));
+    events::publish(
+        &ctx.recorder,
+        obj,
+        false,
+        "Removed",
+        "Assign",
+        format!(
+            "Removed {} from the previous account {account_id}",
+            describe(&prev.role)
+        ),
+    )
+    .await;
+    Ok(())
+}
+
 /// Creates the assignment; a 409 means it exists already: adopt it.
 async fn assign(
     ctx: &Context,
@@ -209,9 +278,10 @@ async fn assign(
     desired: &RoleTuple,
 ) -> Result<String, ReconcileError> {
     let result = conn.client.assign_role(account_id, desired).await;
-    ctx.cache.invalidate_assignments(conn, account_id);
     match result {
         Ok(a) => {
+            ctx.cache
+                .record_assignment_change(conn, account_id, Some(&a), None);
             events::publish(
                 &ctx.recorder,
                 obj,
@@ -224,6 +294,8 @@ async fn assign(
             Ok(a.id)
         }
         Err(e) if e.is_conflict() => {
+            // The cached list missed it: read it afresh.
+            ctx.cache.invalidate_assignments(conn, account_id);
             let list = ctx
                 .cache
                 .assignments(conn, account_id, None)
@@ -287,7 +359,8 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
         .await
         .ignore_not_found()
         .map_err(ReconcileError::konnect("removing the assignment"))?;
-    ctx.cache.invalidate_assignments(&conn, &account_id);
+    ctx.cache
+        .record_assignment_change(&conn, &account_id, None, Some(&id));
     events::publish(
         &ctx.recorder,
         &*obj,

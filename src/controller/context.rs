@@ -64,6 +64,8 @@ impl Context {
         accounts: Store<SystemAccount>,
         bindings: Store<RoleBinding>,
     ) -> Self {
+        // Shorter than the resync, so a resync sees Konnect's list, not our last read of it.
+        let assignments_ttl = Duration::from_secs(5).min(config.resync / 2);
         Self {
             kube,
             connections,
@@ -71,7 +73,7 @@ impl Context {
             recorder,
             accounts,
             bindings,
-            cache: KonnectCache::new(Duration::from_secs(600), config.resync.mul_f64(0.9)),
+            cache: KonnectCache::new(Duration::from_secs(600), assignments_ttl),
             snapshot: Snapshot::new(config.resync.mul_f64(0.9)),
             budget: DriftBudget::new(config.konnect_budget),
             verified: Mutex::new(HashMap::new()),

@@ -10,6 +10,7 @@ use crate::konnect::{AssignedRole, Result, RolesReference, Team};
 
 type Entry<T> = (Instant, Arc<T>);
 type AccountKey = (ConnectionKey, String);
+type FetchLocks = Mutex<HashMap<AccountKey, Arc<tokio::sync::Mutex<()>>>>;
 
 pub struct KonnectCache {
     roles_ttl: Duration,
@@ -17,6 +18,9 @@ pub struct KonnectCache {
     roles: Mutex<HashMap<ConnectionKey, Entry<RolesReference>>>,
     assignments: Mutex<HashMap<AccountKey, Entry<Vec<AssignedRole>>>>,
     teams: Mutex<HashMap<AccountKey, Entry<Vec<Team>>>>,
+    /// One list call in flight per account: concurrent reconciles of its bindings wait for it
+    /// instead of each sending their own.
+    fetching: FetchLocks,
 }
 
 impl KonnectCache {
@@ -27,6 +31,7 @@ impl KonnectCache {
             roles: Mutex::default(),
             assignments: Mutex::default(),
             teams: Mutex::default(),
+            fetching: Mutex::default(),
         }
     }
 
@@ -66,6 +71,18 @@ impl KonnectCache {
         if let Some(v) = Self::fresh(&self.assignments, &key, self.assignments_ttl) {
             return Ok(v);
         }
+        let gate = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _in_flight = gate.lock().await;
+        // Whoever held the gate before us has just filled the cache.
+        if let Some(v) = Self::fresh(&self.assignments, &key, self.assignments_ttl) {
+            return Ok(v);
+        }
         if let Some(b) = budget {
             b.acquire(1).await;
         }
@@ -92,7 +109,28 @@ impl KonnectCache {
         Ok(v)
     }
 
-    /// Forget an account's assignments after writing them.
+    /// Records our own write in the cached list (when there is one) instead of dropping it, so the
+    /// account's other bindings keep sharing one list call. `added`/`removed_id`: what changed.
+    pub fn record_assignment_change(
+        &self,
+        conn: &Connection,
+        account_id: &str,
+        added: Option<&AssignedRole>,
+        removed_id: Option<&str>,
+    ) {
+        let mut map = self.assignments.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, list)) = map.get_mut(&(conn.key.clone(), account_id.to_string())) {
+            let list = Arc::make_mut(list);
+            if let Some(id) = removed_id {
+                list.retain(|a| a.id != id);
+            }
+            if let Some(a) = added.filter(|a| !list.iter().any(|x| x.id == a.id)) {
+                list.push(a.clone());
+            }
+        }
+    }
+
+    /// Forget an account's assignments (when the cached list proved wrong).
     pub fn invalidate_assignments(&self, conn: &Connection, account_id: &str) {
         self.assignments
             .lock()

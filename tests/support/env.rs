@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 
 use super::FakeKube;
 
+/// A later flag overrides an earlier one: tests pass e.g. `--resync-period` over the default here.
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct Cli {
     #[command(flatten)]
     run: RunArgs,
@@ -109,6 +111,16 @@ impl TestEnv {
 
     /// The real binary against this world (KUBECONFIG, KONNECT_TOKEN); stderr/stdout go to `log`.
     pub fn spawn_operator(&self, extra: &[&str], log: &Path) -> tokio::process::Child {
+        self.spawn_operator_env(extra, &[], log)
+    }
+
+    /// `spawn_operator` with extra environment variables (e.g. `POD_NAME` for its Lease identity).
+    pub fn spawn_operator_env(
+        &self,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        log: &Path,
+    ) -> tokio::process::Child {
         let kubeconfig = self.dir.path().join("kubeconfig");
         self.kube.write_kubeconfig(&kubeconfig).unwrap();
         let out = std::fs::OpenOptions::new()
@@ -124,6 +136,7 @@ impl TestEnv {
             .env("KUBECONFIG", &kubeconfig)
             .env("KONNECT_TOKEN", self.sim.admin_token().expose())
             .env("RUST_LOG", "info,konnect_sa_operator=debug")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
