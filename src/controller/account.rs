@@ -113,10 +113,24 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     description: desired.description.clone(),
                     konnect_managed: None,
                 };
-                let new = k
-                    .create_system_account(&body)
-                    .await
-                    .map_err(ReconcileError::konnect("creating the system account"))?;
+                let new = match k.create_system_account(&body).await {
+                    Ok(new) => new,
+                    Err(e) if e.is_conflict() => {
+                        // A first-attempt 409: someone else took the name between our check and our
+                        // create. Nothing of ours exists, so the pending marker must not make the
+                        // next reconcile adopt their account.
+                        if let Some(st) = working.status.as_mut() {
+                            st.pending_create = None;
+                        }
+                        let _ = status::replace(&api, &working).await;
+                        return Err(ReconcileError::Conflict(format!(
+                            "a Konnect system account named '{}' was created by someone else just now; \
+                             set spec.adoption: Adopt to manage it, or choose another spec.name",
+                            desired.name
+                        )));
+                    }
+                    Err(e) => return Err(ReconcileError::konnect("creating the system account")(e)),
+                };
                 created = true;
                 let verb = if observed.recorded_id.is_some() {
                     "Recreated"
