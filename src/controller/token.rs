@@ -483,8 +483,9 @@ fn nothing_was_created(e: &KonnectError) -> bool {
     )
 }
 
-/// Restarts the targets once per revision. The stamp is the revision's issue time, so repeating
-/// the patch (after a crash) changes nothing and triggers no second rollout.
+/// Restarts the targets once per revision. The stamp is the revision's issue time and number (two
+/// rotations within one second still differ), so repeating the patch (after a crash) changes
+/// nothing and triggers no second rollout.
 async fn restart_targets_if_due(w: &mut Work<'_>) {
     let targets = w.obj.spec.rollout_restart_targets.clone();
     let st = w.st().clone();
@@ -492,9 +493,10 @@ async fn restart_targets_if_due(w: &mut Work<'_>) {
     if targets.is_empty() || revision == 0 || st.last_restart_revision.unwrap_or(0) >= revision {
         return;
     }
-    let Some(stamp) = st.last_rotation_time.clone() else {
+    let Some(issued_at) = st.last_rotation_time.clone() else {
         return;
     };
+    let stamp = format!("{issued_at}/r{revision}");
     let ns = w.obj.namespace().unwrap_or_default();
     let mut missing = Vec::new();
     for t in &targets {
