@@ -472,7 +472,7 @@ async fn rotate_annotation_rotates_once_per_new_value() {
     wait_for(&api, "manual-token", T, |t| ready_at(t, 1)).await;
     let rotate = |v: &str| json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": v}}});
 
-    merge_patch(&api, "manual-token", rotate("2026-01-01")).await;
+    merge_patch(&api, "manual-token", rotate("now")).await;
     let tok = wait_for(&api, "manual-token", T, |t| ready_at(t, 2)).await;
     let s = secret(&env, "manual-token").await.unwrap();
     assert_eq!(
@@ -486,7 +486,7 @@ async fn rotate_annotation_rotates_once_per_new_value() {
     );
 
     // The same value again (a re-apply of the same manifest) does not rotate ...
-    merge_patch(&api, "manual-token", rotate("2026-01-01")).await;
+    merge_patch(&api, "manual-token", rotate("now")).await;
     // ... an unrelated metadata change neither; wait past a few resyncs to be sure.
     merge_patch(
         &api,
@@ -499,7 +499,7 @@ async fn rotate_annotation_rotates_once_per_new_value() {
     assert_eq!(status(&tok).revision, Some(2), "same value: no rotation");
 
     // A new value rotates once more.
-    merge_patch(&api, "manual-token", rotate("2026-01-02")).await;
+    merge_patch(&api, "manual-token", rotate("again")).await;
     wait_for(&api, "manual-token", T, |t| ready_at(t, 3)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let tok = api.get("manual-token").await.unwrap();
@@ -580,7 +580,7 @@ stringData: {token: someone-elses}
     assert_eq!(
         env.sim
             .counts()
-            .get("create-system-account-access-token")
+            .get("post-system-accounts-id-access-tokens")
             .copied()
             .unwrap_or(0),
         0,

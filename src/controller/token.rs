@@ -254,6 +254,11 @@ async fn heal_newer_secret(
     st.renewal_time = view
         .expires_at
         .map(|e| renewal_time(e, renew_before, &renew_seed).to_string());
+    // The rotate request this token answered is done: without this, a crash between the Secret
+    // and status writes would rotate a second time for the same request.
+    if view.rotated_for.is_some() {
+        st.last_rotate_annotation = view.rotated_for.clone();
+    }
     if st.pending_token_name.is_some() && st.pending_token_name == view.token_name {
         st.pending_token_name = None;
         conditions::remove(&mut st.conditions, ISSUING);
@@ -392,6 +397,7 @@ async fn issue(
         revision,
         issued_at,
         expires_at,
+        rotated_for: rotate_annotation.as_deref(),
     };
     let written = secret::write(&w.secrets, w.secret.as_ref(), &target, &token).await;
     let written = match written {
