@@ -855,3 +855,142 @@ async fn account_recreated_in_konnect_gets_a_new_token() {
     assert_no_token_value_exposed(&env);
     op.stop().await;
 }
+
+/// Creates a token directly in Konnect (what a create call the operator never saw answered does).
+async fn create_in_konnect(
+    env: &TestEnv,
+    account_id: &str,
+    name: &str,
+    issued: Timestamp,
+) -> (String, String) {
+    let expires = issued
+        .checked_add(Duration::from_secs(2160 * 3600))
+        .unwrap();
+    let resp: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/v3/system-accounts/{account_id}/access-tokens",
+            env.sim.base_url()
+        ))
+        .bearer_auth(env.sim.admin_token().expose())
+        .json(&json!({"name": name, "expires_at": expires.to_string()}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        resp["id"].as_str().unwrap().to_string(),
+        resp["token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn set_pending(env: &TestEnv, name: &str, pending: &str) {
+    env.kube
+        .modify_status_raw(
+            "konnect-sa.dev",
+            "v1alpha1",
+            "systemaccounttokens",
+            NS,
+            name,
+            |o| o["status"]["pendingTokenName"] = json!(pending),
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_points_are_healed_without_leaks_or_double_rotation() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "healer").await;
+    env.apply(&token_yaml(
+        "heal-token",
+        "healer",
+        "  previousTokenRetention: 3s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "heal-token", T, |t| ready_at(t, 1)).await;
+    let first = status(&tok).token_id.unwrap();
+    op.stop().await;
+
+    // Crash after the create call, before the Secret write: Konnect has r2, only its name is
+    // recorded. The restarted operator finds it by name and revokes it; r1 stays.
+    set_pending(&env, "heal-token", "platform.heal-token.r2");
+    let issued = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    create_in_konnect(&env, &account_id, "platform.heal-token.r2", issued).await;
+    assert_eq!(env.sim.live_tokens(&account_id).len(), 2);
+    let op = Operator::start(&env, "3s").await;
+    let tok = wait_for(&api, "heal-token", T, |t| {
+        ready(t) && status(t).pending_token_name.is_none()
+    })
+    .await;
+    assert_eq!(status(&tok).revision, Some(1));
+    assert_eq!(status(&tok).token_id.as_deref(), Some(first.as_str()));
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "the unfinished token is revoked: {:?}",
+        env.sim.live_tokens(&account_id)
+    );
+    assert_eq!(env.sim.live_tokens(&account_id)[0].id, first);
+    op.stop().await;
+
+    // Crash after the Secret write, before the status write, during a requested rotation: the
+    // Secret has r2, the status still says r1. The restart adopts r2, does not rotate again for
+    // the same request, and revokes r1 after the retention.
+    merge_patch(
+        &api,
+        "heal-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "now"}}}),
+    )
+    .await;
+    set_pending(&env, "heal-token", "platform.heal-token.r2");
+    let issued = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    let (id2, value2) =
+        create_in_konnect(&env, &account_id, "platform.heal-token.r2", issued).await;
+    let secrets = env.api::<Secret>();
+    let mut s = secrets.get("heal-token").await.unwrap();
+    let expires = issued
+        .checked_add(Duration::from_secs(2160 * 3600))
+        .unwrap();
+    s.data.as_mut().unwrap().insert(
+        "token".into(),
+        k8s_openapi::ByteString(value2.clone().into_bytes()),
+    );
+    let ann = s.metadata.annotations.as_mut().unwrap();
+    for (k, v) in [
+        ("konnect-sa.dev/token-id", id2.clone()),
+        ("konnect-sa.dev/token-name", "platform.heal-token.r2".into()),
+        ("konnect-sa.dev/revision", "2".into()),
+        ("konnect-sa.dev/issued-at", issued.to_string()),
+        ("konnect-sa.dev/expires-at", expires.to_string()),
+        ("konnect-sa.dev/rotated-for", "now".into()),
+    ] {
+        ann.insert(k.into(), v);
+    }
+    secrets
+        .replace("heal-token", &Default::default(), &s)
+        .await
+        .unwrap();
+    let op = Operator::start(&env, "3s").await;
+    let tok = wait_for(&api, "heal-token", T, |t| ready_at(t, 2)).await;
+    let st = status(&tok);
+    assert_eq!(st.token_id.as_deref(), Some(id2.as_str()));
+    assert_eq!(st.last_rotate_annotation.as_deref(), Some("now"));
+    assert_eq!(st.pending_token_name, None);
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "r1 revoked after the retention"
+    );
+    assert_eq!(env.sim.live_tokens(&account_id)[0].id, id2);
+    // Past a couple of resyncs: still r2 (one rotation per request), and it works.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let tok = api.get("heal-token").await.unwrap();
+    assert_eq!(status(&tok).revision, Some(2), "no second rotation");
+    let s = secret(&env, "heal-token").await.unwrap();
+    assert_eq!(value_of(&s), value2);
+    assert_eq!(auth_status(&env, &value2).await, 200);
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}

@@ -87,7 +87,12 @@ async fn wait_converged(env: &TestEnv, seed: u64, timeout: Duration) {
         if Instant::now() > deadline {
             let objs: Vec<_> = env
                 .kube
-                .list("konnect-sa.dev", "v1alpha1", "systemaccounttokens", Some(NS))
+                .list(
+                    "konnect-sa.dev",
+                    "v1alpha1",
+                    "systemaccounttokens",
+                    Some(NS),
+                )
                 .into_iter()
                 .map(|o| o["status"].clone())
                 .collect();
@@ -116,12 +121,7 @@ async fn accepted(env: &TestEnv, token: &str) -> bool {
 }
 
 /// Invariants 1 and 2 for every CR, checked while the operator runs and has converged.
-async fn check_invariants(
-    env: &TestEnv,
-    account_id: &str,
-    seed: u64,
-    seen: &mut BTreeSet<String>,
-) {
+async fn check_invariants(env: &TestEnv, account_id: &str, seed: u64, seen: &mut BTreeSet<String>) {
     let live = env.sim.live_tokens(account_id);
     let now = Timestamp::now();
     for name in CRS {
@@ -131,11 +131,7 @@ async fn check_invariants(
             .await
             .expect("CR exists");
         let st = status(&t);
-        let s = env
-            .api::<Secret>()
-            .get(name)
-            .await
-            .expect("Secret exists");
+        let s = env.api::<Secret>().get(name).await.expect("Secret exists");
         let value = value_of(&s).expect("Secret holds a value");
         seen.insert(value.clone());
         assert!(
@@ -154,7 +150,10 @@ async fn check_invariants(
             .map(|p| p.id.clone())
             .collect();
         let prefix = format!("{NS}.{name}.r");
-        let mine: Vec<_> = live.iter().filter(|t| t.name.starts_with(&prefix)).collect();
+        let mine: Vec<_> = live
+            .iter()
+            .filter(|t| t.name.starts_with(&prefix))
+            .collect();
         let unexplained: Vec<_> = mine
             .iter()
             .filter(|t| Some(&t.id) != st.token_id.as_ref() && !kept.contains(&t.id))
@@ -304,7 +303,12 @@ spec:
     }
     let gone = eventually(Duration::from_secs(30), || {
         env.kube
-            .list("konnect-sa.dev", "v1alpha1", "systemaccounttokens", Some(NS))
+            .list(
+                "konnect-sa.dev",
+                "v1alpha1",
+                "systemaccounttokens",
+                Some(NS),
+            )
             .is_empty()
     })
     .await;
@@ -319,10 +323,7 @@ spec:
 
     // Invariant 3: no token value in the binary's output, Events or objects.
     let output = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        output.contains("token issued"),
-        "the log captured the run"
-    );
+    assert!(output.contains("token issued"), "the log captured the run");
     for (i, line) in output.lines().enumerate() {
         assert!(
             !line.contains("spat_") && !line.contains("kpat_"),
@@ -336,10 +337,12 @@ spec:
         let text = e.to_string();
         assert!(!text.contains("spat_") && !text.contains("kpat_"), "{text}");
     }
-    for o in env
-        .kube
-        .list("konnect-sa.dev", "v1alpha1", "systemaccounttokens", Some(NS))
-    {
+    for o in env.kube.list(
+        "konnect-sa.dev",
+        "v1alpha1",
+        "systemaccounttokens",
+        Some(NS),
+    ) {
         assert!(!o.to_string().contains("spat_"));
     }
     let rotations = env
