@@ -1,6 +1,6 @@
 //! Resolving `systemAccountRef` for tokens and role bindings, and waking them when the account changes.
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
 
 use super::account::ready_account_id;
 use super::context::Context;
@@ -14,7 +14,7 @@ pub struct ResolvedAccount {
     pub konnect: Option<KonnectOverride>,
 }
 
-pub fn resolve(
+pub async fn resolve(
     ctx: &Context,
     namespace: &str,
     r: &SystemAccountRef,
@@ -25,20 +25,38 @@ pub fn resolve(
             konnect: None,
         }),
         RefTarget::Name(name) => {
-            let account = ctx.accounts.get(&ObjectRef::new(name).within(namespace)).ok_or_else(|| {
-                ReconcileError::WaitingForSystemAccount(format!(
-                    "SystemAccount {namespace}/{name} does not exist yet; this resumes when it is Ready"
-                ))
-            })?;
-            let id = ready_account_id(&account).ok_or_else(|| {
+            let cached = ctx.accounts.get(&ObjectRef::new(name).within(namespace));
+            let ready = cached
+                .as_deref()
+                .and_then(|a| ready_account_id(a).map(|id| (id, a.spec.konnect.clone())));
+            // Our wake-up comes from another watch than the one filling the cache: when the cache
+            // still says "not ready", ask the API server before waiting.
+            let ready = match ready {
+                Some(r) => Some(r),
+                None => {
+                    let api: Api<SystemAccount> = Api::namespaced(ctx.kube.clone(), namespace);
+                    let fresh = api
+                        .get_opt(name)
+                        .await
+                        .map_err(ReconcileError::kube(format!(
+                            "reading SystemAccount {namespace}/{name}"
+                        )))?;
+                    match fresh {
+                        None => {
+                            return Err(ReconcileError::WaitingForSystemAccount(format!(
+                                "SystemAccount {namespace}/{name} does not exist yet; this resumes when it is Ready"
+                            )));
+                        }
+                        Some(a) => ready_account_id(&a).map(|id| (id, a.spec.konnect.clone())),
+                    }
+                }
+            };
+            let (id, konnect) = ready.ok_or_else(|| {
                 ReconcileError::WaitingForSystemAccount(format!(
                     "SystemAccount {namespace}/{name} is not Ready yet; this resumes when it is"
                 ))
             })?;
-            Ok(ResolvedAccount {
-                id,
-                konnect: account.spec.konnect.clone(),
-            })
+            Ok(ResolvedAccount { id, konnect })
         }
     }
 }

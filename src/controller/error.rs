@@ -128,7 +128,8 @@ pub fn retry_delay(
         ReconcileError::InvalidSpec(_)
         | ReconcileError::Conflict(_)
         | ReconcileError::SecretConflict(_) => backoff(30),
-        ReconcileError::WaitingForSystemAccount(_) => backoff(30),
+        // The account's watch wakes us; this is only the fallback, so it does not grow.
+        ReconcileError::WaitingForSystemAccount(_) => Duration::from_secs(30).min(max),
         e if e.is_write_conflict() => Duration::from_millis(200),
         _ => backoff(5),
     };

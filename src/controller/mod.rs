@@ -14,6 +14,7 @@ pub mod token;
 pub mod token_plan;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -158,10 +159,19 @@ async fn run_scope(
     let readiness = {
         let health = health.clone();
         async move {
-            let _ = account_store.wait_until_ready().await;
-            let _ = binding_store.wait_until_ready().await;
+            // Poll with a short timeout: kube-runtime's store readiness wakes one waiter (the
+            // controller's own), so a second waiter must look again to notice.
+            while tokio::time::timeout(Duration::from_millis(100), account_store.wait_until_ready())
+                .await
+                .is_err()
+            {}
+            while tokio::time::timeout(Duration::from_millis(100), binding_store.wait_until_ready())
+                .await
+                .is_err()
+            {}
             let done = synced.fetch_add(2, std::sync::atomic::Ordering::SeqCst) + 2;
             if done >= total_stores {
+                tracing::info!("caches synced; ready");
                 health.set_caches_synced(true);
             }
         }

@@ -122,7 +122,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let ResolvedAccount {
         id: account_id,
         konnect: account_konnect,
-    } = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
+    } = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref).await?;
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
     let conn = ctx.connections.for_object(&ns, auth).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
@@ -625,6 +625,7 @@ async fn cleanup(
     }
     // The account's connection may be gone with the account: fall back to the token's own.
     let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
+        .await
         .ok()
         .and_then(|a| a.konnect);
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
@@ -661,7 +662,7 @@ async fn cleanup(
     }
     if let Some(pending) = &st.pending_token_name {
         let mut accounts: Vec<String> = st.account_id.iter().cloned().collect();
-        if let Ok(a) = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref) {
+        if let Ok(a) = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref).await {
             accounts.push(a.id);
         }
         accounts.dedup();

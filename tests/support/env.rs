@@ -72,15 +72,8 @@ impl TestEnv {
 
     /// Operator flags for this world, plus `extra` (e.g. `["--resync-period", "2s"]`).
     pub fn run_args(&self, extra: &[&str]) -> RunArgs {
-        let mut argv = vec![
-            "run".to_string(),
-            "--konnect-url".into(),
-            self.sim.base_url(),
-            "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
-            "--resync-period".into(),
-            "3s".into(),
-        ];
+        let mut argv = vec!["run".to_string()];
+        argv.extend(default_flags(&self.sim.base_url(), extra));
         argv.extend(extra.iter().map(|s| s.to_string()));
         Cli::try_parse_from(argv).expect("valid flags").run
     }
@@ -125,15 +118,8 @@ impl TestEnv {
             .unwrap();
         let err = out.try_clone().unwrap();
         tokio::process::Command::new(env!("CARGO_BIN_EXE_konnect-sa-operator"))
-            .args([
-                "run",
-                "--konnect-url",
-                &self.sim.base_url(),
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--resync-period",
-                "3s",
-            ])
+            .arg("run")
+            .args(default_flags(&self.sim.base_url(), extra))
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
             .env("KONNECT_TOKEN", self.sim.admin_token().expose())
@@ -156,6 +142,21 @@ impl TestEnv {
     pub fn set_faults(&self, f: Faults) {
         self.sim.set_faults(f);
     }
+}
+
+/// Flags every test operator gets unless `extra` sets them itself.
+fn default_flags(konnect_url: &str, extra: &[&str]) -> Vec<String> {
+    let mut flags = Vec::new();
+    for (flag, value) in [
+        ("--konnect-url", konnect_url),
+        ("--metrics-addr", "127.0.0.1:0"),
+        ("--resync-period", "3s"),
+    ] {
+        if !extra.contains(&flag) {
+            flags.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    flags
 }
 
 /// Waits until `cond` holds for the named object (polling the API), returning the object.

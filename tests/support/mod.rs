@@ -4,5 +4,6 @@
 pub mod env;
 pub mod kube_api;
 
+#[allow(unused_imports)]
 pub use env::{NS, TestEnv, delete, eventually, merge_patch, ready_of, wait_for};
 pub use kube_api::FakeKube;

@@ -1,0 +1,348 @@
+//! Scale benchmark: N SystemAccounts (one team each), N SystemAccountTokens and N RoleBindings
+//! against the Kubernetes API stand-in and the Konnect simulator (with latency), with the real
+//! operator binary. Prints a table and, last, one JSON line.
+//!
+//!   cargo bench --bench scale -- --accounts 1000 --latency-ms 20 --concurrency 16 --resync 30
+//!   cargo bench --bench scale -- --curve            (N = 100, 1000, 3000)
+//!
+//! No timing is asserted anywhere: these are measurements for the README.
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use konnect_sa_operator::sim::{Faults, SimConfig};
+use serde_json::json;
+use support::{NS, TestEnv};
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// SystemAccounts (and as many tokens and bindings).
+    #[arg(long, default_value_t = 1000)]
+    accounts: usize,
+    /// Latency the simulator adds to every Konnect call.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    /// Konnect requests in flight at once (operator --konnect-max-concurrency and reconciles per kind).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Resync period in seconds (one drift sweep).
+    #[arg(long, default_value_t = 30)]
+    resync: u64,
+    /// Drift sweeps to measure after convergence.
+    #[arg(long, default_value_t = 3)]
+    sweeps: u32,
+    /// Background drift budget (requests per minute), passed as --konnect-budget when the operator has it.
+    #[arg(long)]
+    budget: Option<u64>,
+    /// Run N = 100, 1000, 3000 and print how time and memory grow.
+    #[arg(long)]
+    curve: bool,
+    /// Teams the accounts are spread over.
+    #[arg(long, default_value_t = 10)]
+    teams: usize,
+    // `cargo bench` passes --bench; accept and ignore it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Figures {
+    n: usize,
+    converge_s: f64,
+    lower_bound_s: f64,
+    ratio: f64,
+    min_calls: u64,
+    converge_calls: u64,
+    steady_calls_per_object_sweep: f64,
+    max_calls_per_minute: u64,
+    budget_per_minute: Option<u64>,
+    rss_mib: f64,
+    cpu_s: f64,
+    binary_mib: f64,
+    ready_s: f64,
+    errors: u64,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn proc_status(pid: u32, key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok()
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+async fn http_status(url: &str) -> Option<u16> {
+    reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+async fn metric_sum(url: &str, name: &str) -> u64 {
+    let Ok(resp) = reqwest::Client::new().get(url).send().await else {
+        return 0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn ready_count(env: &TestEnv, plural: &str) -> usize {
+    env.kube
+        .list("konnect-sa.dev", "v1alpha1", plural, Some(NS))
+        .iter()
+        .filter(|o| {
+            let generation = o["metadata"]["generation"].as_i64();
+            o["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "Ready"
+                        && c["status"] == "True"
+                        && c["observedGeneration"].as_i64() == generation
+                })
+            })
+        })
+        .count()
+}
+
+async fn run_once(args: &Args) -> Figures {
+    let n = args.accounts;
+    let env = TestEnv::start_with(SimConfig {
+        faults: Faults {
+            latency_ms: args.latency_ms,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let teams: Vec<_> = (0..args.teams)
+        .map(|i| env.sim.seed_team(&format!("team-{i}")))
+        .collect();
+    let port = free_port();
+    let log = env.dir.path().join("operator.log");
+    let conc = args.concurrency.to_string();
+    let resync = format!("{}s", args.resync);
+    let addr = format!("127.0.0.1:{port}");
+    let budget = args.budget.map(|b| b.to_string());
+    let mut flags: Vec<&str> = vec![
+        "--metrics-addr",
+        &addr,
+        "--konnect-max-concurrency",
+        &conc,
+        "--max-concurrent-reconciles",
+        &conc,
+        "--resync-period",
+        &resync,
+        "--log-format",
+        "json",
+    ];
+    if let Some(b) = &budget {
+        flags.extend(["--konnect-budget", b.as_str()]);
+    }
+    let started = Instant::now();
+    let mut child = env.spawn_operator(&flags, &log);
+    let pid = child.id().expect("operator pid");
+    let readyz = format!("http://{addr}/readyz");
+    let metrics = format!("http://{addr}/metrics");
+    let ready_s = loop {
+        let code = http_status(&readyz).await;
+        if code == Some(200) {
+            break started.elapsed().as_secs_f64();
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let out = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!(
+                "operator not ready after 30 s (readyz: {code:?}); kube requests {:?}; log:\n{out}",
+                env.kube.request_counts()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    env.sim.reset_counts();
+
+    // Apply everything at once, as a GitOps sync would.
+    let t0 = Instant::now();
+    for i in 0..n {
+        let team = &teams[i % teams.len()].name;
+        env.apply(&format!(
+            "apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {{name: sa-{i}}}\nspec:\n  teams: [{{name: {team}}}]\n---\n\
+             apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccountToken\nmetadata: {{name: tok-{i}}}\nspec:\n  systemAccountRef: {{name: sa-{i}}}\n---\n\
+             apiVersion: konnect-sa.dev/v1alpha1\nkind: RoleBinding\nmetadata: {{name: rb-{i}}}\nspec:\n  systemAccountRef: {{name: sa-{i}}}\n  roleName: Viewer\n  entityTypeName: Control Planes\n  entityRegion: eu\n"
+        ));
+    }
+    let deadline = Duration::from_secs(120 + (n as u64) / 2);
+    let converge_s = loop {
+        let done = ready_count(&env, "systemaccounts")
+            + ready_count(&env, "systemaccounttokens")
+            + ready_count(&env, "rolebindings");
+        if done >= 3 * n {
+            break t0.elapsed().as_secs_f64();
+        }
+        if t0.elapsed() > deadline {
+            eprintln!("not converged after {deadline:?}: {done}/{} Ready", 3 * n);
+            for plural in ["systemaccounts", "systemaccounttokens", "rolebindings"] {
+                for o in env
+                    .kube
+                    .list("konnect-sa.dev", "v1alpha1", plural, Some(NS))
+                    .iter()
+                    .take(3 * n)
+                {
+                    let conds = &o["status"]["conditions"];
+                    let ready = conds
+                        .as_array()
+                        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned());
+                    if ready.as_ref().is_none_or(|c| c["status"] != "True") {
+                        eprintln!("  {plural}/{}: {}", o["metadata"]["name"], conds);
+                    }
+                }
+            }
+            break f64::NAN;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let converge_counts = env.sim.counts();
+    let converge_calls: u64 = converge_counts.values().sum();
+    // The work itself: create each account, add it to its team, issue its token, assign its role,
+    // and resolve each team once.
+    let min_calls = 4 * n as u64 + args.teams as u64;
+    let lower_bound_s =
+        min_calls as f64 * args.latency_ms as f64 / 1000.0 / args.concurrency as f64;
+
+    // Steady state: every object checked once per resync period.
+    env.sim.reset_counts();
+    let steady_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.resync * u64::from(args.sweeps))).await;
+    let steady = env.sim.counts_detail();
+    let sweeps = steady_started.elapsed().as_secs_f64() / args.resync as f64;
+    let steady_calls_per_object_sweep = steady.total as f64 / (3.0 * n as f64) / sweeps;
+    let max_calls_per_minute = steady.per_minute.iter().map(|m| m.count).max().unwrap_or(0);
+
+    let errors = metric_sum(&metrics, "konnect_sa_reconcile_errors_total").await
+        + (3 * n
+            - (ready_count(&env, "systemaccounts")
+                + ready_count(&env, "systemaccounttokens")
+                + ready_count(&env, "rolebindings"))) as u64;
+    let rss_mib = proc_status(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
+    let cpu_s = cpu_seconds(pid);
+    let binary_mib = std::fs::metadata(env!("CARGO_BIN_EXE_konnect-sa-operator"))
+        .map(|m| m.len() as f64 / 1048576.0)
+        .unwrap_or(0.0);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+
+    println!("\nKonnect calls during convergence (N = {n}):");
+    for (op, c) in &converge_counts {
+        println!("  {op:<55} {c:>8}");
+    }
+    Figures {
+        n,
+        converge_s,
+        lower_bound_s,
+        ratio: converge_s / lower_bound_s,
+        min_calls,
+        converge_calls,
+        steady_calls_per_object_sweep,
+        max_calls_per_minute,
+        budget_per_minute: args.budget,
+        rss_mib,
+        cpu_s,
+        binary_mib,
+        ready_s,
+        errors,
+    }
+}
+
+fn table(f: &Figures) {
+    println!("\n{:<40} {:>12}", "figure", "value");
+    let rows: Vec<(&str, String)> = vec![
+        ("objects (3N)", format!("{}", 3 * f.n)),
+        ("convergence wall time (s)", format!("{:.2}", f.converge_s)),
+        (
+            "lower bound: min calls x L / C (s)",
+            format!("{:.2}", f.lower_bound_s),
+        ),
+        ("ratio", format!("{:.2}", f.ratio)),
+        (
+            "Konnect calls to converge / minimum",
+            format!("{} / {}", f.converge_calls, f.min_calls),
+        ),
+        (
+            "steady calls per object per sweep",
+            format!("{:.3}", f.steady_calls_per_object_sweep),
+        ),
+        (
+            "max Konnect calls in one minute",
+            format!("{}", f.max_calls_per_minute),
+        ),
+        ("peak RSS (MiB)", format!("{:.1}", f.rss_mib)),
+        ("CPU seconds", format!("{:.2}", f.cpu_s)),
+        ("binary size (MiB)", format!("{:.1}", f.binary_mib)),
+        ("start to /readyz 200 (s)", format!("{:.3}", f.ready_s)),
+        ("errors", format!("{}", f.errors)),
+    ];
+    for (k, v) in rows {
+        println!("{k:<40} {v:>12}");
+    }
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if args.curve {
+            let mut rows = Vec::new();
+            for n in [100, 1000, 3000] {
+                let f = run_once(&Args {
+                    accounts: n,
+                    ..args.clone()
+                })
+                .await;
+                table(&f);
+                rows.push(f);
+            }
+            println!("\ncurve: N, converge_s, s per object, rss_mib");
+            for f in &rows {
+                println!(
+                    "  {:>5} {:>10.2} {:>12.5} {:>8.1}",
+                    f.n,
+                    f.converge_s,
+                    f.converge_s / f.n as f64,
+                    f.rss_mib
+                );
+            }
+            println!("{}", json!({"curve": rows}));
+        } else {
+            let f = run_once(&args).await;
+            table(&f);
+            println!("{}", serde_json::to_string(&f).unwrap());
+        }
+    });
+}
