@@ -120,17 +120,31 @@ async fn accepted(env: &TestEnv, token: &str) -> bool {
     panic!("Konnect gave no verdict on a token");
 }
 
-/// Invariants 1 and 2 for every CR, checked while the operator runs and has converged.
-async fn check_invariants(env: &TestEnv, account_id: &str, seed: u64, seen: &mut BTreeSet<String>) {
-    let live = env.sim.live_tokens(account_id);
-    let now = Timestamp::now();
+async fn statuses(env: &TestEnv) -> Vec<konnect_sa_operator::api::SystemAccountTokenStatus> {
+    let mut out = Vec::new();
     for name in CRS {
         let t = env
             .api::<SystemAccountToken>()
             .get(name)
             .await
             .expect("CR exists");
-        let st = status(&t);
+        out.push(status(&t));
+    }
+    out
+}
+
+/// Invariants 1 and 2 for every CR, checked while the operator runs and has converged.
+async fn check_invariants(env: &TestEnv, account_id: &str, seed: u64, seen: &mut BTreeSet<String>) {
+    // The operator keeps rotating: take Konnect's view between two identical reads of the statuses.
+    let (statuses, live) = loop {
+        let before = statuses(env).await;
+        let live = env.sim.live_tokens(account_id);
+        if statuses(env).await == before {
+            break (before, live);
+        }
+    };
+    let now = Timestamp::now();
+    for (name, st) in CRS.into_iter().zip(statuses) {
         let s = env.api::<Secret>().get(name).await.expect("Secret exists");
         let value = value_of(&s).expect("Secret holds a value");
         seen.insert(value.clone());
@@ -167,6 +181,53 @@ async fn check_invariants(env: &TestEnv, account_id: &str, seed: u64, seen: &mut
             "seed {seed}: {name}: leaked tokens {unexplained:?}; status {st:?}"
         );
     }
+}
+
+/// Right after a kill (nobody revokes anything now): each CR's Secret still holds an accepted token
+/// once one was issued, and every live token of a CR is its current one, one it records as
+/// previous, or the single one a crash left pending. Returns how many CRs were caught mid-issue.
+async fn check_after_kill(
+    env: &TestEnv,
+    account_id: &str,
+    seed: u64,
+    kill: usize,
+    seen: &mut BTreeSet<String>,
+) -> usize {
+    let live = env.sim.live_tokens(account_id);
+    let mut mid_issue = 0;
+    for name in CRS {
+        let t = env
+            .api::<SystemAccountToken>()
+            .get(name)
+            .await
+            .expect("CR exists");
+        let st = status(&t);
+        mid_issue += usize::from(st.pending_token_name.is_some());
+        if let Ok(Some(s)) = env.api::<Secret>().get_opt(name).await
+            && let Some(value) = value_of(&s)
+        {
+            seen.insert(value.clone());
+            assert!(
+                accepted(env, &value).await,
+                "seed {seed}, kill {kill}: {name}: the Secret's token is not accepted"
+            );
+        }
+        let prefix = format!("{NS}.{name}.r");
+        let known: BTreeSet<&String> = st
+            .token_id
+            .iter()
+            .chain(st.previous_tokens.iter().map(|p| &p.id))
+            .collect();
+        let unknown: Vec<_> = live
+            .iter()
+            .filter(|t| t.name.starts_with(&prefix) && !known.contains(&t.id))
+            .collect();
+        assert!(
+            unknown.len() <= 1,
+            "seed {seed}, kill {kill}: {name}: tokens nobody records: {unknown:?}; status {st:?}"
+        );
+    }
+    mid_issue
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -222,6 +283,7 @@ spec:
     let mut seen = BTreeSet::new();
     let mut manual = 0u32;
     let mut checks = 0;
+    let mut mid_issue = 0;
     for kill in 1..=KILLS {
         // Half the time, ask for a rotation now so kills land in issuing.
         if rng.random_bool(0.5) {
@@ -240,6 +302,7 @@ spec:
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..=800))).await;
         op.start_kill().expect("kill -9");
         let _ = op.wait().await;
+        mid_issue += check_after_kill(&env, &account_id, seed, kill, &mut seen).await;
 
         if kill % ROUND == 0 {
             // Restart, let it converge (faults still on), check the invariants, crash again.
@@ -352,7 +415,7 @@ spec:
         .copied()
         .unwrap_or(0);
     println!(
-        "seed {seed}: {KILLS} kills, {checks} checks, {manual} manual rotations, {rotations} token creates, {:?}",
+        "seed {seed}: {KILLS} kills ({mid_issue} CRs caught mid-issue), {checks} checks, {manual} manual rotations, {rotations} token creates, {:?}",
         started.elapsed()
     );
 }
