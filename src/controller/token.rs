@@ -260,6 +260,11 @@ async fn heal_newer_secret(
     st.renewal_time = view
         .expires_at
         .map(|e| renewal_time(e, renew_before, &renew_seed).to_string());
+    // The rotate request this token answered is done: without this, a crash between the Secret
+    // and status writes would rotate a second time for the same request.
+    if view.rotated_for.is_some() {
+        st.last_rotate_annotation = view.rotated_for.clone();
+    }
     if st.pending_token_name.is_some() && st.pending_token_name == view.token_name {
         st.pending_token_name = None;
         conditions::remove(&mut st.conditions, ISSUING);
@@ -418,6 +423,7 @@ async fn issue(
         revision,
         issued_at,
         expires_at,
+        rotated_for: rotate_annotation.as_deref(),
     };
     let written = secret::write(&w.secrets, w.secret.as_ref(), &target, &token).await;
     let written = match written {
@@ -510,8 +516,9 @@ fn nothing_was_created(e: &KonnectError) -> bool {
     )
 }
 
-/// Restarts the targets once per revision. The stamp is the revision's issue time, so repeating
-/// the patch (after a crash) changes nothing and triggers no second rollout.
+/// Restarts the targets once per revision. The stamp is the revision's issue time and number (two
+/// rotations within one second still differ), so repeating the patch (after a crash) changes
+/// nothing and triggers no second rollout.
 async fn restart_targets_if_due(w: &mut Work<'_>) {
     let targets = w.obj.spec.rollout_restart_targets.clone();
     let st = w.st().clone();
@@ -519,9 +526,10 @@ async fn restart_targets_if_due(w: &mut Work<'_>) {
     if targets.is_empty() || revision == 0 || st.last_restart_revision.unwrap_or(0) >= revision {
         return;
     }
-    let Some(stamp) = st.last_rotation_time.clone() else {
+    let Some(issued_at) = st.last_rotation_time.clone() else {
         return;
     };
+    let stamp = format!("{issued_at}/r{revision}");
     let ns = w.obj.namespace().unwrap_or_default();
     let mut missing = Vec::new();
     for t in &targets {

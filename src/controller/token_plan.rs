@@ -52,6 +52,9 @@ pub struct SecretView {
     pub revision: Option<i64>,
     pub expires_at: Option<Timestamp>,
     pub issued_at: Option<Timestamp>,
+    /// The `konnect-sa.dev/rotate` value this token answered (so a crash before the status write
+    /// does not rotate twice for one request).
+    pub rotated_for: Option<String>,
 }
 
 /// The current token as the status records it.

@@ -3,7 +3,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 
-/// The pod template annotation set to the revision's issue time. Writing the same value again
+/// The pod template annotation set to the revision's issue time and number. Writing the same value again
 /// changes nothing, so a restart happens once per revision even if the operator repeats the patch.
 pub const RESTARTED_AT: &str = "konnect-sa.dev/restartedAt";
 

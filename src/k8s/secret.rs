@@ -19,6 +19,8 @@ pub const ANN_ACCOUNT_ID: &str = "konnect-sa.dev/account-id";
 pub const ANN_REVISION: &str = "konnect-sa.dev/revision";
 pub const ANN_EXPIRES_AT: &str = "konnect-sa.dev/expires-at";
 pub const ANN_ISSUED_AT: &str = "konnect-sa.dev/issued-at";
+/// The CR's `konnect-sa.dev/rotate` value when this token was issued.
+pub const ANN_ROTATED_FOR: &str = "konnect-sa.dev/rotated-for";
 
 /// Everything the Secret records about one issued token.
 pub struct IssuedToken<'a> {
@@ -29,6 +31,8 @@ pub struct IssuedToken<'a> {
     pub revision: i64,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
+    /// The CR's `konnect-sa.dev/rotate` value at issue time, if any.
+    pub rotated_for: Option<&'a str>,
 }
 
 /// Where and how to write it.
@@ -56,6 +60,10 @@ pub fn build(target: &SecretTarget, token: &IssuedToken) -> Secret {
     ] {
         annotations.insert(k.into(), v);
     }
+    match token.rotated_for {
+        Some(v) => annotations.insert(ANN_ROTATED_FOR.into(), v.to_string()),
+        None => annotations.remove(ANN_ROTATED_FOR),
+    };
     Secret {
         metadata: ObjectMeta {
             name: Some(target.name.to_string()),
@@ -112,6 +120,7 @@ pub fn view(secret: &Secret, owner_uid: &str, key: &str) -> SecretView {
         revision: get(ANN_REVISION).and_then(|v| v.parse().ok()),
         expires_at: time(ANN_EXPIRES_AT),
         issued_at: time(ANN_ISSUED_AT),
+        rotated_for: get(ANN_ROTATED_FOR),
     }
 }
 
@@ -189,6 +198,7 @@ mod tests {
             revision: 2,
             issued_at: Timestamp::from_second(1000).unwrap(),
             expires_at: Timestamp::from_second(1090).unwrap(),
+            rotated_for: Some("now"),
         };
         let s = build(&target, &token);
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
@@ -204,6 +214,7 @@ mod tests {
             "our annotations win over template annotations"
         );
         assert_eq!(v.token_id.as_deref(), Some("tok-1"));
+        assert_eq!(v.rotated_for.as_deref(), Some("now"));
         assert_eq!(v.expires_at, Some(Timestamp::from_second(1090).unwrap()));
         assert!(!view(&s, "other-uid", "token").owned);
         assert!(!view(&s, "uid-1", "other-key").has_value);

@@ -1,0 +1,996 @@
+//! SystemAccountToken controller end to end (API.md "SystemAccountToken" and its invariants): the
+//! real controller against the Kubernetes API stand-in and the Konnect simulator. Every `spat_`
+//! the operator hands out is checked the way a consumer would: by calling Konnect with it.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use konnect_sa_operator::api::{SystemAccount, SystemAccountToken};
+use konnect_sa_operator::run::RunArgs;
+use serde_json::{Value, json};
+use support::{NS, TestEnv, delete, eventually, merge_patch, ready_of, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The operator running in this process, with its own flags (the shared helper fixes some).
+struct Operator {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    metrics_port: u16,
+}
+
+impl Operator {
+    async fn start(env: &TestEnv, resync: &str) -> Operator {
+        // A free port for /metrics: bind, read, release.
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let args = Cli::try_parse_from([
+            "run",
+            "--konnect-url",
+            &env.sim.base_url(),
+            "--metrics-addr",
+            &metrics_addr,
+            "--resync-period",
+            resync,
+        ])
+        .expect("valid flags")
+        .run;
+        let client = env.client();
+        let token = env.sim.admin_token();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = konnect_sa_operator::run::run_with(client, token, args, shutdown).await
+            {
+                panic!("operator stopped with an error: {e}");
+            }
+        });
+        Operator {
+            stop,
+            task,
+            metrics_port,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        match reqwest::get(&url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+fn account_yaml(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {{name: {name}}}
+spec: {{description: token tests}}
+"#
+    )
+}
+
+/// A token CR; `extra` is more of its spec, as YAML lines indented by two spaces.
+fn token_yaml(name: &str, account: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccountToken
+metadata: {{name: {name}}}
+spec:
+  systemAccountRef: {{name: {account}}}
+{extra}
+"#
+    )
+}
+
+fn status(t: &SystemAccountToken) -> konnect_sa_operator::api::SystemAccountTokenStatus {
+    t.status.clone().unwrap_or_default()
+}
+
+fn ready(t: &SystemAccountToken) -> bool {
+    let s = status(t);
+    ready_of(&s.conditions).is_some_and(|(st, _, _)| st == "True")
+        && s.observed_generation == t.metadata.generation
+}
+
+fn ready_at(t: &SystemAccountToken, revision: i64) -> bool {
+    ready(t) && status(t).revision == Some(revision)
+}
+
+fn reason(t: &SystemAccountToken) -> Option<String> {
+    ready_of(&status(t).conditions).map(|(_, r, _)| r)
+}
+
+fn account_ready(a: &SystemAccount) -> bool {
+    let s = a.status.clone().unwrap_or_default();
+    ready_of(&s.conditions).is_some_and(|(st, _, _)| st == "True")
+        && s.observed_generation == a.metadata.generation
+}
+
+/// Applies an account and waits until it exists in Konnect; returns its Konnect id.
+async fn ready_account(env: &TestEnv, name: &str) -> String {
+    env.apply(&account_yaml(name));
+    let sa = wait_for(&env.api::<SystemAccount>(), name, T, account_ready).await;
+    sa.status.unwrap().id.unwrap()
+}
+
+/// The token value in a Secret (key `token`).
+fn value_of(s: &Secret) -> String {
+    let bytes = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get("token"))
+        .expect("Secret has key token")
+        .0
+        .clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+fn annotation(s: &Secret, key: &str) -> Option<String> {
+    s.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+async fn secret(env: &TestEnv, name: &str) -> Option<Secret> {
+    env.api::<Secret>().get_opt(name).await.unwrap()
+}
+
+/// HTTP status of `GET /v3/organizations/me` with the token: 200 when Konnect accepts it.
+async fn auth_status(env: &TestEnv, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{}/v3/organizations/me", env.sim.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("simulator answers")
+        .status()
+        .as_u16()
+}
+
+async fn eventually_async<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Invariant 3: no token value in any Event or in any of our objects (status included), and
+/// every token Konnect knows still has a value nobody printed.
+fn assert_no_token_value_exposed(env: &TestEnv) {
+    let mut texts: Vec<(String, String)> = env
+        .kube
+        .events()
+        .into_iter()
+        .map(|e| ("Event".to_string(), e.to_string()))
+        .collect();
+    for plural in ["systemaccounttokens", "systemaccounts"] {
+        for o in env.kube.list("konnect-sa.dev", "v1alpha1", plural, None) {
+            texts.push((plural.to_string(), o.to_string()));
+        }
+    }
+    for (what, text) in texts {
+        assert!(
+            !text.contains("spat_") && !text.contains("kpat_"),
+            "a token value appears in a {what}: {text}"
+        );
+    }
+}
+
+fn parse_ts(s: &Option<String>) -> Timestamp {
+    s.as_deref()
+        .expect("timestamp set")
+        .parse()
+        .expect("RFC 3339")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_lands_in_an_owned_secret_and_authenticates() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "ci-bot").await;
+    env.apply(&token_yaml(
+        "ci-bot-token",
+        "ci-bot",
+        r#"  secretTemplate:
+    labels: {konghq.com/credential: konnect}
+    annotations: {reloader.stakater.com/match: "true"}"#,
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "ci-bot-token", T, |t| ready_at(t, 1)).await;
+    let st = status(&tok);
+    let s = secret(&env, "ci-bot-token").await.expect("Secret created");
+
+    // The Secret: Opaque, key token, annotations, label, controller ownerReference, template.
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    let value = value_of(&s);
+    assert!(value.starts_with("spat_"), "a system account token");
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/token-id"),
+        st.token_id,
+        "Secret names the token in status"
+    );
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/revision").as_deref(),
+        Some("1")
+    );
+    assert_eq!(annotation(&s, "konnect-sa.dev/expires-at"), st.expires_at);
+    assert_eq!(
+        annotation(&s, "reloader.stakater.com/match").as_deref(),
+        Some("true")
+    );
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("konnect-sa-operator")
+    );
+    assert_eq!(
+        labels.get("konghq.com/credential").map(String::as_str),
+        Some("konnect")
+    );
+    let owners = s.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].kind, "SystemAccountToken");
+    assert_eq!(owners[0].name, "ci-bot-token");
+    assert_eq!(Some(owners[0].uid.clone()), tok.metadata.uid);
+    assert_eq!(owners[0].controller, Some(true));
+
+    // The value works against Konnect; it is the one token of this account.
+    assert_eq!(auth_status(&env, &value).await, 200);
+    assert_eq!(auth_status(&env, "spat_not-a-real-token").await, 401);
+    let live = env.sim.live_tokens(&account_id);
+    assert_eq!(live.len(), 1);
+    assert_eq!(Some(live[0].id.clone()), st.token_id);
+    assert_eq!(Some(live[0].name.clone()), st.token_name);
+    assert_eq!(st.token_name.as_deref(), Some("platform.ci-bot-token.r1"));
+
+    // Status: id, expiry (default 2160h), renewal before it, revision 1.
+    let expires = parse_ts(&st.expires_at);
+    let renewal = parse_ts(&st.renewal_time);
+    let issued = parse_ts(&st.last_rotation_time);
+    assert_eq!(
+        expires.duration_since(issued).as_secs(),
+        2160 * 3600,
+        "default duration"
+    );
+    assert!(renewal < expires && renewal > issued);
+    // Default renewBefore is duration/3 (plus at most 5 min of jitter).
+    let ahead = expires.duration_since(renewal).as_secs();
+    assert!(
+        (720 * 3600..=720 * 3600 + 300).contains(&ahead),
+        "renews 720h (+jitter) before expiry, got {ahead}s"
+    );
+    assert!(
+        tok.metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .contains(&"konnect-sa.dev/cleanup".to_string())
+    );
+
+    // Printer columns: Expires and Renewal read the status fields just checked.
+    let crd = std::fs::read_to_string(
+        support::env::crate_dir().join("crds/systemaccounttokens.konnect-sa.dev.yaml"),
+    )
+    .unwrap();
+    let crd: Value = serde_yaml::from_str(&crd).unwrap();
+    let cols = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .clone();
+    let col = |n: &str| {
+        cols.iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("column {n}"))["jsonPath"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(col("Expires"), ".status.expiresAt");
+    assert_eq!(col("Renewal"), ".status.renewalTime");
+    let names: Vec<&str> = cols.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["Account", "Ready", "Expires", "Renewal", "Secret", "Age"]
+    );
+    let raw = env
+        .kube
+        .get(
+            "konnect-sa.dev",
+            "v1alpha1",
+            "systemaccounttokens",
+            NS,
+            "ci-bot-token",
+        )
+        .unwrap();
+    assert_eq!(
+        raw["status"]["expiresAt"].as_str(),
+        st.expires_at.as_deref()
+    );
+    assert_eq!(
+        raw["status"]["renewalTime"].as_str(),
+        st.renewal_time.as_deref()
+    );
+
+    // Metrics: the expiry gauge for this CR, with the status' expiry.
+    let want: f64 = expires.as_second() as f64;
+    let gauge = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("konnect_sa_token_expiration_timestamp_seconds{")
+                && l.contains("name=\"ci-bot-token\"")
+                && l.contains(&format!("namespace=\"{NS}\""))
+                && l.split_whitespace()
+                    .last()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    == Some(want)
+        })
+    };
+    let deadline = Instant::now() + T;
+    let mut last = op.metrics().await;
+    while !gauge(&last) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last = op.metrics().await;
+    }
+    let found = gauge(&last);
+    assert!(found, "expiry gauge for the CR in /metrics:\n{last}");
+    assert!(!last.contains("spat_"));
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_lived_token_rotates_on_schedule_and_old_ones_are_revoked_after_retention() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "rotor").await;
+    env.apply(&token_yaml(
+        "rotor-token",
+        "rotor",
+        "  duration: 90s\n  renewBefore: 60s\n  previousTokenRetention: 10s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let mut tok = wait_for(&api, "rotor-token", T, |t| ready_at(t, 1)).await;
+    let mut value = value_of(&secret(&env, "rotor-token").await.unwrap());
+    assert_eq!(auth_status(&env, &value).await, 200);
+
+    for revision in 2..=4 {
+        let before = status(&tok);
+        let renewal = parse_ts(&before.renewal_time);
+        let expires = parse_ts(&before.expires_at);
+        let ahead = expires.duration_since(renewal).as_secs();
+        assert!(
+            (60..=66).contains(&ahead),
+            "renewBefore 60s plus at most 10% jitter, got {ahead}s"
+        );
+        // Watch the Secret change by itself (nobody touches the CR).
+        let mut changed_at = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(s) = secret(&env, "rotor-token").await
+                && annotation(&s, "konnect-sa.dev/token-id") != before.token_id
+            {
+                changed_at = Some((Timestamp::now(), s));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (at, s) = changed_at.unwrap_or_else(|| panic!("revision {revision} never came"));
+        let early = renewal.duration_since(at).as_secs_f64();
+        let late = at.duration_since(renewal).as_secs_f64();
+        assert!(
+            early <= 1.0 && late <= 5.0,
+            "revision {revision} rotated at {at}, renewalTime was {renewal}"
+        );
+        let new_value = value_of(&s);
+        assert_ne!(new_value, value);
+        assert_eq!(
+            annotation(&s, "konnect-sa.dev/revision"),
+            Some(revision.to_string())
+        );
+        assert_eq!(auth_status(&env, &new_value).await, 200, "new token works");
+        // The old token keeps working during the 10 s retention ...
+        assert_eq!(
+            auth_status(&env, &value).await,
+            200,
+            "old token still accepted right after the rotation"
+        );
+        tok = wait_for(&api, "rotor-token", T, |t| ready_at(t, revision)).await;
+        let st = status(&tok);
+        assert_eq!(st.previous_tokens.len(), 1, "{st:?}");
+        assert_eq!(st.previous_tokens[0].id, before.token_id.clone().unwrap());
+        // ... and is revoked after it.
+        let old = value.clone();
+        assert!(
+            eventually_async(Duration::from_secs(25), || {
+                let env = &env;
+                let old = old.clone();
+                async move { auth_status(env, &old).await == 401 }
+            })
+            .await,
+            "revision {} revoked after the retention",
+            revision - 1
+        );
+        let revoked_at = Timestamp::now();
+        let retention_end = at.checked_add(Duration::from_secs(9)).unwrap();
+        assert!(
+            revoked_at >= retention_end,
+            "old token revoked at {revoked_at}, before the retention ended ({retention_end})"
+        );
+        value = new_value;
+    }
+    let live = env.sim.live_tokens(&account_id);
+    assert_eq!(live.len(), 1, "only the current token is live: {live:?}");
+    assert_eq!(Some(live[0].id.clone()), status(&tok).token_id);
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotate_annotation_rotates_once_per_new_value() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "manual").await;
+    env.apply(&token_yaml(
+        "manual-token",
+        "manual",
+        "  previousTokenRetention: 0s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "manual-token", T, |t| ready_at(t, 1)).await;
+    let rotate = |v: &str| json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": v}}});
+
+    merge_patch(&api, "manual-token", rotate("now")).await;
+    let tok = wait_for(&api, "manual-token", T, |t| ready_at(t, 2)).await;
+    let s = secret(&env, "manual-token").await.unwrap();
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/token-id"),
+        status(&tok).token_id
+    );
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "retention 0s: the old token is revoked at once"
+    );
+
+    // The same value again (a re-apply of the same manifest) does not rotate ...
+    merge_patch(&api, "manual-token", rotate("now")).await;
+    // ... an unrelated metadata change neither; wait past a few resyncs to be sure.
+    merge_patch(
+        &api,
+        "manual-token",
+        json!({"metadata": {"labels": {"team": "ci"}}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let tok = api.get("manual-token").await.unwrap();
+    assert_eq!(status(&tok).revision, Some(2), "same value: no rotation");
+
+    // A new value rotates once more.
+    merge_patch(&api, "manual-token", rotate("again")).await;
+    wait_for(&api, "manual-token", T, |t| ready_at(t, 3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let tok = api.get("manual-token").await.unwrap();
+    assert_eq!(status(&tok).revision, Some(3), "one rotation per value");
+    assert_eq!(env.sim.live_tokens(&account_id).len(), 1);
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_secret_gets_a_new_token_and_the_old_one_is_revoked() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "lost").await;
+    env.apply(&token_yaml("lost-token", "lost", ""));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "lost-token", T, |t| ready_at(t, 1)).await;
+    let old = value_of(&secret(&env, "lost-token").await.unwrap());
+
+    delete(&env.api::<Secret>(), "lost-token").await;
+    let tok2 = wait_for(&api, "lost-token", T, |t| ready_at(t, 2)).await;
+    assert_ne!(status(&tok2).token_id, status(&tok).token_id);
+    let s = secret(&env, "lost-token").await.expect("Secret recreated");
+    let new = value_of(&s);
+    assert_ne!(new, old);
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/revision").as_deref(),
+        Some("2")
+    );
+    assert_eq!(auth_status(&env, &new).await, 200);
+    // Nobody can hold the old value any more: it is revoked at once, not after the retention.
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "old token revoked: {:?}",
+        env.sim.live_tokens(&account_id)
+    );
+    assert_eq!(auth_status(&env, &old).await, 401);
+    assert_eq!(
+        Some(env.sim.live_tokens(&account_id)[0].id.clone()),
+        status(&tok2).token_id
+    );
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn foreign_secret_is_never_overwritten() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "clash").await;
+    env.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: taken, labels: {app.kubernetes.io/managed-by: konnect-sa-operator}}
+stringData: {token: someone-elses}
+"#,
+    );
+    let before = secret(&env, "taken").await.unwrap();
+    env.apply(&token_yaml("clash-token", "clash", "  secretName: taken"));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "clash-token", T, |t| {
+        reason(t).as_deref() == Some("SecretConflict")
+    })
+    .await;
+    let (st, _, msg) = ready_of(&status(&tok).conditions).unwrap();
+    assert_eq!(st, "False");
+    assert!(msg.contains("taken"), "{msg}");
+    // Give it a few resyncs: still nothing issued, the Secret untouched.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = secret(&env, "taken").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(value_of(&after), "someone-elses");
+    assert!(env.sim.live_tokens(&account_id).is_empty());
+    assert_eq!(
+        env.sim
+            .counts()
+            .get("post-system-accounts-id-access-tokens")
+            .copied()
+            .unwrap_or(0),
+        0,
+        "nothing issued: {:?}",
+        env.sim.counts()
+    );
+    assert_eq!(status(&tok).token_id, None);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_waits_for_its_account_and_is_woken_by_the_watch() {
+    let env = TestEnv::start().await;
+    // Resync 10m: only the account watch can explain a prompt issue.
+    let op = Operator::start(&env, "10m").await;
+    env.apply(&token_yaml("early-token", "early", ""));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "early-token", T, |t| {
+        reason(t).as_deref() == Some("WaitingForSystemAccount")
+    })
+    .await;
+    assert_eq!(ready_of(&status(&tok).conditions).unwrap().0, "False");
+    assert!(secret(&env, "early-token").await.is_none());
+
+    let applied = Instant::now();
+    env.apply(&account_yaml("early"));
+    // The error backoff for a missing account is 30 s: well after this deadline.
+    wait_for(&api, "early-token", Duration::from_secs(20), |t| {
+        ready_at(t, 1)
+    })
+    .await;
+    assert!(applied.elapsed() < Duration::from_secs(20));
+    let s = secret(&env, "early-token").await.expect("Secret");
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    op.stop().await;
+}
+
+fn deployment(env: &TestEnv, name: &str) -> Value {
+    env.kube
+        .get("apps", "v1", "deployments", NS, name)
+        .expect("deployment exists")
+}
+
+fn restarted_at(d: &Value) -> Option<String> {
+    d["spec"]["template"]["metadata"]["annotations"]["konnect-sa.dev/restartedAt"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn targets_restart_once_per_revision_and_a_missing_target_is_reported() {
+    let env = TestEnv::start().await;
+    let mut op = Operator::start(&env, "3s").await;
+    ready_account(&env, "runner").await;
+    env.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ci-runner}
+spec:
+  selector: {matchLabels: {app: ci-runner}}
+  template:
+    metadata: {labels: {app: ci-runner}}
+    spec: {containers: [{name: runner, image: busybox}]}
+"#,
+    );
+    env.apply(&token_yaml(
+        "runner-token",
+        "runner",
+        r#"  rolloutRestartTargets:
+    - {kind: Deployment, name: ci-runner}
+    - {kind: Deployment, name: not-there}"#,
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "runner-token", T, |t| ready_at(t, 1)).await;
+    let st = status(&tok);
+    let d = deployment(&env, "ci-runner");
+    assert_eq!(
+        restarted_at(&d),
+        Some(format!("{}/r1", st.last_rotation_time.clone().unwrap())),
+        "restarted for revision 1"
+    );
+
+    // The missing target: a Warning Event and a condition; the token itself is Ready.
+    let cond = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RestartTargetsReady")
+        .expect("RestartTargetsReady condition");
+    assert_eq!(cond.status, "False");
+    assert_eq!(cond.reason, "TargetNotFound");
+    assert!(cond.message.contains("not-there"), "{}", cond.message);
+    let warned = eventually(T, || {
+        env.kube.events().iter().any(|e| {
+            e["type"] == "Warning"
+                && e.to_string().contains("not-there")
+                && e.to_string().contains("runner-token")
+        })
+    })
+    .await;
+    assert!(warned, "Warning Event: {:#?}", env.kube.events());
+
+    // Revision 2 restarts once more with a new stamp.
+    merge_patch(
+        &api,
+        "runner-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "r2"}}}),
+    )
+    .await;
+    let tok = wait_for(&api, "runner-token", T, |t| ready_at(t, 2)).await;
+    let d2 = deployment(&env, "ci-runner");
+    assert_eq!(
+        restarted_at(&d2),
+        Some(format!("{}/r2", status(&tok).last_rotation_time.unwrap())),
+        "restarted for revision 2, even within the same second"
+    );
+    assert_ne!(restarted_at(&d2), restarted_at(&d));
+    let generation = d2["metadata"]["generation"].clone();
+    let rv = d2["metadata"]["resourceVersion"].clone();
+
+    // An operator restart does not restart the targets again.
+    op.stop().await;
+    env.kube.reset_request_counts();
+    op = Operator::start(&env, "3s").await;
+    // Wait until the new operator has reconciled the token (it reads the Secret), then some.
+    assert!(
+        env.kube
+            .wait_until(T, |k| k.request_count_for("get", "secrets") >= 2)
+            .await
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let d3 = deployment(&env, "ci-runner");
+    assert_eq!(d3["metadata"]["resourceVersion"], rv);
+    assert_eq!(d3["metadata"]["generation"], generation);
+    assert_eq!(env.kube.request_count_for("patch", "deployments"), 0);
+    assert_eq!(
+        status(&api.get("runner-token").await.unwrap()).revision,
+        Some(2)
+    );
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_the_token_revokes_everything_unless_orphaned() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "gone").await;
+    let api = env.api::<SystemAccountToken>();
+
+    // Delete: current and previous (still within its retention) tokens are revoked.
+    env.apply(&token_yaml(
+        "doomed",
+        "gone",
+        "  previousTokenRetention: 1h",
+    ));
+    wait_for(&api, "doomed", T, |t| ready_at(t, 1)).await;
+    merge_patch(
+        &api,
+        "doomed",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "x"}}}),
+    )
+    .await;
+    wait_for(&api, "doomed", T, |t| ready_at(t, 2)).await;
+    assert_eq!(env.sim.live_tokens(&account_id).len(), 2, "old kept for 1h");
+    delete(&api, "doomed").await;
+    assert!(
+        eventually(T, || env
+            .kube
+            .get(
+                "konnect-sa.dev",
+                "v1alpha1",
+                "systemaccounttokens",
+                NS,
+                "doomed"
+            )
+            .is_none())
+        .await,
+        "finalizer removed"
+    );
+    assert_eq!(
+        env.sim.live_tokens(&account_id).len(),
+        0,
+        "every token of the CR revoked"
+    );
+
+    // Orphan: the token stays live and the Secret stays, without our ownerReference.
+    env.apply(&token_yaml("kept", "gone", "  deletionPolicy: Orphan"));
+    let tok = wait_for(&api, "kept", T, |t| ready_at(t, 1)).await;
+    delete(&api, "kept").await;
+    assert!(
+        eventually(T, || env
+            .kube
+            .get(
+                "konnect-sa.dev",
+                "v1alpha1",
+                "systemaccounttokens",
+                NS,
+                "kept"
+            )
+            .is_none())
+        .await,
+        "finalizer removed"
+    );
+    let s = secret(&env, "kept").await.expect("Secret kept");
+    assert!(
+        s.metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .all(|r| Some(r.uid.clone()) != tok.metadata.uid),
+        "ownerReference dropped: {:?}",
+        s.metadata.owner_references
+    );
+    let live = env.sim.live_tokens(&account_id);
+    assert_eq!(live.len(), 1);
+    assert_eq!(Some(live[0].id.clone()), status(&tok).token_id);
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn account_recreated_in_konnect_gets_a_new_token() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let old_account = ready_account(&env, "phoenix").await;
+    env.apply(&token_yaml("phoenix-token", "phoenix", ""));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "phoenix-token", T, |t| ready_at(t, 1)).await;
+
+    // Someone deletes the account in Konnect (its tokens go with it).
+    let resp = reqwest::Client::new()
+        .delete(format!(
+            "{}/v3/system-accounts/{old_account}",
+            env.sim.base_url()
+        ))
+        .bearer_auth(env.sim.admin_token().expose())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+
+    let sa = wait_for(&env.api::<SystemAccount>(), "phoenix", T, |a| {
+        account_ready(a) && a.status.as_ref().unwrap().id.as_deref() != Some(&old_account)
+    })
+    .await;
+    let new_account = sa.status.unwrap().id.unwrap();
+    let tok = wait_for(&api, "phoenix-token", T, |t| {
+        ready(t) && status(t).account_id.as_deref() == Some(new_account.as_str())
+    })
+    .await;
+    assert_eq!(status(&tok).revision, Some(2));
+    let s = secret(&env, "phoenix-token").await.unwrap();
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/account-id").as_deref(),
+        Some(new_account.as_str())
+    );
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    let live = env.sim.live_tokens(&new_account);
+    assert_eq!(live.len(), 1);
+    assert_eq!(Some(live[0].id.clone()), status(&tok).token_id);
+    // The old account's previous token is gone with its account: nothing left to revoke.
+    let st = status(
+        &wait_for(&api, "phoenix-token", T, |t| {
+            status(t).previous_tokens.is_empty()
+        })
+        .await,
+    );
+    assert!(st.previous_tokens.is_empty());
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+/// Creates a token directly in Konnect (what a create call the operator never saw answered does).
+async fn create_in_konnect(
+    env: &TestEnv,
+    account_id: &str,
+    name: &str,
+    issued: Timestamp,
+) -> (String, String) {
+    let expires = issued
+        .checked_add(Duration::from_secs(2160 * 3600))
+        .unwrap();
+    let resp: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/v3/system-accounts/{account_id}/access-tokens",
+            env.sim.base_url()
+        ))
+        .bearer_auth(env.sim.admin_token().expose())
+        .json(&json!({"name": name, "expires_at": expires.to_string()}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        resp["id"].as_str().unwrap().to_string(),
+        resp["token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn set_pending(env: &TestEnv, name: &str, pending: &str) {
+    env.kube
+        .modify_status_raw(
+            "konnect-sa.dev",
+            "v1alpha1",
+            "systemaccounttokens",
+            NS,
+            name,
+            |o| o["status"]["pendingTokenName"] = json!(pending),
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_points_are_healed_without_leaks_or_double_rotation() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "healer").await;
+    env.apply(&token_yaml(
+        "heal-token",
+        "healer",
+        "  previousTokenRetention: 3s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "heal-token", T, |t| ready_at(t, 1)).await;
+    let first = status(&tok).token_id.unwrap();
+    op.stop().await;
+
+    // Crash after the create call, before the Secret write: Konnect has r2, only its name is
+    // recorded. The restarted operator finds it by name and revokes it; r1 stays.
+    set_pending(&env, "heal-token", "platform.heal-token.r2");
+    let issued = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    create_in_konnect(&env, &account_id, "platform.heal-token.r2", issued).await;
+    assert_eq!(env.sim.live_tokens(&account_id).len(), 2);
+    let op = Operator::start(&env, "3s").await;
+    let tok = wait_for(&api, "heal-token", T, |t| {
+        ready(t) && status(t).pending_token_name.is_none()
+    })
+    .await;
+    assert_eq!(status(&tok).revision, Some(1));
+    assert_eq!(status(&tok).token_id.as_deref(), Some(first.as_str()));
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "the unfinished token is revoked: {:?}",
+        env.sim.live_tokens(&account_id)
+    );
+    assert_eq!(env.sim.live_tokens(&account_id)[0].id, first);
+    op.stop().await;
+
+    // Crash after the Secret write, before the status write, during a requested rotation: the
+    // Secret has r2, the status still says r1. The restart adopts r2, does not rotate again for
+    // the same request, and revokes r1 after the retention.
+    merge_patch(
+        &api,
+        "heal-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "now"}}}),
+    )
+    .await;
+    set_pending(&env, "heal-token", "platform.heal-token.r2");
+    let issued = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    let (id2, value2) =
+        create_in_konnect(&env, &account_id, "platform.heal-token.r2", issued).await;
+    let secrets = env.api::<Secret>();
+    let mut s = secrets.get("heal-token").await.unwrap();
+    let expires = issued
+        .checked_add(Duration::from_secs(2160 * 3600))
+        .unwrap();
+    s.data.as_mut().unwrap().insert(
+        "token".into(),
+        k8s_openapi::ByteString(value2.clone().into_bytes()),
+    );
+    let ann = s.metadata.annotations.as_mut().unwrap();
+    for (k, v) in [
+        ("konnect-sa.dev/token-id", id2.clone()),
+        ("konnect-sa.dev/token-name", "platform.heal-token.r2".into()),
+        ("konnect-sa.dev/revision", "2".into()),
+        ("konnect-sa.dev/issued-at", issued.to_string()),
+        ("konnect-sa.dev/expires-at", expires.to_string()),
+        ("konnect-sa.dev/rotated-for", "now".into()),
+    ] {
+        ann.insert(k.into(), v);
+    }
+    secrets
+        .replace("heal-token", &Default::default(), &s)
+        .await
+        .unwrap();
+    let op = Operator::start(&env, "3s").await;
+    let tok = wait_for(&api, "heal-token", T, |t| ready_at(t, 2)).await;
+    let st = status(&tok);
+    assert_eq!(st.token_id.as_deref(), Some(id2.as_str()));
+    assert_eq!(st.last_rotate_annotation.as_deref(), Some("now"));
+    assert_eq!(st.pending_token_name, None);
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "r1 revoked after the retention"
+    );
+    assert_eq!(env.sim.live_tokens(&account_id)[0].id, id2);
+    // Past a couple of resyncs: still r2 (one rotation per request), and it works.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let tok = api.get("heal-token").await.unwrap();
+    assert_eq!(status(&tok).revision, Some(2), "no second rotation");
+    let s = secret(&env, "heal-token").await.unwrap();
+    assert_eq!(value_of(&s), value2);
+    assert_eq!(auth_status(&env, &value2).await, 200);
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
