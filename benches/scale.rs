@@ -383,6 +383,10 @@ fn main() {
             let f = run_once(&args).await;
             table(&f);
             println!("{}", serde_json::to_string(&f).unwrap());
+            if f.converge_s.is_nan() {
+                eprintln!("the objects did not converge");
+                std::process::exit(1);
+            }
         }
     });
 }

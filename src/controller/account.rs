@@ -11,34 +11,17 @@ use super::account_plan::{
 use super::connections::Connection;
 use super::context::Context;
 use super::error::ReconcileError;
-use super::reconciler::{Managed, mark_not_ready, mark_ready, reconcile_with};
+use super::reconciler::{finish, mark_not_ready, mark_ready, reconcile_with};
 use crate::api::{
     AdoptionPolicy, DeletionPolicy, RefTarget, SystemAccount, SystemAccountStatus, TeamStatus,
 };
 use crate::k8s::conditions::{self, Reason};
-use crate::k8s::{events, status};
+use crate::k8s::events;
 use crate::konnect::{
     AccountFilter, CreateSystemAccount, IgnoreNotFound, KonnectClient, SystemAccount as KAccount,
 };
 
-impl Managed for SystemAccount {
-    const KIND: &'static str = "SystemAccount";
-    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
-    }
-    fn conditions_mut(
-        &mut self,
-    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-        &mut self.status.get_or_insert_with(Default::default).conditions
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.status
-            .get_or_insert_with(Default::default)
-            .observed_generation = generation;
-    }
-}
+crate::impl_managed!(SystemAccount, "SystemAccount");
 
 pub async fn reconcile(
     obj: Arc<SystemAccount>,
@@ -105,7 +88,8 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     Reason::Pending,
                     format!("Creating system account '{}' in Konnect", desired.name),
                 );
-                working = status::replace(&api, &working)
+                working = ctx
+                    .write_status(&api, &working)
                     .await
                     .map_err(ReconcileError::kube("recording the create"))?;
                 let body = CreateSystemAccount {
@@ -122,14 +106,16 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                         if let Some(st) = working.status.as_mut() {
                             st.pending_create = None;
                         }
-                        let _ = status::replace(&api, &working).await;
+                        let _ = ctx.write_status(&api, &working).await;
                         return Err(ReconcileError::Conflict(format!(
                             "a Konnect system account named '{}' was created by someone else just now; \
                              set spec.adoption: Adopt to manage it, or choose another spec.name",
                             desired.name
                         )));
                     }
-                    Err(e) => return Err(ReconcileError::konnect("creating the system account")(e)),
+                    Err(e) => {
+                        return Err(ReconcileError::konnect("creating the system account")(e));
+                    }
                 };
                 created = true;
                 let verb = if observed.recorded_id.is_some() {
@@ -245,12 +231,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
             account.name, account.id
         ),
     );
-    if working.status != obj.status {
-        status::replace(&api, &working)
-            .await
-            .map_err(ReconcileError::kube("writing status"))?;
-    }
-    Ok(Action::requeue(ctx.resync_with_jitter()))
+    finish(&ctx, &*obj, &working).await
 }
 
 /// Reads the account by recorded id (from the shared snapshot during a drift check, confirming

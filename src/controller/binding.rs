@@ -2,36 +2,20 @@
 //! gap (create the new assignment, then delete the old); share an assignment between bindings.
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
 
 use super::account_ref;
 use super::binding_plan::{plan_binding, validate_role};
 use super::connections::Connection;
 use super::context::Context;
 use super::error::ReconcileError;
-use super::reconciler::{Managed, mark_ready, reconcile_with};
+use super::reconciler::{finish, mark_ready, reconcile_with};
 use crate::api::{DeletionPolicy, RoleBinding, RoleBindingSpec};
-use crate::k8s::{events, status};
+use crate::k8s::events;
 use crate::konnect::{IgnoreNotFound, RoleTuple};
 
-impl Managed for RoleBinding {
-    const KIND: &'static str = "RoleBinding";
-    fn conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.status.get_or_insert_with(Default::default).conditions
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.status
-            .get_or_insert_with(Default::default)
-            .observed_generation = generation;
-    }
-}
+crate::impl_managed!(RoleBinding, "RoleBinding");
 
 pub async fn reconcile(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     reconcile_with(obj, ctx, apply, cleanup).await
@@ -201,8 +185,6 @@ async fn write_status(
     id: &str,
     desired: &RoleTuple,
 ) -> Result<Action, ReconcileError> {
-    let api: Api<RoleBinding> =
-        Api::namespaced(ctx.kube.clone(), &obj.namespace().unwrap_or_default());
     let mut working = obj.clone();
     let st = working.status.get_or_insert_with(Default::default);
     st.assigned_role_id = Some(id.to_string());
@@ -214,12 +196,7 @@ async fn write_status(
             describe(desired)
         ),
     );
-    if working.status != obj.status {
-        status::replace(&api, &working)
-            .await
-            .map_err(ReconcileError::kube("writing status"))?;
-    }
-    Ok(Action::requeue(ctx.resync_with_jitter()))
+    finish(ctx, obj, &working).await
 }
 
 async fn remove_from_previous_account(

@@ -51,6 +51,8 @@ pub struct Context {
     pub budget: DriftBudget,
     /// Objects whose Konnect state was confirmed recently: key -> (what was confirmed, when).
     verified: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// The newest resourceVersion we know of per object uid (our own writes, fresh reads).
+    versions: Mutex<HashMap<String, String>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -77,6 +79,7 @@ impl Context {
             snapshot: Snapshot::new(config.resync.mul_f64(0.9)),
             budget: DriftBudget::new(config.konnect_budget),
             verified: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
             config,
             failures: Mutex::new(HashMap::new()),
         }
@@ -96,6 +99,46 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+    }
+
+    /// Records the version of an object we wrote or read fresh.
+    pub fn note_version<K: kube::Resource>(&self, obj: &K) {
+        if let (Some(uid), Some(rv)) = (obj.meta().uid.clone(), obj.meta().resource_version.clone())
+        {
+            self.versions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(uid, rv);
+        }
+    }
+
+    /// False when we know of another version than the cache's copy `obj` (the cache lags our writes).
+    pub fn is_latest_known<K: kube::Resource>(&self, obj: &K) -> bool {
+        let (Some(uid), Some(rv)) = (
+            obj.meta().uid.as_ref(),
+            obj.meta().resource_version.as_ref(),
+        ) else {
+            return false;
+        };
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .is_none_or(|known| known == rv)
+    }
+
+    /// Writes the status subresource (resourceVersion-guarded) and remembers the new version.
+    pub async fn write_status<K>(&self, api: &kube::Api<K>, obj: &K) -> Result<K, kube::Error>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let written = crate::k8s::status::replace(api, obj).await?;
+        self.note_version(&written);
+        Ok(written)
     }
 
     /// True when `what` was confirmed in Konnect for `key` less than a resync period ago: events

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Error as FinalizerError, Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use super::context::Context;
 use super::error::{ReconcileError, retry_delay};
 use crate::k8s::conditions::{self, READY, Reason};
-use crate::k8s::{events, status};
+use crate::k8s::events;
 
 /// The finalizer every kind carries while it owns something in Konnect.
 pub const FINALIZER: &str = "konnect-sa.dev/cleanup";
@@ -37,6 +37,49 @@ pub trait Managed:
     /// Creates the status when absent.
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn set_observed_generation(&mut self, generation: Option<i64>);
+}
+
+/// Implements [`Managed`] for a kind whose status has `conditions` and `observed_generation`.
+#[macro_export]
+macro_rules! impl_managed {
+    ($kind:ty, $name:literal) => {
+        impl $crate::controller::reconciler::Managed for $kind {
+            const KIND: &'static str = $name;
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                self.status
+                    .as_ref()
+                    .map_or(&[], |s| s.conditions.as_slice())
+            }
+            fn conditions_mut(
+                &mut self,
+            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+                &mut self.status.get_or_insert_with(Default::default).conditions
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.status
+                    .get_or_insert_with(Default::default)
+                    .observed_generation = generation;
+            }
+        }
+    };
+}
+
+/// Writes `working`'s status when it differs from `original`'s (no write, no event, when nothing
+/// changed), then waits for the next resync.
+pub async fn finish<K: Managed>(
+    ctx: &Context,
+    original: &K,
+    working: &K,
+) -> Result<Action, ReconcileError> {
+    let status_of = |o: &K| serde_json::to_value(o).ok().map(|v| v["status"].clone());
+    if status_of(working) != status_of(original) {
+        let api: Api<K> =
+            Api::namespaced(ctx.kube.clone(), &original.namespace().unwrap_or_default());
+        ctx.write_status(&api, working)
+            .await
+            .map_err(ReconcileError::kube("writing status"))?;
+    }
+    Ok(Action::requeue(ctx.resync_with_jitter()))
 }
 
 fn object_key<K: Managed>(obj: &K) -> String {
@@ -89,31 +132,22 @@ where
     let started = Instant::now();
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
-    // The cache can lag our own writes (a trigger from an older event runs after we wrote): act
-    // on the object as the API server has it now, so no decision is made on a stale status.
-    let obj = match api.get_opt(&obj.name_any()).await {
-        Ok(Some(fresh)) => Arc::new(fresh),
-        Ok(None) => return Ok(Action::await_change()),
-        Err(e) => return Err(ReconcileError::kube("reading the object")(e)),
-    };
-    let inner_ctx = ctx.clone();
-    let result = finalizer(&api, FINALIZER, obj.clone(), |event| async move {
-        match event {
-            FinalizerEvent::Apply(o) => apply(o, inner_ctx).await,
-            FinalizerEvent::Cleanup(o) => cleanup(o, inner_ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
-        FinalizerError::AddFinalizer(source) | FinalizerError::RemoveFinalizer(source) => {
-            ReconcileError::Kube {
-                context: "updating finalizers".into(),
-                source,
+    // The cache can lag our own writes (a trigger from an older event runs after we wrote): when
+    // it shows another version than the last one we know of, act on what the API server has now,
+    // so no decision is made on a stale status.
+    let obj = if ctx.is_latest_known(&*obj) {
+        obj
+    } else {
+        match api.get_opt(&obj.name_any()).await {
+            Ok(Some(fresh)) => {
+                ctx.note_version(&fresh);
+                Arc::new(fresh)
             }
+            Ok(None) => return Ok(Action::await_change()),
+            Err(e) => return Err(ReconcileError::kube("reading the object")(e)),
         }
-        other => ReconcileError::InvalidSpec(other.to_string()),
-    });
+    };
+    let result = with_finalizer(&api, obj.clone(), &ctx, apply, cleanup).await;
     // Waiting for an account is a state, not an error.
     let category = result
         .as_ref()
@@ -133,6 +167,74 @@ where
         }
     }
     result
+}
+
+/// The finalizer is added before the first apply (in the same reconcile: no extra round trip) and
+/// removed only after cleanup succeeded. JSON patches with a `test` never touch someone else's
+/// finalizer, and fail (to be retried) if the list changed meanwhile.
+async fn with_finalizer<K, A, AF, C, CF>(
+    api: &Api<K>,
+    obj: Arc<K>,
+    ctx: &Arc<Context>,
+    apply: A,
+    cleanup: C,
+) -> Result<Action, ReconcileError>
+where
+    K: Managed,
+    A: FnOnce(Arc<K>, Arc<Context>) -> AF,
+    AF: Future<Output = Result<Action, ReconcileError>>,
+    C: FnOnce(Arc<K>, Arc<Context>) -> CF,
+    CF: Future<Output = Result<Action, ReconcileError>>,
+{
+    let name = obj.name_any();
+    let finalizers = obj.finalizers().to_vec();
+    let index = finalizers.iter().position(|f| f == FINALIZER);
+    let finalizer_err = |source| ReconcileError::Kube {
+        context: "updating finalizers".into(),
+        source,
+    };
+    if obj.meta().deletion_timestamp.is_some() {
+        let Some(i) = index else {
+            return Ok(Action::await_change());
+        };
+        let action = cleanup(obj.clone(), ctx.clone()).await?;
+        let path = format!("/metadata/finalizers/{i}");
+        let patch = serde_json::json!([
+            {"op": "test", "path": path, "value": FINALIZER},
+            {"op": "remove", "path": path},
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(patch)
+            .map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
+        api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+            .map_err(finalizer_err)?;
+        return Ok(action);
+    }
+    let obj = match index {
+        Some(_) => obj,
+        None => {
+            let patch = if finalizers.is_empty() {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+                ])
+            } else {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                    {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+                ])
+            };
+            let patch: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
+            let updated = api
+                .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await
+                .map_err(finalizer_err)?;
+            ctx.note_version(&updated);
+            Arc::new(updated)
+        }
+    };
+    apply(obj, ctx.clone()).await
 }
 
 /// Writes `Ready=False` with the error's reason and message, and a Warning Event when either
@@ -172,7 +274,7 @@ async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError,
         Timestamp::now(),
     );
     fresh.set_observed_generation(generation);
-    if let Err(e) = status::replace(api, &fresh).await {
+    if let Err(e) = ctx.write_status(api, &fresh).await {
         tracing::debug!(error = %e, "could not write failure status");
     }
     events::publish(

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
@@ -14,7 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::account_ref::{self, ResolvedAccount};
 use super::context::Context;
 use super::error::ReconcileError;
-use super::reconciler::{Managed, mark_ready, reconcile_with};
+use super::reconciler::{mark_ready, reconcile_with};
 use super::token_plan::{
     CurrentToken, RotationInputs, RotationReason, SecretView, expiry, next_wakeup, renewal_time,
     revoke_at, rotation_due, secret_is_newer, token_name, whole_seconds,
@@ -24,28 +24,13 @@ use crate::api::{
     DeletionPolicy, PreviousToken, RestartKind, SystemAccountToken, SystemAccountTokenStatus,
 };
 use crate::k8s::conditions::{self, ISSUING, RESTART_TARGETS, Reason};
+use crate::k8s::events;
 use crate::k8s::restart::{self, RestartOutcome, WorkloadKind};
 use crate::k8s::secret::{self, IssuedToken, SecretTarget};
-use crate::k8s::{events, status};
 use crate::konnect::{CreateAccessToken, IgnoreNotFound, KonnectClient, KonnectError};
 use crate::telemetry::ReasonLabels;
 
-impl Managed for SystemAccountToken {
-    const KIND: &'static str = "SystemAccountToken";
-    fn conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.status.get_or_insert_with(Default::default).conditions
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.status
-            .get_or_insert_with(Default::default)
-            .observed_generation = generation;
-    }
-}
+crate::impl_managed!(SystemAccountToken, "SystemAccountToken");
 
 pub async fn reconcile(
     obj: Arc<SystemAccountToken>,
@@ -92,7 +77,9 @@ impl Work<'_> {
     }
 
     async fn save(&mut self) -> Result<(), ReconcileError> {
-        self.obj = status::replace(&self.api, &self.obj)
+        self.obj = self
+            .ctx
+            .write_status(&self.api, &self.obj)
             .await
             .map_err(ReconcileError::kube("writing token status"))?;
         self.saved = self.obj.status.clone();
@@ -243,14 +230,7 @@ async fn heal_newer_secret(
     let lifetime = w.obj.spec.duration().map_err(ReconcileError::InvalidSpec)?;
     let renew_before = w.obj.spec.renew_before(lifetime);
     let st = w.st();
-    if let Some(old_id) = st.token_id.take() {
-        st.previous_tokens.push(PreviousToken {
-            id: old_id,
-            name: st.token_name.clone().unwrap_or_default(),
-            account_id: st.account_id.clone().unwrap_or_default(),
-            revoke_at: revoke_at(now, retention, parse_time(&st.expires_at)).to_string(),
-        });
-    }
+    retire_current(st, now, retention);
     st.token_id = view.token_id.clone();
     st.token_name = view.token_name.clone();
     st.account_id = view.account_id.clone();
@@ -271,6 +251,28 @@ async fn heal_newer_secret(
     }
     tracing::info!(revision = ?view.revision, "adopted the token found in the Secret (written before a restart)");
     w.save().await
+}
+
+/// Whether the current (about to be previous) token still exists in Konnect; errors count as yes,
+/// so an unsure answer keeps the overlap and the revoke happens later.
+async fn old_token_exists(w: &mut Work<'_>) -> bool {
+    let st = w.st().clone();
+    let (Some(account), Some(token)) = (st.account_id, st.token_id) else {
+        return false;
+    };
+    !matches!(w.k.get_access_token(&account, &token).await, Err(e) if e.is_not_found())
+}
+
+/// Moves the current token to `previousTokens`, to be revoked after `keep` (never after its expiry).
+fn retire_current(st: &mut SystemAccountTokenStatus, now: Timestamp, keep: std::time::Duration) {
+    if let Some(old_id) = st.token_id.take() {
+        st.previous_tokens.push(PreviousToken {
+            id: old_id,
+            name: st.token_name.clone().unwrap_or_default(),
+            account_id: st.account_id.clone().unwrap_or_default(),
+            revoke_at: revoke_at(now, keep, parse_time(&st.expires_at)).to_string(),
+        });
+    }
 }
 
 /// Crash (or lost response) between recording pendingTokenName and writing the Secret: find the
@@ -458,19 +460,14 @@ async fn issue(
     let now = whole_seconds(Timestamp::now());
     let keep = match reason {
         RotationReason::SecretLost | RotationReason::TokenRevoked => std::time::Duration::ZERO,
+        // A moved reference keeps the overlap; a recreated account took its old token with it.
+        RotationReason::AccountChanged if !old_token_exists(w).await => std::time::Duration::ZERO,
         _ => retention,
     };
     let seed = format!("{}/{revision}", w.uid());
     let account_id = w.account_id.clone();
     let st = w.st();
-    if let Some(old_id) = st.token_id.take() {
-        st.previous_tokens.push(PreviousToken {
-            id: old_id,
-            name: st.token_name.clone().unwrap_or_default(),
-            account_id: st.account_id.clone().unwrap_or_default(),
-            revoke_at: revoke_at(now, keep, parse_time(&st.expires_at)).to_string(),
-        });
-    }
+    retire_current(st, now, keep);
     st.token_id = Some(created.meta.id.clone());
     st.token_name = Some(token_name.clone());
     st.account_id = Some(account_id);
