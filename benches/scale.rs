@@ -144,9 +144,6 @@ async fn run_once(args: &Args) -> Figures {
     let port = free_port();
     let log = env.dir.path().join("operator.log");
     let conc = args.concurrency.to_string();
-    // More reconciles than Konnect slots, so Kubernetes round trips overlap Konnect calls and the
-    // Konnect pipe (the bound) stays full.
-    let reconciles = (args.concurrency * 4).to_string();
     let resync = format!("{}s", args.resync);
     let addr = format!("127.0.0.1:{port}");
     let budget = args.budget.map(|b| b.to_string());
