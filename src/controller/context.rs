@@ -157,11 +157,18 @@ impl Context {
         );
     }
 
-    pub fn forget_verified(&self, key: &str) {
+    /// Drops what we remember about a deleted object (so the maps do not grow with churn).
+    pub fn forget_object<K: kube::Resource>(&self, obj: &K, verified_key: &str) {
+        if let Some(uid) = obj.meta().uid.as_deref() {
+            self.versions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(uid);
+        }
         self.verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+            .remove(verified_key);
     }
 
     /// The resync period with up to 10% jitter, so objects created together spread out.

@@ -208,6 +208,9 @@ where
         api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await
             .map_err(finalizer_err)?;
+        let verified_key = format!("{}/{}", K::KIND, obj.uid().unwrap_or_default());
+        ctx.forget_object(&*obj, &verified_key);
+        ctx.record_success(&object_key(&*obj));
         return Ok(action);
     }
     let obj = match index {
