@@ -12,8 +12,6 @@ pub const GROUP: &str = "konnect-sa.dev";
 pub const VERSION: &str = "v1alpha1";
 /// Finalizer the controllers put on an object before the first Konnect create.
 pub const FINALIZER: &str = "konnect-sa.dev/cleanup";
-/// Field manager for server-side apply.
-pub const FIELD_MANAGER: &str = "konnect-sa-operator";
 /// Annotation on a SystemAccountToken: a new value asks for one rotation.
 pub const ROTATE_ANNOTATION: &str = "konnect-sa.dev/rotate";
 /// Annotation on a token Secret: the Konnect id of the token it holds.

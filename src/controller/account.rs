@@ -49,12 +49,7 @@ fn desired(obj: &SystemAccount) -> Result<DesiredAccount, ReconcileError> {
 }
 
 fn auth_secret(obj: &SystemAccount) -> Option<&str> {
-    obj.spec
-        .konnect
-        .as_ref()?
-        .auth_secret_ref
-        .as_ref()
-        .map(|r| r.name.as_str())
+    super::account_ref::auth_secret(obj.spec.konnect.as_ref(), None)
 }
 
 async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {

@@ -13,8 +13,9 @@ use super::error::ReconcileError;
 use crate::konnect::{ClientConfig, KonnectClient, TokenValue};
 
 /// Key `token` (required) and `serverURL` (optional) of an auth Secret.
-pub const AUTH_TOKEN_KEY: &str = "token";
-pub const AUTH_SERVER_URL_KEY: &str = "serverURL";
+use crate::api::common::{
+    AUTH_SECRET_SERVER_URL_KEY as AUTH_SERVER_URL_KEY, AUTH_SECRET_TOKEN_KEY as AUTH_TOKEN_KEY,
+};
 
 /// A Konnect client and the key identifying its organisation connection.
 #[derive(Clone)]

@@ -19,7 +19,7 @@ use crate::k8s::conditions::{self, READY, Reason};
 use crate::k8s::events;
 
 /// The finalizer every kind carries while it owns something in Konnect.
-pub const FINALIZER: &str = "konnect-sa.dev/cleanup";
+pub use crate::api::common::FINALIZER;
 
 /// A custom resource this operator reconciles.
 pub trait Managed:
@@ -113,60 +113,47 @@ where
         name = %obj.name_any(),
         trace_id = %uuid::Uuid::new_v4().simple(),
     );
-    tracing::Instrument::instrument(reconcile_inner(obj, ctx, apply, cleanup), span).await
-}
-
-async fn reconcile_inner<K, A, AF, C, CF>(
-    obj: Arc<K>,
-    ctx: Arc<Context>,
-    apply: A,
-    cleanup: C,
-) -> Result<Action, ReconcileError>
-where
-    K: Managed,
-    A: FnOnce(Arc<K>, Arc<Context>) -> AF,
-    AF: Future<Output = Result<Action, ReconcileError>>,
-    C: FnOnce(Arc<K>, Arc<Context>) -> CF,
-    CF: Future<Output = Result<Action, ReconcileError>>,
-{
-    let started = Instant::now();
-    let ns = obj.namespace().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
-    // The cache can lag our own writes (a trigger from an older event runs after we wrote): when
-    // it shows another version than the last one we know of, act on what the API server has now,
-    // so no decision is made on a stale status.
-    let obj = if ctx.is_latest_known(&*obj) {
-        obj
-    } else {
-        match api.get_opt(&obj.name_any()).await {
-            Ok(Some(fresh)) => {
-                ctx.note_version(&fresh);
-                Arc::new(fresh)
+    let body = async move {
+        let started = Instant::now();
+        let ns = obj.namespace().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
+        // The cache can lag our own writes (a trigger from an older event runs after we wrote): when
+        // it shows another version than the last one we know of, act on what the API server has now,
+        // so no decision is made on a stale status.
+        let obj = if ctx.is_latest_known(&*obj) {
+            obj
+        } else {
+            match api.get_opt(&obj.name_any()).await {
+                Ok(Some(fresh)) => {
+                    ctx.note_version(&fresh);
+                    Arc::new(fresh)
+                }
+                Ok(None) => return Ok(Action::await_change()),
+                Err(e) => return Err(ReconcileError::kube("reading the object")(e)),
             }
-            Ok(None) => return Ok(Action::await_change()),
-            Err(e) => return Err(ReconcileError::kube("reading the object")(e)),
+        };
+        let result = with_finalizer(&api, obj.clone(), &ctx, apply, cleanup).await;
+        // Waiting for an account is a state, not an error.
+        let category = result
+            .as_ref()
+            .err()
+            .filter(|e| !matches!(e, ReconcileError::WaitingForSystemAccount(_)))
+            .map(|e| e.category());
+        ctx.metrics
+            .observe_reconcile(K::KIND, started.elapsed(), category);
+        match &result {
+            Ok(_) => ctx.record_success(&object_key(&*obj)),
+            Err(e) if e.is_write_conflict() => {
+                tracing::debug!(error = %e, "stale object; retrying with fresh data")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, reason = %e.reason(), "reconcile failed");
+                report_failure(&api, &obj, e, &ctx).await;
+            }
         }
+        result
     };
-    let result = with_finalizer(&api, obj.clone(), &ctx, apply, cleanup).await;
-    // Waiting for an account is a state, not an error.
-    let category = result
-        .as_ref()
-        .err()
-        .filter(|e| !matches!(e, ReconcileError::WaitingForSystemAccount(_)))
-        .map(|e| e.category());
-    ctx.metrics
-        .observe_reconcile(K::KIND, started.elapsed(), category);
-    match &result {
-        Ok(_) => ctx.record_success(&object_key(&*obj)),
-        Err(e) if e.is_write_conflict() => {
-            tracing::debug!(error = %e, "stale object; retrying with fresh data")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, reason = %e.reason(), "reconcile failed");
-            report_failure(&api, &obj, e, &ctx).await;
-        }
-    }
-    result
+    tracing::Instrument::instrument(body, span).await
 }
 
 /// The finalizer is added before the first apply (in the same reconcile: no extra round trip) and

@@ -3,10 +3,12 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::api::common::reason;
+
 /// The primary condition read by kstatus, Flux, Argo CD and `kubectl wait`.
-pub const READY: &str = "Ready";
+pub const READY: &str = crate::api::common::CONDITION_READY;
 /// Token only: a token create is in flight (`status.pendingTokenName` is set).
-pub const ISSUING: &str = "Issuing";
+pub const ISSUING: &str = crate::api::common::CONDITION_ISSUING;
 /// Token only: a rollout restart target could not be patched.
 pub const RESTART_TARGETS: &str = "RestartTargetsReady";
 
@@ -31,17 +33,17 @@ pub enum Reason {
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::Reconciled => "Reconciled",
-            Reason::Pending => "Pending",
-            Reason::InvalidSpec => "InvalidSpec",
-            Reason::Conflict => "Conflict",
-            Reason::AuthFailed => "AuthFailed",
-            Reason::KonnectError => "KonnectError",
-            Reason::RateLimited => "RateLimited",
-            Reason::WaitingForSystemAccount => "WaitingForSystemAccount",
-            Reason::SecretConflict => "SecretConflict",
-            Reason::Deleting => "Deleting",
-            Reason::DeletionBlocked => "DeletionBlocked",
+            Reason::Reconciled => reason::RECONCILED,
+            Reason::Pending => reason::PENDING,
+            Reason::InvalidSpec => reason::INVALID_SPEC,
+            Reason::Conflict => reason::CONFLICT,
+            Reason::AuthFailed => reason::AUTH_FAILED,
+            Reason::KonnectError => reason::KONNECT_ERROR,
+            Reason::RateLimited => reason::RATE_LIMITED,
+            Reason::WaitingForSystemAccount => reason::WAITING_FOR_SYSTEM_ACCOUNT,
+            Reason::SecretConflict => reason::SECRET_CONFLICT,
+            Reason::Deleting => reason::DELETING,
+            Reason::DeletionBlocked => reason::DELETION_BLOCKED,
             Reason::TargetNotFound => "TargetNotFound",
         }
     }

@@ -11,13 +11,12 @@ use kube::api::{Patch, PatchParams, PostParams};
 use crate::controller::token_plan::SecretView;
 use crate::konnect::TokenValue;
 
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "konnect-sa-operator";
-pub const ANN_TOKEN_ID: &str = "konnect-sa.dev/token-id";
+pub use crate::api::common::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+pub const ANN_TOKEN_ID: &str = crate::api::common::SECRET_TOKEN_ID_ANNOTATION;
 pub const ANN_TOKEN_NAME: &str = "konnect-sa.dev/token-name";
 pub const ANN_ACCOUNT_ID: &str = "konnect-sa.dev/account-id";
-pub const ANN_REVISION: &str = "konnect-sa.dev/revision";
-pub const ANN_EXPIRES_AT: &str = "konnect-sa.dev/expires-at";
+pub const ANN_REVISION: &str = crate::api::common::SECRET_REVISION_ANNOTATION;
+pub const ANN_EXPIRES_AT: &str = crate::api::common::SECRET_EXPIRES_AT_ANNOTATION;
 pub const ANN_ISSUED_AT: &str = "konnect-sa.dev/issued-at";
 /// The CR's `konnect-sa.dev/rotate` value when this token was issued.
 pub const ANN_ROTATED_FOR: &str = "konnect-sa.dev/rotated-for";
