@@ -69,10 +69,9 @@ fn the_canonical_rules_are_least_privilege() {
         !g.iter()
             .any(|(grp, res, v)| grp == "*" || res == "*" || v == "*")
     );
-    assert!(
-        g.contains(&("events.k8s.io".into(), "events".into(), "patch".into())),
-        "Recorder patches events"
-    );
+    // Events are created once, never patched (src/k8s/events.rs).
+    assert!(g.contains(&("events.k8s.io".into(), "events".into(), "create".into())));
+    assert!(!g.contains(&("events.k8s.io".into(), "events".into(), "patch".into())));
     for kind in ["systemaccounts", "systemaccounttokens", "rolebindings"] {
         assert!(g.contains(&(
             "konnect-sa.dev".into(),

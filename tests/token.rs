@@ -615,6 +615,14 @@ async fn token_waits_for_its_account_and_is_woken_by_the_watch() {
     assert!(applied.elapsed() < Duration::from_secs(20));
     let s = secret(&env, "early-token").await.expect("Secret");
     assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    // Waiting was a state, not a failure: no Warning Event about it.
+    let waiting: Vec<_> = env
+        .kube
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == "WaitingForSystemAccount")
+        .collect();
+    assert!(waiting.is_empty(), "{waiting:#?}");
     op.stop().await;
 }
 

@@ -45,8 +45,8 @@ pub fn required_rules() -> Vec<PolicyRule> {
             &["secrets"],
             &["get", "list", "watch", "create", "update", "patch"],
         ),
-        // kube's Recorder creates an Event and patches it when the same event repeats.
-        rule("events.k8s.io", &["events"], &["create", "patch"]),
+        // Each Event is created once (src/k8s/events.rs: no series to patch).
+        rule("events.k8s.io", &["events"], &["create"]),
         // rolloutRestartTargets: a patch of spec.template's restartedAt annotation, like `kubectl rollout restart`.
         rule(
             "apps",

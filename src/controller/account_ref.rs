@@ -1,6 +1,6 @@
 //! Resolving `systemAccountRef` for tokens and role bindings, and waking them when the account changes.
+use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, ResourceExt};
 
 use super::account::ready_account_id;
 use super::context::Context;
@@ -14,7 +14,9 @@ pub struct ResolvedAccount {
     pub konnect: Option<KonnectOverride>,
 }
 
-fn resolve_cached(
+/// The Konnect account id a reference points at, once that account is Ready, from the shared
+/// account cache (the same watch that wakes dependents fills it first, so no API read is needed).
+pub fn resolve(
     ctx: &Context,
     namespace: &str,
     r: &SystemAccountRef,
@@ -27,31 +29,6 @@ fn resolve_cached(
         RefTarget::Name(name) => {
             let account = ctx.accounts.get(&ObjectRef::new(name).within(namespace));
             from_account(namespace, name, account.as_deref())
-        }
-    }
-}
-
-/// Resolves a reference from the account cache; an account the cache does not show as Ready yet
-/// is read from the API server before giving up: the SystemAccount watch that wakes a dependent is
-/// not the one that fills the account cache, and can run ahead of it. Giving up then would wait
-/// out the retry.
-pub async fn resolve(
-    ctx: &Context,
-    namespace: &str,
-    r: &SystemAccountRef,
-) -> Result<ResolvedAccount, ReconcileError> {
-    let cached = resolve_cached(ctx, namespace, r);
-    let (Err(ReconcileError::WaitingForSystemAccount(_)), Ok(RefTarget::Name(name))) =
-        (&cached, r.target())
-    else {
-        return cached;
-    };
-    let api: Api<SystemAccount> = Api::namespaced(ctx.kube.clone(), namespace);
-    match api.get_opt(name).await {
-        Ok(account) => from_account(namespace, name, account.as_ref()),
-        Err(e) => {
-            tracing::debug!(error = %e, "could not read the SystemAccount; using the cache");
-            cached
         }
     }
 }
@@ -89,7 +66,9 @@ pub fn auth_secret<'a>(
 }
 
 /// Dependents in `store` whose reference names `account` (same namespace): the watch mapping
-/// that wakes them when the account changes, instead of polling.
+/// that wakes them when the account is Ready or being deleted, instead of polling. The steps of
+/// an account's creation (finalizer, pending marker) wake nobody: a dependent could only find it
+/// still not Ready, at the cost of a reconcile and its API calls each.
 pub fn dependents_of<K>(
     store: &Store<K>,
     account: &SystemAccount,
@@ -98,12 +77,16 @@ pub fn dependents_of<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
-    let ns = account.namespace();
-    let name = account.name_any();
+    if ready_account_id(account).is_none() && account.meta().deletion_timestamp.is_none() {
+        return Vec::new();
+    }
+    // Runs for every SystemAccount event over every dependent: compare borrowed fields, no copies.
+    let ns = account.meta().namespace.as_deref();
+    let name = account.meta().name.as_deref();
     store
         .state()
         .iter()
-        .filter(|d| d.namespace() == ns && account_ref(d).name.as_deref() == Some(name.as_str()))
+        .filter(|d| d.meta().namespace.as_deref() == ns && account_ref(d).name.as_deref() == name)
         .map(|d| ObjectRef::from_obj(&**d))
         .collect()
 }

@@ -67,7 +67,7 @@ async fn connection(
 async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     obj.spec.validate().map_err(ReconcileError::InvalidSpec)?;
-    let account = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref).await?;
+    let account = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
     let conn = connection(&ctx, &obj, account.konnect.as_ref()).await?;
     let desired = desired_tuple(&obj.spec);
     match ctx.cache.roles(&conn).await {
@@ -327,7 +327,6 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
     }
     let ns = obj.namespace().unwrap_or_default();
     let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
-        .await
         .ok()
         .and_then(|a| a.konnect);
     let conn = connection(&ctx, &obj, account_konnect.as_ref()).await?;

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::events::Recorder;
+use crate::k8s::events::Publisher;
 use kube::runtime::reflector::Store;
 
 use super::budget::DriftBudget;
@@ -38,7 +38,7 @@ pub struct Context {
     pub kube: kube::Client,
     pub connections: Arc<Connections>,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub recorder: Publisher,
     pub config: ControllerConfig,
     /// The SystemAccount cache: tokens and bindings read their account's state from it.
     pub accounts: Store<SystemAccount>,
@@ -61,7 +61,7 @@ impl Context {
         kube: kube::Client,
         connections: Arc<Connections>,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        recorder: Publisher,
         config: ControllerConfig,
         accounts: Store<SystemAccount>,
         bindings: Store<RoleBinding>,

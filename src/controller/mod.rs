@@ -22,14 +22,17 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::runtime::controller::Config as ControllerRunConfig;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::events::Reporter;
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 
 use crate::api::{RoleBinding, SystemAccount, SystemAccountToken};
 use crate::k8s::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::telemetry::{Health, Metrics};
 use connections::Connections;
 use context::{Context, ControllerConfig};
+
+/// SystemAccount changes a subscriber may lag behind before the shared watch waits for it.
+const SHARED_EVENTS_BUFFER: usize = 1024;
 
 /// Where the controllers look: every namespace, or one.
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -115,7 +118,29 @@ async fn run_scope(
     let ns = scope.as_deref();
     let run_config = ControllerRunConfig::default().concurrency(concurrency);
     let wc = watcher::Config::default();
-    let accounts = Controller::new(api::<SystemAccount>(&kube, ns), wc.clone())
+
+    // One SystemAccount watch feeds the account controller, the account cache that tokens and
+    // bindings resolve their reference against, and the triggers that wake them. The store is
+    // written before a subscriber hears of the change, so a dependent woken by its account
+    // always finds that account in the cache; and one watch costs a third of three.
+    let (account_store, account_writer) =
+        reflector::store_shared::<SystemAccount>(SHARED_EVENTS_BUFFER);
+    let subscribe = || {
+        account_writer
+            .subscribe()
+            .expect("a shared store has subscribers")
+    };
+    let (account_events, token_wakes, binding_wakes) = (subscribe(), subscribe(), subscribe());
+    let account_watch = watcher(api::<SystemAccount>(&kube, ns), wc.clone())
+        .default_backoff()
+        .reflect_shared(account_writer)
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "SystemAccount watch failed; retrying");
+            }
+        });
+
+    let accounts = Controller::for_shared_stream(account_events, account_store.clone())
         .with_config(run_config.clone());
     let tokens = Controller::new(api::<SystemAccountToken>(&kube, ns), wc.clone())
         .with_config(run_config.clone());
@@ -124,19 +149,18 @@ async fn run_scope(
 
     let token_store = tokens.store();
     let binding_store = bindings.store();
-    let account_store = accounts.store();
     let tokens = tokens
         .owns(
             api::<Secret>(&kube, ns),
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
         )
-        .watches(api::<SystemAccount>(&kube, ns), wc.clone(), move |sa| {
+        .watches_shared_stream(token_wakes, move |sa| {
             account_ref::dependents_of(&token_store, &sa, |t: &SystemAccountToken| {
                 &t.spec.system_account_ref
             })
         });
     let binding_store_for_map = binding_store.clone();
-    let bindings = bindings.watches(api::<SystemAccount>(&kube, ns), wc, move |sa| {
+    let bindings = bindings.watches_shared_stream(binding_wakes, move |sa| {
         account_ref::dependents_of(&binding_store_for_map, &sa, |b: &RoleBinding| {
             &b.spec.system_account_ref
         })
@@ -146,7 +170,7 @@ async fn run_scope(
         controller: "konnect-sa-operator".into(),
         instance,
     };
-    let recorder = Recorder::new(kube.clone(), reporter);
+    let recorder = crate::k8s::events::Publisher::new(kube.clone(), reporter);
     let ctx = Arc::new(Context::new(
         kube,
         connections,
@@ -204,5 +228,9 @@ async fn run_scope(
         let _ = stop_tx.send(());
     };
     tracing::info!(namespace = ns.unwrap_or("<all>"), "controllers started");
-    futures::join!(a, t, b, stopper);
+    // The shared watch runs until the controllers have stopped (it ends with them).
+    tokio::select! {
+        _ = async { futures::join!(a, t, b, stopper) } => {}
+        _ = account_watch => tracing::warn!("the SystemAccount watch ended"),
+    }
 }

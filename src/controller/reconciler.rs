@@ -146,6 +146,10 @@ where
             Err(e) if e.is_write_conflict() => {
                 tracing::debug!(error = %e, "stale object; retrying with fresh data")
             }
+            Err(e @ ReconcileError::WaitingForSystemAccount(_)) => {
+                tracing::debug!(reason = %e.reason(), "waiting for the SystemAccount");
+                report_failure(&api, &obj, e, &ctx).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, reason = %e.reason(), "reconcile failed");
                 report_failure(&api, &obj, e, &ctx).await;
@@ -228,7 +232,9 @@ where
 }
 
 /// Writes `Ready=False` with the error's reason and message, and a Warning Event when either
-/// changed (so a persistent failure does not flood Events).
+/// changed (so a persistent failure does not flood Events). Waiting for the SystemAccount is a
+/// state, not a failure: the condition says so, no Event (a GitOps sync that applies an account
+/// and its dependents together would otherwise warn about every dependent).
 async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError, ctx: &Context) {
     let Ok(mut fresh) = api.get_status(&obj.name_any()).await else {
         return;
@@ -266,6 +272,9 @@ async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError,
     fresh.set_observed_generation(generation);
     if let Err(e) = ctx.write_status(api, &fresh).await {
         tracing::debug!(error = %e, "could not write failure status");
+    }
+    if matches!(err, ReconcileError::WaitingForSystemAccount(_)) {
+        return;
     }
     events::publish(
         &ctx.recorder,

@@ -109,7 +109,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let ResolvedAccount {
         id: account_id,
         konnect: account_konnect,
-    } = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref).await?;
+    } = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
     let conn = ctx.connections.for_object(&ns, auth).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
@@ -649,7 +649,6 @@ async fn cleanup(
     }
     // The account's connection may be gone with the account: fall back to the token's own.
     let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
-        .await
         .ok()
         .and_then(|a| a.konnect);
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
@@ -686,7 +685,7 @@ async fn cleanup(
     }
     if let Some(pending) = &st.pending_token_name {
         let mut accounts: Vec<String> = st.account_id.iter().cloned().collect();
-        if let Ok(a) = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref).await {
+        if let Ok(a) = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref) {
             accounts.push(a.id);
         }
         accounts.dedup();

@@ -71,7 +71,7 @@ rules:
     verbs: ["get", "list", "watch", "create", "update", "patch"]
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]
-    verbs: ["create", "patch"]
+    verbs: ["create"]
   # rolloutRestartTargets: the same patch as `kubectl rollout restart`.
   - apiGroups: ["apps"]
     resources: ["deployments", "statefulsets", "daemonsets"]

@@ -174,6 +174,21 @@ impl FakeKube {
         self.list_selected(group, version, plural, ns, "")
     }
 
+    /// How many objects `pred` accepts; cheap enough to poll (nothing is copied).
+    #[allow(dead_code)]
+    pub fn count(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: Option<&str>,
+        pred: impl Fn(&Value) -> bool,
+    ) -> usize {
+        let store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store.count(t, ns, pred)
+    }
+
     /// Like `list`, filtered by a label selector (`a=b,c!=d,e,!f`). Panics on a malformed selector.
     pub fn list_selected(
         &self,

@@ -6,7 +6,22 @@
 //! uniqueness, and pruning or validation inside `metadata` (only `apiVersion`, `kind`, `metadata` are kept at
 //! the root whatever the schema says, as in Kubernetes).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
+
+/// A schema's pattern, compiled once per thread (a CRD's few patterns are checked on every write).
+fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    thread_local! {
+        static CACHE: RefCell<HashMap<String, Result<regex::Regex, regex::Error>>> = RefCell::new(HashMap::new());
+    }
+    CACHE.with_borrow_mut(|c| {
+        c.entry(pattern.to_string())
+            .or_insert_with(|| regex::Regex::new(pattern))
+            .clone()
+    })
+}
 
 /// Prunes unknown fields and fills in defaults, in place.
 pub fn prune_and_default(schema: &Value, obj: &mut Value) {
@@ -170,7 +185,7 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>, ro
                 errors.push(format!("{shown}: Invalid value: {value}: {shown} in body should be at least {min} chars long"));
             }
             if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-                match regex::Regex::new(pattern) {
+                match compiled(pattern) {
                     Ok(re) if !re.is_match(s) => errors.push(format!(
                         "{shown}: Invalid value: {value}: {shown} in body should match '{pattern}'"
                     )),

@@ -4,7 +4,7 @@
 //! No I/O here: the HTTP layer (`http.rs`) and the test API (`mod.rs`) both call these methods, so a write made by a
 //! test "behind the operator's back" is seen by watches exactly like one made over HTTP.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -94,6 +94,8 @@ pub struct Store {
     tx: broadcast::Sender<Arc<WatchRecord>>,
     /// Server-side apply bookkeeping, in place of managedFields.
     applied: BTreeMap<(TypeId, Key), AppliedFields>,
+    /// uids of the objects that exist, for the garbage collector's owner checks.
+    uids: HashSet<String>,
 }
 
 /// Initial resourceVersion; anything below is "too old" from the start.
@@ -202,6 +204,7 @@ impl Store {
             floor: FIRST_RV,
             tx,
             applied: BTreeMap::new(),
+            uids: HashSet::new(),
         }
     }
 
@@ -281,6 +284,16 @@ impl Store {
             .collect()
     }
 
+    /// Counts the objects of type `t` (in `ns`, if given) that `pred` accepts, without copying them.
+    pub fn count(&self, t: TypeId, ns: Option<&str>, pred: impl Fn(&Value) -> bool) -> usize {
+        self.objects[t]
+            .iter()
+            .filter(|((ons, _), o)| {
+                ns.is_none_or(|n| !self.types[t].namespaced || n == ons) && pred(o)
+            })
+            .count()
+    }
+
     // ---- writes -------------------------------------------------------------------------------------------
 
     fn record(&mut self, record: WatchRecord) {
@@ -309,6 +322,11 @@ impl Store {
             meta_str(&obj, "namespace").unwrap_or("").to_string(),
             meta_str(&obj, "name").unwrap_or("").to_string(),
         );
+        if previous.is_none()
+            && let Some(uid) = meta_str(&obj, "uid")
+        {
+            self.uids.insert(uid.to_string());
+        }
         self.objects[t].insert(key, obj.clone());
         let event = if previous.is_some() {
             EventType::Modified
@@ -328,6 +346,9 @@ impl Store {
     /// Removes the object for good (no finalizer check), then garbage-collects its dependents.
     fn commit_remove(&mut self, t: TypeId, key: &Key) -> Option<Value> {
         let mut obj = self.objects[t].remove(key)?;
+        if let Some(uid) = meta_str(&obj, "uid") {
+            self.uids.remove(uid);
+        }
         self.applied.remove(&(t, key.clone()));
         let rv = self.next_rv();
         meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
@@ -342,20 +363,12 @@ impl Store {
         Some(obj)
     }
 
-    fn all_uids(&self) -> BTreeSet<String> {
-        self.objects
-            .iter()
-            .flat_map(|m| m.values())
-            .filter_map(|o| meta_str(o, "uid").map(String::from))
-            .collect()
-    }
-
     /// Background garbage collection, done at once: an object whose owners are all gone is deleted (through the
     /// normal delete path, so its own finalizers hold it); references to gone owners are dropped from an object
     /// that still has a live owner.
     fn collect_garbage(&mut self) {
         loop {
-            let live = self.all_uids();
+            let live = self.uids.clone();
             let mut to_delete = Vec::new();
             let mut to_trim = Vec::new();
             for (t, objects) in self.objects.iter().enumerate() {
@@ -509,7 +522,8 @@ impl Store {
         }
         let created = self.commit_put(t, body, None);
         // An object created with owners that are all gone is collected, like the real garbage collector would.
-        if !owner_uids(&created).is_empty() {
+        let owners = owner_uids(&created);
+        if owners.iter().any(|u| !self.uids.contains(u)) {
             self.collect_garbage();
         }
         Ok(created)
