@@ -35,8 +35,10 @@ pub struct RunArgs {
     /// How often every object is compared with Konnect when nothing changes (Go duration; 10% jitter added).
     #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
     pub resync_period: Duration,
-    /// Reconciles running at once per kind.
-    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 4)]
+    /// Reconciles running at once per kind. Twice the Konnect concurrency by default: a reconcile
+    /// spends part of its time on Kubernetes calls, and the spare ones keep Konnect's slots busy
+    /// (Konnect calls stay capped by --konnect-max-concurrency).
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 32)]
     pub max_concurrent_reconciles: u16,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -236,29 +236,18 @@ where
 /// state, not a failure: the condition says so, no Event (a GitOps sync that applies an account
 /// and its dependents together would otherwise warn about every dependent).
 async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError, ctx: &Context) {
+    // The watch events of our own writes wake the object again and it fails the same way: when
+    // the object in hand (the latest version we know) already says so, there is nothing to read.
+    if shows_failure(obj, err) {
+        return;
+    }
     let Ok(mut fresh) = api.get_status(&obj.name_any()).await else {
         return;
     };
-    let deleting = fresh.meta().deletion_timestamp.is_some();
-    let reason = if deleting {
-        Reason::DeletionBlocked
-    } else {
-        err.reason()
-    };
-    let message = if deleting {
-        format!(
-            "cleanup in Konnect failed, the finalizer stays until it succeeds: {}",
-            err.message()
-        )
-    } else {
-        err.message()
-    };
-    let unchanged = conditions::get(fresh.conditions(), READY).is_some_and(|c| {
-        c.status == "False" && c.reason == reason.as_str() && c.message == message
-    });
-    if unchanged {
+    if shows_failure(&fresh, err) {
         return;
     }
+    let (reason, message) = failure_text(&fresh, err);
     let generation = fresh.meta().generation;
     conditions::set(
         fresh.conditions_mut(),
@@ -285,6 +274,32 @@ async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError,
         message,
     )
     .await;
+}
+
+/// The Ready reason and message for `err` on `obj` (a failing cleanup blocks deletion).
+fn failure_text<K: Managed>(obj: &K, err: &ReconcileError) -> (Reason, String) {
+    if obj.meta().deletion_timestamp.is_some() {
+        (
+            Reason::DeletionBlocked,
+            format!(
+                "cleanup in Konnect failed, the finalizer stays until it succeeds: {}",
+                err.message()
+            ),
+        )
+    } else {
+        (err.reason(), err.message())
+    }
+}
+
+/// Whether `obj`'s Ready condition already reports `err` for its current generation.
+fn shows_failure<K: Managed>(obj: &K, err: &ReconcileError) -> bool {
+    let (reason, message) = failure_text(obj, err);
+    conditions::get(obj.conditions(), READY).is_some_and(|c| {
+        c.status == "False"
+            && c.reason == reason.as_str()
+            && c.message == message
+            && c.observed_generation == obj.meta().generation
+    })
 }
 
 /// Backoff per object: grows with consecutive failures, honours Retry-After, never a hot loop.
