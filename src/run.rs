@@ -37,7 +37,7 @@ pub struct RunArgs {
     pub resync_period: Duration,
     /// Reconciles running at once per kind. Twice the Konnect concurrency by default: a reconcile
     /// spends part of its time on Kubernetes calls, and the spare ones keep Konnect's slots busy
-    /// (Konnect calls stay capped by --konnect-max-concurrency).
+    /// (Konnect calls stay capped by the Konnect concurrency).
     #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 32)]
     pub max_concurrent_reconciles: u16,
     /// Log format.
