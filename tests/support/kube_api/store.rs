@@ -294,6 +294,12 @@ impl Store {
             .count()
     }
 
+    /// Every change from now on, as the watches see them (for a harness that follows progress without
+    /// scanning the store).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchRecord>> {
+        self.tx.subscribe()
+    }
+
     // ---- writes -------------------------------------------------------------------------------------------
 
     fn record(&mut self, record: WatchRecord) {
