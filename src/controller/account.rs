@@ -119,7 +119,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     "Created"
                 };
                 events::publish(
-                    &ctx.recorder,
+                    &ctx.events,
                     &*obj,
                     false,
                     verb,
@@ -139,7 +139,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
             AccountStep::Adopt(existing) => {
                 if !observed.create_in_flight {
                     events::publish(
-                        &ctx.recorder,
+                        &ctx.events,
                         &*obj,
                         false,
                         "Adopted",
@@ -154,7 +154,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                 } else {
                     // Our own create whose response was lost: created, not adopted.
                     events::publish(
-                        &ctx.recorder,
+                        &ctx.events,
                         &*obj,
                         false,
                         "Created",
@@ -180,7 +180,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                     e => ReconcileError::konnect("updating the system account")(e),
                 })?;
                 events::publish(
-                    &ctx.recorder,
+                    &ctx.events,
                     &*obj,
                     false,
                     "Updated",
@@ -435,7 +435,7 @@ async fn converge_teams(
     if !plan.add.is_empty() || !plan.remove.is_empty() {
         let added: Vec<&str> = plan.add.iter().map(|t| t.name.as_str()).collect();
         events::publish(
-            &ctx.recorder,
+            &ctx.events,
             obj,
             false,
             "TeamsChanged",
@@ -462,7 +462,7 @@ async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, R
     let status = obj.status.clone().unwrap_or_default();
     if obj.spec.deletion_policy() == DeletionPolicy::Orphan {
         events::publish(
-            &ctx.recorder,
+            &ctx.events,
             &*obj,
             false,
             "Orphaned",
@@ -500,7 +500,7 @@ async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, R
             .map_err(ReconcileError::konnect("deleting the system account"))?;
         ctx.snapshot.forget_account(&conn, &account.id).await;
         events::publish(
-            &ctx.recorder,
+            &ctx.events,
             &*obj,
             false,
             "Deleted",

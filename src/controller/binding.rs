@@ -117,7 +117,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         Some(id) => {
             if Some(id.as_str()) != recorded {
                 events::publish(
-                    &ctx.recorder,
+                    &ctx.events,
                     &*obj,
                     false,
                     "Adopted",
@@ -141,7 +141,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
                 .record_assignment_change(&conn, &account.id, None, Some(&stale.id));
         }
         events::publish(
-            &ctx.recorder,
+            &ctx.events,
             &*obj,
             false,
             "Changed",
@@ -232,7 +232,7 @@ async fn remove_from_previous_account(
     ctx.cache
         .record_assignment_change(conn, account_id, None, Some(id));
     events::publish(
-        &ctx.recorder,
+        &ctx.events,
         obj,
         false,
         "Removed",
@@ -260,7 +260,7 @@ async fn assign(
             ctx.cache
                 .record_assignment_change(conn, account_id, Some(&a), None);
             events::publish(
-                &ctx.recorder,
+                &ctx.events,
                 obj,
                 false,
                 "Assigned",
@@ -295,7 +295,7 @@ async fn assign(
 async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     if obj.spec.deletion_policy() == DeletionPolicy::Orphan {
         events::publish(
-            &ctx.recorder,
+            &ctx.events,
             &*obj,
             false,
             "Orphaned",
@@ -312,7 +312,7 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
     let desired = desired_tuple(&obj.spec);
     if wanted_by_other(&ctx, &obj, &account_id, &desired) {
         events::publish(
-            &ctx.recorder,
+            &ctx.events,
             &*obj,
             false,
             "Kept",
@@ -338,7 +338,7 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
     ctx.cache
         .record_assignment_change(&conn, &account_id, None, Some(&id));
     events::publish(
-        &ctx.recorder,
+        &ctx.events,
         &*obj,
         false,
         "Removed",

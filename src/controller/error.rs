@@ -104,6 +104,12 @@ impl ReconcileError {
     pub fn is_write_conflict(&self) -> bool {
         matches!(self, Self::Kube { source: kube::Error::Api(s), .. } if s.code == 409)
     }
+
+    /// Waiting for the SystemAccount: a state reported in the condition, not a failure (no
+    /// Warning Event, no error metric, no warning log).
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, Self::WaitingForSystemAccount(_))
+    }
 }
 
 /// When to reconcile again after `err`, given how many times in a row this object failed.

@@ -170,12 +170,12 @@ async fn run_scope(
         controller: "konnect-sa-operator".into(),
         instance,
     };
-    let recorder = crate::k8s::events::Publisher::new(kube.clone(), reporter);
+    let events = crate::k8s::events::Publisher::new(kube.clone(), reporter);
     let ctx = Arc::new(Context::new(
         kube,
         connections,
         metrics,
-        recorder,
+        events,
         config,
         account_store.clone(),
         binding_store.clone(),

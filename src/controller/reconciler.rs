@@ -137,7 +137,7 @@ where
         let category = result
             .as_ref()
             .err()
-            .filter(|e| !matches!(e, ReconcileError::WaitingForSystemAccount(_)))
+            .filter(|e| !e.is_waiting())
             .map(|e| e.category());
         ctx.metrics
             .observe_reconcile(K::KIND, started.elapsed(), category);
@@ -146,7 +146,7 @@ where
             Err(e) if e.is_write_conflict() => {
                 tracing::debug!(error = %e, "stale object; retrying with fresh data")
             }
-            Err(e @ ReconcileError::WaitingForSystemAccount(_)) => {
+            Err(e) if e.is_waiting() => {
                 tracing::debug!(reason = %e.reason(), "waiting for the SystemAccount");
                 report_failure(&api, &obj, e, &ctx).await;
             }
@@ -262,11 +262,11 @@ async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError,
     if let Err(e) = ctx.write_status(api, &fresh).await {
         tracing::debug!(error = %e, "could not write failure status");
     }
-    if matches!(err, ReconcileError::WaitingForSystemAccount(_)) {
+    if err.is_waiting() {
         return;
     }
     events::publish(
-        &ctx.recorder,
+        &ctx.events,
         &fresh,
         true,
         reason.as_str(),

@@ -495,7 +495,7 @@ async fn issue(
         w.secret_name
     );
     tracing::info!(revision, reason = reason.as_str(), %expires_at, "token issued");
-    events::publish(&w.ctx.recorder, &w.obj, false, verb, "Rotate", note).await;
+    events::publish(&w.ctx.events, &w.obj, false, verb, "Rotate", note).await;
     restart_targets_if_due(w).await;
     w.save().await
 }
@@ -563,7 +563,7 @@ async fn restart_targets_if_due(w: &mut Work<'_>) {
             Timestamp::now(),
         );
         events::publish(
-            &w.ctx.recorder,
+            &w.ctx.events,
             &w.obj,
             true,
             "RestartTargetFailed",
@@ -602,7 +602,7 @@ async fn revoke_due(w: &mut Work<'_>) -> Result<(), ReconcileError> {
             .ignore_not_found()
             .map_err(ReconcileError::konnect("revoking a previous token"))?;
         events::publish(
-            &w.ctx.recorder,
+            &w.ctx.events,
             &w.obj,
             false,
             "Revoked",
@@ -637,7 +637,7 @@ async fn cleanup(
                 .map_err(ReconcileError::kube("releasing the Secret"))?;
         }
         events::publish(
-            &ctx.recorder,
+            &ctx.events,
             &*obj,
             false,
             "Orphaned",
@@ -704,7 +704,7 @@ async fn cleanup(
         }
     }
     events::publish(
-        &ctx.recorder,
+        &ctx.events,
         &*obj,
         false,
         "Revoked",
