@@ -18,6 +18,7 @@ use clap::Parser;
 use konnect_sa_operator::sim::{Faults, SimConfig};
 use serde_json::Value;
 use serde_json::json;
+use support::env::{free_port, metric_total};
 use support::kube_api::store::{EventType, WatchRecord};
 use support::{NS, TestEnv};
 use tokio::sync::broadcast;
@@ -75,14 +76,6 @@ struct Figures {
     errors: u64,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn proc_status(pid: u32, key: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
@@ -114,11 +107,9 @@ async fn metric_sum(url: &str, name: &str) -> u64 {
     let Ok(resp) = reqwest::Client::new().get(url).send().await else {
         return 0;
     };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    metric_total(&resp.text().await.unwrap_or_default(), |l| {
+        l.starts_with(name)
+    })
 }
 
 /// Ready=True for the object's current generation.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use konnect_sa_operator::api::{RoleBinding, SystemAccount};
 use konnect_sa_operator::konnect::{ClientConfig, KonnectClient, RoleTuple};
 use konnect_sa_operator::sim::{Faults, SimConfig};
+use support::env::{free_port, metric_total};
 use support::{NS, TestEnv, delete, eventually, merge_patch, ready_of, wait_for};
 
 const T: Duration = Duration::from_secs(30);
@@ -399,21 +400,9 @@ const CP_ROLES: [&str; 10] = [
 ];
 
 fn reconciles_of(metrics: &str, kind: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("konnect_sa_reconciles_total") && l.contains(&format!("kind=\"{kind}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    metric_total(metrics, |l| {
+        l.starts_with("konnect_sa_reconciles_total") && l.contains(&format!("kind=\"{kind}\""))
+    })
 }
 
 /// Ten bindings of one account share the account's assigned-roles list: far fewer list calls

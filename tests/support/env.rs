@@ -241,3 +241,20 @@ where
         .await
         .expect("patch accepted");
 }
+
+/// A free local TCP port (for an operator's --metrics-addr).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sum of the samples of Prometheus text lines that `keep` accepts.
+pub fn metric_total(text: &str, keep: impl Fn(&str) -> bool) -> u64 {
+    text.lines()
+        .filter(|l| keep(l))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}

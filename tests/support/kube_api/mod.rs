@@ -175,13 +175,11 @@ impl FakeKube {
     }
 
     /// The change feed from now on: every create, update and delete, with the object.
-    #[allow(dead_code)]
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Arc<store::WatchRecord>> {
         self.store().subscribe()
     }
 
     /// How many objects `pred` accepts (nothing is copied).
-    #[allow(dead_code)]
     pub fn count(
         &self,
         group: &str,
