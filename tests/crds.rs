@@ -245,9 +245,19 @@ fn every_cel_rule_compiles_and_stays_within_the_cost_budget() {
         errors(&compiled, &mut errs);
         assert!(errs.is_empty(), "{kind}: {errs:#?}");
         for rule in &all {
+            // kube-cel's scope check counts a macro's own variable (`self.all(key, ...)`) as a
+            // reference: a variable the rule binds itself is in scope.
+            let bound = |w: &kube_cel::AnalysisWarning| {
+                w.message.split('\'').nth(1).is_some_and(|var| {
+                    ["all", "exists", "exists_one", "map", "filter"]
+                        .iter()
+                        .any(|m| rule.contains(&format!("{m}({var},")))
+                })
+            };
             let warnings: Vec<_> = analyze_rule(rule, &compiled, ScopeContext::CrdValidation)
                 .into_iter()
                 .filter(|w| matches!(w.kind, WarningKind::WrongScope | WarningKind::CostExceeded))
+                .filter(|w| !(w.kind == WarningKind::WrongScope && bound(w)))
                 .collect();
             assert!(warnings.is_empty(), "{kind}: {warnings:?}");
         }
@@ -550,5 +560,67 @@ fn check_types(kind: &str, object: &Value, path: &Path) {
     };
     if let Err(e) = result {
         panic!("{}: {e}", path.display());
+    }
+}
+
+/// `secretTemplate` keys: the CRD's CEL refuses exactly what the operator's own check refuses (the check
+/// that catches objects admitted before the rule existed), and what the API server would refuse on the
+/// Secret. Label values: the schema pattern and the operator agree.
+#[test]
+fn secret_template_keys_are_refused_at_apply_time_like_the_operator_refuses_them() {
+    use konnect_sa_operator::api::SystemAccountTokenSpec;
+    let keys = [
+        ("konghq.com/credential", true),
+        ("app", true),
+        ("reloader.stakater.com/match", true),
+        ("A_b.c-D", true),
+        ("bad key", false),
+        ("-lead", false),
+        ("Example.com/upper-prefix", false),
+        ("a/b/c", false),
+        ("konnect-sa.dev/revision", false),
+        ("x/", false),
+        ("", false),
+    ];
+    for (field, key_ok) in keys
+        .iter()
+        .flat_map(|k| [("labels", *k), ("annotations", *k)])
+    {
+        let (key, ok) = key_ok;
+        let spec =
+            json!({"systemAccountRef": {"name": "a"}, "secretTemplate": {field: {key: "v"}}});
+        let cel = cel_errors("SystemAccountToken", token(spec.clone()));
+        assert_eq!(cel.is_empty(), ok, "CEL on {field} key {key:?}: {cel:?}");
+        if !ok {
+            assert!(
+                cel.iter().any(|e| e.contains("keys")),
+                "the message names the keys: {cel:?}"
+            );
+        }
+        let parsed: SystemAccountTokenSpec = serde_json::from_value(spec).unwrap();
+        assert_eq!(
+            parsed.validate().is_ok(),
+            ok,
+            "operator on {field} key {key:?}"
+        );
+    }
+    let schema = schema("SystemAccountToken");
+    let labels =
+        &schema["properties"]["spec"]["properties"]["secretTemplate"]["properties"]["labels"];
+    assert_eq!(labels["maxProperties"], 8);
+    let values = &labels["additionalProperties"];
+    assert_eq!(values["maxLength"], 63);
+    let pattern = regex::Regex::new(values["pattern"].as_str().unwrap()).unwrap();
+    for value in ["", "konnect", "v1.2_3-x", "has space", "-x", "x-", "a!"] {
+        let spec: SystemAccountTokenSpec = serde_json::from_value(json!({
+            "systemAccountRef": {"name": "a"},
+            "secretTemplate": {"labels": {"k": value}}
+        }))
+        .unwrap();
+        assert_eq!(
+            pattern.is_match(value),
+            spec.validate().is_ok(),
+            "label value {value:?}"
+        );
     }
 }

@@ -1122,3 +1122,132 @@ async fn the_operator_crds_are_served_when_present() {
     assert!(kube.get("example.dev", "v1", "gadgets", "", "g1").is_some());
     kube.shutdown().await;
 }
+
+/// What a real API server refuses and the operator must not find out about only in production: label
+/// and annotation syntax (422 on any kind), an immutable Secret's data, events.k8s.io notes over 1024
+/// bytes; and a dry run checks all of it without storing anything.
+#[tokio::test]
+async fn refuses_what_the_real_server_refuses_and_dry_runs_store_nothing() {
+    let (kube, client) = start().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    for (key, value) in [
+        ("bad key", "v"),
+        ("ok", "not ok!"),
+        ("Upper.com/x", "v"),
+        ("x", &*"v".repeat(64)),
+    ] {
+        let err = secrets
+            .create(&PostParams::default(), &secret("labelled", &[(key, value)]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            api_code(&err),
+            Some((422, "Invalid".into())),
+            "{key}={value}"
+        );
+        assert!(err.to_string().contains("metadata.labels"), "{err}");
+    }
+    let mut annotated = secret("annotated", &[]);
+    annotated.metadata.annotations = Some([("not/valid/key".to_string(), "v".to_string())].into());
+    let err = secrets
+        .create(&PostParams::default(), &annotated)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((422, "Invalid".into())));
+    // Annotation keys are checked lowercased: an upper-case prefix is fine there.
+    annotated.metadata.annotations =
+        Some([("Example.com/Key".to_string(), "any text".to_string())].into());
+    secrets
+        .create(&PostParams::default(), &annotated)
+        .await
+        .unwrap();
+
+    // Dry runs: every check, nothing stored, no watch event.
+    let rv = kube.resource_version();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    secrets
+        .create(&dry, &secret("dry", &[("app", "x")]))
+        .await
+        .unwrap();
+    assert!(secrets.get_opt("dry").await.unwrap().is_none());
+    let err = secrets
+        .create(&dry, &secret("dry", &[("bad key", "x")]))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((422, "Invalid".into())));
+    let mut frozen = secrets.get("annotated").await.unwrap();
+    frozen.immutable = Some(true);
+    let frozen = secrets
+        .replace("annotated", &PostParams::default(), &frozen)
+        .await
+        .unwrap();
+    let rv_frozen = kube.resource_version();
+    assert!(rv_frozen > rv);
+    let mut changed = frozen.clone();
+    changed.data = Some([("k".to_string(), k8s_openapi::ByteString(b"new".to_vec()))].into());
+    let err = secrets
+        .replace("annotated", &dry, &changed)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((422, "Invalid".into())));
+    assert!(err.to_string().contains("immutable"), "{err}");
+    let mut relabelled = frozen.clone();
+    relabelled.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+    secrets
+        .replace("annotated", &dry, &relabelled)
+        .await
+        .unwrap();
+    assert_eq!(kube.resource_version(), rv_frozen, "dry runs store nothing");
+    let err = secrets
+        .patch(
+            "annotated",
+            &PatchParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &Patch::Merge(json!({})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_code(&err).map(|c| c.0),
+        Some(400),
+        "dry-run patches are refused, not committed"
+    );
+
+    // events.k8s.io: the note limit.
+    let events: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NS,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+            "events",
+        ),
+    );
+    let event = |name: &str, note: String| {
+        let mut e = DynamicObject::new(
+            name,
+            &ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+                "events",
+            ),
+        );
+        e.data = json!({"type": "Warning", "reason": "Tested", "action": "Test", "note": note,
+                        "eventTime": "2026-11-30T12:00:00.000000Z", "reportingController": "t",
+                        "reportingInstance": "t", "regarding": {"kind": "Secret", "name": "x"}});
+        e
+    };
+    events
+        .create(&PostParams::default(), &event("fits", "n".repeat(1024)))
+        .await
+        .unwrap();
+    let err = events
+        .create(&PostParams::default(), &event("long", "n".repeat(1025)))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((422, "Invalid".into())));
+    assert!(err.to_string().contains("note"), "{err}");
+}

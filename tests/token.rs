@@ -1002,3 +1002,294 @@ async fn crash_points_are_healed_without_leaks_or_double_rotation() {
     assert_no_token_value_exposed(&env);
     op.stop().await;
 }
+
+/// Konnect token creates so far (the simulator's count of `POST .../access-tokens`).
+fn token_creates(env: &TestEnv) -> u64 {
+    env.sim
+        .counts()
+        .get("post-system-accounts-id-access-tokens")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Secret writes that reached the API server (creates and updates), and the dry runs among them.
+fn secret_writes(env: &TestEnv) -> (usize, usize) {
+    let writes: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.plural == "secrets" && matches!(r.verb.as_str(), "create" | "update"))
+        .collect();
+    let dry = writes.iter().filter(|r| r.dry_run).count();
+    (writes.len(), dry)
+}
+
+/// The Warning Events about `name` with `reason`.
+fn warnings(env: &TestEnv, name: &str, reason: &str) -> Vec<Value> {
+    env.kube
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e["type"] == "Warning"
+                && e["reason"] == reason
+                && e["regarding"]["name"].as_str() == Some(name)
+        })
+        .collect()
+}
+
+/// Issue: a Secret write the API server refuses for a lasting reason (here an admission policy, with
+/// the long message such policies give) created and revoked Konnect tokens about 50 times a second.
+/// Now: one token at most (the first attempt cannot know), then a dry run asks the API server before
+/// any other token is created, and attempts follow the backoff (30 s, 60 s, ...), not the watch
+/// events of the operator's own status writes. The Warning Event arrives, its note within the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_secret_write_creates_no_token_loop_and_retries_on_the_backoff() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    let account_id = ready_account(&env, "policed").await;
+    let policy = format!(
+        "admission webhook \"secrets.policy.example.com\" denied the request: {}",
+        "Secrets in this namespace must carry the label team=platform. ".repeat(30)
+    );
+    env.kube
+        .inject_refusal("create", "secrets", 10_000, 403, &policy);
+    let (writes_before, _) = secret_writes(&env);
+    env.apply(&token_yaml("policed-token", "policed", ""));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "policed-token", T, |t| {
+        reason(t).as_deref() == Some("InvalidSpec")
+    })
+    .await;
+    let (_, _, msg) = ready_of(&status(&tok).conditions).unwrap();
+    assert!(
+        msg.contains("denied the request"),
+        "the API server's words: {msg}"
+    );
+    assert!(
+        !msg.contains("Status {"),
+        "no Debug dump of the Status: {msg}"
+    );
+    assert!(
+        eventually(T, || !warnings(&env, "policed-token", "InvalidSpec")
+            .is_empty())
+        .await,
+        "a Warning Event (the real server refuses notes over 1024 bytes): {:#?}",
+        env.kube.events()
+    );
+    let note = warnings(&env, "policed-token", "InvalidSpec")[0]["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        note.len() <= 1024 && note.contains("denied the request"),
+        "{note}"
+    );
+
+    // Quiet for 12 s (well within the first 30 s backoff): no more tokens, no more writes.
+    let creates = token_creates(&env);
+    let (writes, _) = secret_writes(&env);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    // One token at most: the first attempt cannot know (none when an earlier attempt had already
+    // failed for another reason, e.g. a stale copy: then the dry run comes first).
+    assert!(creates <= 1, "{creates} tokens created");
+    assert_eq!(
+        token_creates(&env),
+        creates,
+        "no token created while backing off"
+    );
+    assert_eq!(
+        secret_writes(&env).0,
+        writes,
+        "no Secret write while backing off"
+    );
+    assert_eq!(
+        writes - writes_before,
+        1,
+        "one Secret write (or dry run) so far"
+    );
+    // The one token issued never reached anyone: revoked.
+    assert!(env.sim.live_tokens(&account_id).is_empty());
+
+    // The retry after the backoff asks with a dry run first: still no second token.
+    assert!(
+        eventually(Duration::from_secs(60), || secret_writes(&env).1 >= 1).await,
+        "a dry run after the backoff: {:?}",
+        secret_writes(&env)
+    );
+    assert_eq!(token_creates(&env), creates, "the dry run spared a token");
+
+    // The policy is lifted and the object touched (any annotation): that ends the backoff at once.
+    env.kube.clear_faults();
+    merge_patch(
+        &api,
+        "policed-token",
+        json!({"metadata": {"annotations": {"example.com/retry": "1"}}}),
+    )
+    .await;
+    let tok = wait_for(&api, "policed-token", T, |t| ready_at(t, 1)).await;
+    let value = value_of(&secret(&env, "policed-token").await.unwrap());
+    assert_eq!(auth_status(&env, &value).await, 200);
+    assert_eq!(status(&tok).pending_token_name, None);
+    assert_eq!(token_creates(&env), creates + 1);
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+/// Issue: a `secretTemplate` label the API server refuses. The CRD refuses it at apply time; an object
+/// admitted before that rule existed (the stand-in does not evaluate CEL, like an old CRD) gets
+/// `InvalidSpec` naming the key, and no token is ever created for it. Fixing the spec issues at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_template_label_the_api_server_refuses_never_issues_a_token() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    ready_account(&env, "labelled").await;
+    env.apply(&token_yaml(
+        "labelled-token",
+        "labelled",
+        "  secretTemplate: {labels: {\"team name\": platform}}",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "labelled-token", T, |t| {
+        reason(t).as_deref() == Some("InvalidSpec")
+    })
+    .await;
+    let (_, _, msg) = ready_of(&status(&tok).conditions).unwrap();
+    assert!(
+        msg.contains("team name") && msg.contains("secretTemplate.labels"),
+        "{msg}"
+    );
+    assert!(
+        eventually(T, || !warnings(&env, "labelled-token", "InvalidSpec")
+            .is_empty())
+        .await,
+        "Warning Event"
+    );
+    let generation_writes = env
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.plural == "systemaccounttokens"
+                && r.verb != "get"
+                && r.verb != "list"
+                && r.verb != "watch"
+        })
+        .count();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        token_creates(&env),
+        0,
+        "no token for a Secret that cannot be written"
+    );
+    assert_eq!(secret_writes(&env).0, 0);
+    let later = env
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.plural == "systemaccounttokens"
+                && r.verb != "get"
+                && r.verb != "list"
+                && r.verb != "watch"
+        })
+        .count();
+    assert_eq!(
+        later, generation_writes,
+        "no writes to the object while backing off"
+    );
+
+    // The fix is an edit: it is acted on at once, not after the backoff.
+    merge_patch(
+        &api,
+        "labelled-token",
+        json!({"spec": {"secretTemplate": {"labels": {"team name": null, "team-name": "platform"}}}}),
+    )
+    .await;
+    wait_for(&api, "labelled-token", Duration::from_secs(10), |t| {
+        ready_at(t, 1)
+    })
+    .await;
+    let s = secret(&env, "labelled-token").await.unwrap();
+    assert_eq!(
+        s.metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("team-name")
+            .map(String::as_str),
+        Some("platform")
+    );
+    assert_eq!(token_creates(&env), 1);
+    op.stop().await;
+}
+
+/// Issue: an owned Secret marked `immutable: true`, then a rotation. The rotation is refused before any
+/// token is created (`SecretConflict`, saying what to do); the current token keeps working. Deleting the
+/// Secret, as the message says, gets a new token written at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_immutable_secret_blocks_rotation_without_issuing_and_says_what_to_do() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    let account_id = ready_account(&env, "frozen").await;
+    env.apply(&token_yaml("frozen-token", "frozen", ""));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "frozen-token", T, |t| ready_at(t, 1)).await;
+    let current = value_of(&secret(&env, "frozen-token").await.unwrap());
+    merge_patch(
+        &env.api::<Secret>(),
+        "frozen-token",
+        json!({"immutable": true}),
+    )
+    .await;
+
+    merge_patch(
+        &api,
+        "frozen-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "now"}}}),
+    )
+    .await;
+    let tok = wait_for(&api, "frozen-token", T, |t| {
+        reason(t).as_deref() == Some("SecretConflict")
+    })
+    .await;
+    let (_, _, msg) = ready_of(&status(&tok).conditions).unwrap();
+    assert!(
+        msg.contains("immutable") && msg.contains("Delete the Secret"),
+        "{msg}"
+    );
+    assert!(
+        eventually(T, || !warnings(&env, "frozen-token", "SecretConflict")
+            .is_empty())
+        .await,
+        "Warning Event"
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        token_creates(&env),
+        1,
+        "no token created for the blocked rotation"
+    );
+    assert_eq!(env.sim.live_tokens(&account_id).len(), 1);
+    assert_eq!(
+        auth_status(&env, &current).await,
+        200,
+        "the current token still works"
+    );
+    assert_eq!(
+        value_of(&secret(&env, "frozen-token").await.unwrap()),
+        current
+    );
+
+    // The way out the message gives.
+    delete(&env.api::<Secret>(), "frozen-token").await;
+    wait_for(&api, "frozen-token", Duration::from_secs(60), |t| {
+        ready_at(t, 2)
+    })
+    .await;
+    let fresh = value_of(&secret(&env, "frozen-token").await.unwrap());
+    assert_ne!(fresh, current);
+    assert_eq!(auth_status(&env, &fresh).await, 200);
+    assert_eq!(token_creates(&env), 2);
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}

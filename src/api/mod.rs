@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod duration;
+pub mod metadata;
 pub mod rbac;
 pub mod role_binding;
 pub mod system_account;

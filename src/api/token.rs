@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{DNS_SUBDOMAIN_PATTERN, DeletionPolicy, KonnectOverride, SystemAccountRef};
 use super::duration;
+use super::metadata::{self, LABEL_VALUE_PATTERN, QUALIFIED_NAME_PATTERN, RESERVED_PREFIX};
 
 /// Token lifetime when `spec.duration` is unset.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(2160 * 3600);
@@ -123,7 +124,8 @@ pub struct SystemAccountTokenSpec {
     #[x_kube(validation = Rule::new(format!("self.matches('{SECRET_KEY_PATTERN}')")).message("secretKey must consist of letters, digits, '-', '_' or '.'"))]
     pub secret_key: Option<String>,
     /// Extra labels and annotations for the Secret, e.g. `konghq.com/credential: konnect` for kong-operator, or
-    /// a Reloader annotation. The operator's own labels and `konnect-sa.dev/` annotations take precedence.
+    /// a Reloader annotation. The operator's own `app.kubernetes.io/managed-by` label takes precedence; keys under
+    /// `konnect-sa.dev/` are refused (the operator's own annotations live there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
     /// Workloads in this namespace to restart (like `kubectl rollout restart`) after each rotation, once the new
@@ -142,14 +144,30 @@ pub struct SystemAccountTokenSpec {
 }
 
 /// Extra metadata for the token Secret.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+// The key rules have the shape Gateway API ships for its infrastructure labels (8 entries at most keeps the
+// API server's CEL cost estimate within budget).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretTemplate {
-    /// Labels added to the Secret.
+    /// Labels added to the Secret (at most 8). Keys and values follow Kubernetes label syntax; keys under
+    /// `konnect-sa.dev/` are reserved for the operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 8, "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN}))]
+    #[x_kube(
+        validation = Rule::new(format!("self.all(key, key.matches('{QUALIFIED_NAME_PATTERN}'))")).message("label keys must be an optional DNS subdomain prefix and '/', then a name of 1-63 letters, digits, '-', '_' or '.' starting and ending alphanumeric"),
+        validation = Rule::new("self.all(key, key.split('/')[0].size() < 253)").message("a label key prefix must be shorter than 253 characters"),
+        validation = Rule::new(format!("self.all(key, !key.startsWith('{RESERVED_PREFIX}'))")).message("keys under konnect-sa.dev/ are reserved for the operator"),
+    )]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret.
+    /// Annotations added to the Secret (at most 8, values up to 4096 bytes). Keys follow Kubernetes
+    /// annotation key syntax; keys under `konnect-sa.dev/` are reserved for the operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 8, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
+    #[x_kube(
+        validation = Rule::new(format!("self.all(key, key.matches('{QUALIFIED_NAME_PATTERN}'))")).message("annotation keys must be an optional DNS subdomain prefix and '/', then a name of 1-63 letters, digits, '-', '_' or '.' starting and ending alphanumeric"),
+        validation = Rule::new("self.all(key, key.split('/')[0].size() < 253)").message("an annotation key prefix must be shorter than 253 characters"),
+        validation = Rule::new(format!("self.all(key, !key.startsWith('{RESERVED_PREFIX}'))")).message("keys under konnect-sa.dev/ are reserved for the operator"),
+    )]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -310,6 +328,9 @@ impl SystemAccountTokenSpec {
             return Err(format!(
                 "spec.secretKey {key:?} must consist of letters, digits, '-', '_' or '.'"
             ));
+        }
+        if let Some(t) = &self.secret_template {
+            metadata::check_template(&t.labels, &t.annotations)?;
         }
         for target in &self.rollout_restart_targets {
             if !is_dns_subdomain(&target.name) {

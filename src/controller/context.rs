@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::k8s::events::Publisher;
 use kube::runtime::reflector::Store;
 
+use super::backoff::Backoffs;
 use super::budget::DriftBudget;
 use super::connections::Connections;
 use super::konnect_cache::KonnectCache;
@@ -53,7 +54,8 @@ pub struct Context {
     verified: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// The newest resourceVersion we know of per object uid (our own writes, fresh reads).
     versions: Mutex<HashMap<String, String>>,
-    failures: Mutex<HashMap<String, u32>>,
+    /// Failures in a row per object, and the backoff they hold.
+    pub backoffs: Backoffs,
 }
 
 impl Context {
@@ -81,24 +83,8 @@ impl Context {
             verified: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             config,
-            failures: Mutex::new(HashMap::new()),
+            backoffs: Backoffs::default(),
         }
-    }
-
-    /// Counts one more failure in a row for `key` and returns the count before it.
-    pub fn record_failure(&self, key: &str) -> u32 {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(key.to_string()).or_insert(0);
-        let before = *n;
-        *n = n.saturating_add(1);
-        before
-    }
-
-    pub fn record_success(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
     }
 
     /// Records the version of an object we wrote or read fresh.

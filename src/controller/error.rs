@@ -29,7 +29,8 @@ pub enum ReconcileError {
         #[source]
         source: KonnectError,
     },
-    #[error("Kubernetes API: {context}: {source}")]
+    /// Shown as the API server's Status message, never kube's Debug dump of the Status.
+    #[error("Kubernetes API: {context}: {}", crate::k8s::error_summary(.source))]
     Kube {
         context: String,
         #[source]
@@ -64,6 +65,9 @@ impl ReconcileError {
                 KonnectError::BadRequest { .. } | KonnectError::Config(_) => Reason::InvalidSpec,
                 _ => Reason::KonnectError,
             },
+            // The API server refuses what the spec asks for (a label it will not take, an
+            // admission policy): an edit, not waiting, fixes it.
+            Self::Kube { source, .. } if crate::k8s::is_refusal(source) => Reason::InvalidSpec,
             Self::Kube { .. } => Reason::Pending,
         }
     }
@@ -86,6 +90,11 @@ impl ReconcileError {
             }
             Self::Konnect { source, .. } if source.is_transient() => {
                 format!("{self}. Retrying with backoff.")
+            }
+            Self::Kube { source, .. } if crate::k8s::is_refusal(source) => {
+                format!(
+                    "{self}. The API server will refuse this again: fix what it names; retried with backoff."
+                )
             }
             _ => self.to_string(),
         }
@@ -134,6 +143,8 @@ pub fn retry_delay(
         ReconcileError::InvalidSpec(_)
         | ReconcileError::Conflict(_)
         | ReconcileError::SecretConflict(_) => backoff(30),
+        // A deterministic refusal by the API server is a spec error in all but name.
+        ReconcileError::Kube { source, .. } if crate::k8s::is_refusal(source) => backoff(30),
         // The account's watch wakes us; this is only the fallback, so it does not grow.
         ReconcileError::WaitingForSystemAccount(_) => Duration::from_secs(30).min(max),
         e if e.is_write_conflict() => Duration::from_millis(200),
@@ -185,6 +196,29 @@ mod tests {
         });
         assert_eq!(e.reason(), Reason::AuthFailed);
         assert!(e.message().contains("Konnect token"));
+    }
+
+    #[test]
+    fn api_server_refusals_back_off_like_spec_errors_and_say_so_briefly() {
+        let status = kube::core::Status::failure(
+            "Secret \"s\" is invalid: metadata.labels: Invalid value: \"bad key\"",
+            "Invalid",
+        )
+        .with_code(422);
+        let e = ReconcileError::kube("writing Secret s")(kube::Error::Api(Box::new(status)));
+        assert_eq!(e.reason(), Reason::InvalidSpec);
+        assert_eq!(retry_delay(&e, 0, MAX, 0.0), Duration::from_secs(30));
+        let msg = e.message();
+        assert!(msg.contains("metadata.labels: Invalid value"), "{msg}");
+        assert!(!msg.contains("Status {"), "no Debug dump: {msg}");
+        // A stale copy is retried at once; a server error backs off from 5 s.
+        let stale = kube::core::Status::failure("conflict", "Conflict").with_code(409);
+        let e = ReconcileError::kube("x")(kube::Error::Api(Box::new(stale)));
+        assert_eq!(retry_delay(&e, 0, MAX, 0.0), Duration::from_millis(200));
+        let busy = kube::core::Status::failure("etcd", "InternalError").with_code(500);
+        let e = ReconcileError::kube("x")(kube::Error::Api(Box::new(busy)));
+        assert_eq!(retry_delay(&e, 0, MAX, 0.0), Duration::from_secs(5));
+        assert_eq!(e.reason(), Reason::Pending);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod account_plan;
 pub mod account_ref;
+pub mod backoff;
 pub mod binding;
 pub mod binding_plan;
 pub mod budget;

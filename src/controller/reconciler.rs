@@ -82,7 +82,7 @@ pub async fn finish<K: Managed>(
     Ok(Action::requeue(ctx.resync_with_jitter()))
 }
 
-fn object_key<K: Managed>(obj: &K) -> String {
+pub(crate) fn object_key<K: Managed>(obj: &K) -> String {
     format!(
         "{}/{}/{}",
         K::KIND,
@@ -114,6 +114,15 @@ where
         trace_id = %uuid::Uuid::new_v4().simple(),
     );
     let body = async move {
+        // After a failure, a trigger that changes nothing the user controls (our own status write,
+        // a related object's event) waits for the backoff: a failing step never runs in a hot loop.
+        if let Some(left) =
+            ctx.backoffs
+                .held_back(&object_key(&*obj), fingerprint(&*obj), Instant::now())
+        {
+            tracing::trace!(?left, "held back after a failure");
+            return Ok(Action::requeue(left));
+        }
         let started = Instant::now();
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
@@ -142,7 +151,7 @@ where
         ctx.metrics
             .observe_reconcile(K::KIND, started.elapsed(), category);
         match &result {
-            Ok(_) => ctx.record_success(&object_key(&*obj)),
+            Ok(_) => ctx.backoffs.record_success(&object_key(&*obj)),
             Err(e) if e.is_write_conflict() => {
                 tracing::debug!(error = %e, "stale object; retrying with fresh data")
             }
@@ -201,7 +210,7 @@ where
             .map_err(finalizer_err)?;
         let verified_key = format!("{}/{}", K::KIND, obj.uid().unwrap_or_default());
         ctx.forget_object(&*obj, &verified_key);
-        ctx.record_success(&object_key(&*obj));
+        ctx.backoffs.record_success(&object_key(&*obj));
         return Ok(action);
     }
     let obj = match index {
@@ -260,7 +269,7 @@ async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError,
     );
     fresh.set_observed_generation(generation);
     if let Err(e) = ctx.write_status(api, &fresh).await {
-        tracing::debug!(error = %e, "could not write failure status");
+        tracing::debug!(error = %crate::k8s::error_summary(&e), "could not write failure status");
     }
     if err.is_waiting() {
         return;
@@ -302,15 +311,33 @@ fn shows_failure<K: Managed>(obj: &K, err: &ReconcileError) -> bool {
     })
 }
 
+/// What the user controls of an object and the operator never writes: its spec (through the
+/// generation), annotations (a rotate request) and deletion. A change of it ends a backoff at once.
+pub(crate) fn fingerprint<K: Managed>(obj: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let meta = obj.meta();
+    meta.uid.hash(&mut h);
+    meta.generation.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
 /// Backoff per object: grows with consecutive failures, honours Retry-After, never a hot loop.
+/// Until it has passed, triggers that change nothing the user controls are held back (see
+/// [`Backoffs::held_back`](super::backoff::Backoffs::held_back)); a stale copy (409) is retried at once, and waiting for the account
+/// is woken by the account's watch.
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let failures = ctx.record_failure(&object_key(&*obj));
-    Action::requeue(retry_delay(
-        err,
-        failures,
-        ctx.config.max_backoff,
-        rand::random::<f64>(),
-    ))
+    let hold = !(err.is_waiting() || err.is_write_conflict());
+    let delay = ctx.backoffs.record_failure(
+        &object_key(&*obj),
+        fingerprint(&*obj),
+        hold,
+        Instant::now(),
+        |failures| retry_delay(err, failures, ctx.config.max_backoff, rand::random::<f64>()),
+    );
+    Action::requeue(delay)
 }
 
 /// Sets `Ready` and `observedGeneration` on a status-bearing object (success path).

@@ -14,7 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::account_ref::{self, ResolvedAccount};
 use super::context::Context;
 use super::error::ReconcileError;
-use super::reconciler::{mark_ready, reconcile_with};
+use super::reconciler::{mark_ready, object_key, reconcile_with};
 use super::token_plan::{
     CurrentToken, RotationInputs, RotationReason, SecretView, expiry, next_wakeup, renewal_time,
     revoke_at, rotation_due, secret_is_newer, token_name, whole_seconds,
@@ -369,6 +369,31 @@ async fn issue(
     let name = w.obj.name_any();
     let revision = w.st().revision.unwrap_or(0) + 1;
     let token_name = token_name(&ns, &name, revision);
+    let template = w.obj.spec.secret_template.clone().unwrap_or_default();
+    let (secret_name, secret_key) = (w.secret_name.clone(), w.secret_key.clone());
+    let target = SecretTarget {
+        namespace: &ns,
+        name: &secret_name,
+        key: &secret_key,
+        labels: &template.labels,
+        annotations: &template.annotations,
+        owner: owner_ref(&w.obj),
+    };
+
+    // 0. A token is created only for a Secret that can take it: a refused write would otherwise
+    //    cost a token created and revoked on every attempt. What is certain is checked here; after
+    //    a failed attempt the API server is asked too (dry run: webhooks and policies answer).
+    if let Some(why) = secret::unwritable(w.secret.as_ref()) {
+        return Err(ReconcileError::SecretConflict(why));
+    }
+    if w.ctx.backoffs.failed_last_time(&object_key(&w.obj)) {
+        secret::probe(&w.secrets, w.secret.as_ref(), &target)
+            .await
+            .map_err(ReconcileError::kube(format!(
+                "the API server would refuse Secret {}",
+                w.secret_name
+            )))?;
+    }
 
     // 1. Record the name before the create: if the response is lost or we crash, the next
     //    reconcile finds this token by name and revokes it.
@@ -408,15 +433,6 @@ async fn issue(
     };
 
     // 3. Write the Secret: from here on consumers have the new token.
-    let template = w.obj.spec.secret_template.clone().unwrap_or_default();
-    let target = SecretTarget {
-        namespace: &ns,
-        name: &w.secret_name,
-        key: &w.secret_key,
-        labels: &template.labels,
-        annotations: &template.annotations,
-        owner: owner_ref(&w.obj),
-    };
     let token = IssuedToken {
         value: &created.token,
         token_id: &created.meta.id,
@@ -427,7 +443,17 @@ async fn issue(
         expires_at,
         rotated_for: rotate_annotation.as_deref(),
     };
-    let written = secret::write(&w.secrets, w.secret.as_ref(), &target, &token).await;
+    let written = match secret::write(&w.secrets, w.secret.as_ref(), &target, &token).await {
+        Ok(s) => Ok(s),
+        // No answer, or a server error: the write may have landed. The Secret decides.
+        Err(e) if crate::k8s::error_code(&e).is_none_or(|c| c >= 500) => {
+            match w.secrets.get_opt(&w.secret_name).await {
+                Ok(Some(s)) if secret::holds_token(&s, &created.meta.id) => Ok(s),
+                _ => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
     let written = match written {
         Ok(s) => s,
         Err(e) => {
@@ -538,9 +564,12 @@ async fn restart_targets_if_due(w: &mut Work<'_>) {
         match restart::restart(&w.ctx.kube, &ns, kind, &t.name, &stamp).await {
             RestartOutcome::Patched => {}
             RestartOutcome::NotFound => missing.push(format!("{} {}", t.kind.as_str(), t.name)),
-            RestartOutcome::Failed(e) => {
-                missing.push(format!("{} {} ({e})", t.kind.as_str(), t.name))
-            }
+            RestartOutcome::Failed(e) => missing.push(format!(
+                "{} {} ({})",
+                t.kind.as_str(),
+                t.name,
+                crate::k8s::error_summary(&e)
+            )),
         }
     }
     let generation = w.obj.metadata.generation;

@@ -21,7 +21,10 @@ impl Publisher {
     }
 }
 
-/// Publishes an Event about `obj`. The note must never contain a token value.
+/// events.k8s.io refuses an Event whose note is longer than this (bytes).
+pub const NOTE_LIMIT: usize = 1024;
+
+/// Publishes an Event about `obj`, its note cut to [`NOTE_LIMIT`]. The note must never contain a token value.
 pub async fn publish<K: Resource<DynamicType = ()>>(
     publisher: &Publisher,
     obj: &K,
@@ -37,12 +40,12 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
             EventType::Normal
         },
         reason: reason.to_string(),
-        note: Some(note.into()),
+        note: Some(super::clip(&note.into(), NOTE_LIMIT)),
         action: action.to_string(),
         secondary: None,
     };
     let recorder = Recorder::new(publisher.client.clone(), publisher.reporter.clone());
     if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::debug!(error = %e, reason, "could not publish event");
+        tracing::warn!(error = %super::error_summary(&e), reason, "could not publish an Event");
     }
 }

@@ -89,16 +89,73 @@ pub async fn write(
     target: &SecretTarget<'_>,
     token: &IssuedToken<'_>,
 ) -> Result<Secret, kube::Error> {
-    let mut secret = build(target, token);
+    put(api, existing, build(target, token), false).await
+}
+
+/// Asks the API server (dry run: nothing is stored) whether it would take the Secret for the next
+/// token, with a placeholder in place of the value. Admission webhooks and policies see it too.
+pub async fn probe(
+    api: &Api<Secret>,
+    existing: Option<&Secret>,
+    target: &SecretTarget<'_>,
+) -> Result<(), kube::Error> {
+    let placeholder = TokenValue::new("dry-run");
+    let token = IssuedToken {
+        value: &placeholder,
+        token_id: "dry-run",
+        token_name: "dry-run",
+        account_id: "dry-run",
+        revision: 0,
+        issued_at: Timestamp::UNIX_EPOCH,
+        expires_at: Timestamp::UNIX_EPOCH,
+        rotated_for: None,
+    };
+    put(api, existing, build(target, &token), true)
+        .await
+        .map(|_| ())
+}
+
+async fn put(
+    api: &Api<Secret>,
+    existing: Option<&Secret>,
+    mut secret: Secret,
+    dry_run: bool,
+) -> Result<Secret, kube::Error> {
+    let params = PostParams {
+        dry_run,
+        ..Default::default()
+    };
     match existing {
-        None => api.create(&PostParams::default(), &secret).await,
+        None => api.create(&params, &secret).await,
         Some(old) => {
             secret.metadata.resource_version = old.metadata.resource_version.clone();
             secret.metadata.uid = old.metadata.uid.clone();
-            api.replace(target.name, &PostParams::default(), &secret)
-                .await
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            api.replace(&name, &params, &secret).await
         }
     }
+}
+
+/// Why the next token cannot go into `existing`, when that is certain without asking the API
+/// server: an immutable Secret keeps its data for good.
+pub fn unwritable(existing: Option<&Secret>) -> Option<String> {
+    let s = existing.filter(|s| s.immutable == Some(true))?;
+    Some(format!(
+        "Secret {} is immutable, so the next token cannot be written into it; the current token stays in \
+         use until it expires. Delete the Secret (a new token is written at once) or set spec.secretName to \
+         another name",
+        s.metadata.name.as_deref().unwrap_or_default()
+    ))
+}
+
+/// Whether `secret` holds the token `token_id` (a write whose answer was lost may have landed).
+pub fn holds_token(secret: &Secret, token_id: &str) -> bool {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_TOKEN_ID))
+        .is_some_and(|id| id == token_id)
 }
 
 /// Reads what a Secret says about its token, for the CR with uid `owner_uid`.

@@ -51,6 +51,126 @@ pub fn check_builtin(
     Ok(())
 }
 
+/// The API server's own patterns (apimachinery `validation.IsQualifiedName`, `IsValidLabelValue`).
+const QUALIFIED_NAME: &str = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$";
+const DNS1123_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// All annotations of one object together (`TotalAnnotationSizeLimitB`).
+const ANNOTATIONS_LIMIT: usize = 256 * 1024;
+/// events.k8s.io/v1 `note` (`NoteLengthLimit`).
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+
+fn matches(pattern: &str, text: &str) -> bool {
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, regex::Regex>>,
+    > = std::sync::OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    cache
+        .entry(pattern.to_string())
+        .or_insert_with(|| regex::Regex::new(pattern).expect("valid pattern"))
+        .is_match(text)
+}
+
+/// Why `key` is not a qualified name, in the API server's words (None: it is one).
+fn qualified_name_error(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if name.contains('/') {
+        return Some("a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character with an optional DNS subdomain prefix and '/'".into());
+    }
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            return Some("prefix part must be non-empty".into());
+        }
+        if p.len() > 253 || !matches(DNS1123_SUBDOMAIN, p) {
+            return Some("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".into());
+        }
+    }
+    if name.is_empty() {
+        return Some("name part must be non-empty".into());
+    }
+    if name.len() > 63 {
+        return Some("name part must be no more than 63 characters".into());
+    }
+    if !matches(QUALIFIED_NAME, name) {
+        return Some("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".into());
+    }
+    None
+}
+
+/// Label and annotation syntax, checked on every write of every kind, as `ValidateObjectMeta` does:
+/// keys are qualified names (annotation keys lowercased first), label values at most 63 characters of
+/// the same alphabet, annotations at most 256 KiB together. 422 Invalid otherwise.
+pub fn check_metadata(rt: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
+    let meta = obj.get("metadata");
+    let map = |field: &str| meta.and_then(|m| m.get(field)).and_then(Value::as_object);
+    let invalid = |field: String| Err(ApiError::invalid(rt, name, &field));
+    for (key, value) in map("labels").into_iter().flatten() {
+        if let Some(why) = qualified_name_error(key) {
+            return invalid(format!("metadata.labels: Invalid value: {key:?}: {why}"));
+        }
+        let v = value.as_str().unwrap_or_default();
+        if v.len() > 63 {
+            return invalid(format!(
+                "metadata.labels: Invalid value: {v:?}: must be no more than 63 characters"
+            ));
+        }
+        if !v.is_empty() && !matches(QUALIFIED_NAME, v) {
+            return invalid(format!(
+                "metadata.labels: Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+            ));
+        }
+    }
+    let mut total = 0;
+    for (key, value) in map("annotations").into_iter().flatten() {
+        if let Some(why) = qualified_name_error(&key.to_lowercase()) {
+            return invalid(format!(
+                "metadata.annotations: Invalid value: {key:?}: {why}"
+            ));
+        }
+        total += key.len() + value.as_str().unwrap_or_default().len();
+    }
+    if total > ANNOTATIONS_LIMIT {
+        return invalid(format!(
+            "metadata.annotations: Too long: may not be more than {ANNOTATIONS_LIMIT} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// events.k8s.io/v1 Events: a type of Normal or Warning, an eventTime, and a note of at most 1024 bytes
+/// (the limit a long error message runs into).
+pub fn check_event(rt: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
+    if !(rt.group == "events.k8s.io" && rt.plural == "events") {
+        return Ok(());
+    }
+    let invalid = |field: String| Err(ApiError::invalid(rt, name, &field));
+    let note = obj.get("note").and_then(Value::as_str).unwrap_or_default();
+    if note.len() > EVENT_NOTE_LIMIT {
+        return invalid(format!(
+            "note: Too long: may not be more than {EVENT_NOTE_LIMIT} bytes"
+        ));
+    }
+    match obj.get("type").and_then(Value::as_str) {
+        Some("Normal" | "Warning") => {}
+        other => {
+            return invalid(format!(
+                "type: Unsupported value: {:?}: supported values: \"Normal\", \"Warning\"",
+                other.unwrap_or_default()
+            ));
+        }
+    }
+    if obj.get("eventTime").is_none_or(Value::is_null) {
+        return invalid("eventTime: Required value".into());
+    }
+    Ok(())
+}
+
 pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);

@@ -30,6 +30,8 @@ pub struct RequestRecord {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// `dryRun=All`: checked, not stored.
+    pub dry_run: bool,
 }
 
 /// A failure to inject into matching requests.
@@ -39,6 +41,8 @@ pub struct Fault {
     pub plural: String,
     pub remaining: u32,
     pub code: u16,
+    /// The Status message; None: a generic "injected failure" text with reason InternalError.
+    pub message: Option<String>,
 }
 
 /// State shared by the HTTP handlers and the test API.
@@ -275,27 +279,34 @@ async fn handle(
             namespace: route.namespace.clone(),
             name: route.name.clone(),
             subresource: route.subresource.clone(),
+            dry_run: params.get("dryRun").is_some(),
         });
-    if params.get("dryRun").is_some() {
-        // Refused rather than silently committed: a test relying on dry runs should notice.
+    // Dry runs of POST and PUT run every check and store nothing; elsewhere they are refused rather
+    // than silently committed, so a test relying on one notices.
+    let dry_run = params.get("dryRun").is_some();
+    if dry_run && !matches!(verb, "create" | "update") {
         return error_response(&ApiError::bad_request(
-            "dryRun is not supported by the Kubernetes API stand-in",
+            "dryRun is supported by the Kubernetes API stand-in for create and update only",
         ));
     }
-    if let Some(code) = take_fault(&shared, verb, &route.plural) {
-        let err = ApiError::new(
-            code,
-            "InternalError",
-            format!("injected failure for {verb} {}", route.plural),
-        );
+    if let Some(fault) = take_fault(&shared, verb, &route.plural) {
+        let err = match fault.message {
+            // A refusal in the words of an admission webhook or policy engine.
+            Some(message) => ApiError::new(fault.code, "Forbidden", message),
+            None => ApiError::new(
+                fault.code,
+                "InternalError",
+                format!("injected failure for {verb} {}", route.plural),
+            ),
+        };
         return error_response(&err);
     }
     let result = match verb {
         "watch" => return watch_response(&shared, &route, &params),
         "list" => list(&shared, &route, &params),
         "get" => get(&shared, &route),
-        "create" => create(&shared, &route, &body),
-        "update" => replace(&shared, &route, &body),
+        "create" => create(&shared, &route, &body, dry_run),
+        "update" => replace(&shared, &route, &body, dry_run),
         "patch" => patch(&shared, &route, &params, &headers, &body),
         "delete" => delete(&shared, &route, &body),
         "deletecollection" => delete_collection(&shared, &route, &params),
@@ -316,7 +327,7 @@ async fn handle(
     json_response(code, &value)
 }
 
-fn take_fault(shared: &Shared, verb: &str, plural: &str) -> Option<u16> {
+fn take_fault(shared: &Shared, verb: &str, plural: &str) -> Option<Fault> {
     let mut faults = shared.faults.lock().expect("faults lock");
     let fault = faults.iter_mut().find(|f| {
         f.remaining > 0
@@ -324,9 +335,9 @@ fn take_fault(shared: &Shared, verb: &str, plural: &str) -> Option<u16> {
             && (f.plural == plural || f.plural == "*")
     })?;
     fault.remaining -= 1;
-    let code = fault.code;
+    let taken = fault.clone();
     faults.retain(|f| f.remaining > 0);
-    Some(code)
+    Some(taken)
 }
 
 type Outcome = Result<(StatusCode, Value), ApiError>;
@@ -423,7 +434,7 @@ fn get(shared: &Shared, route: &Route) -> Outcome {
     ))
 }
 
-fn create(shared: &Shared, route: &Route, body: &[u8]) -> Outcome {
+fn create(shared: &Shared, route: &Route, body: &[u8], dry_run: bool) -> Outcome {
     if route.name.is_some() {
         return Err(ApiError::new(
             405,
@@ -433,18 +444,24 @@ fn create(shared: &Shared, route: &Route, body: &[u8]) -> Outcome {
     }
     let value = parse_json(body)?;
     let mut store = shared.store.lock().expect("store lock");
-    let obj = store.create(route.type_id, route.namespace.as_deref(), value)?;
+    store.dry_run = dry_run;
+    let obj = store.create(route.type_id, route.namespace.as_deref(), value);
+    store.dry_run = false;
+    let obj = obj?;
     Ok((
         StatusCode::CREATED,
         store.render(route.type_id, &route.version, &obj),
     ))
 }
 
-fn replace(shared: &Shared, route: &Route, body: &[u8]) -> Outcome {
+fn replace(shared: &Shared, route: &Route, body: &[u8], dry_run: bool) -> Outcome {
     let value = parse_json(body)?;
     let mut store = shared.store.lock().expect("store lock");
     let name = route.name.as_deref().unwrap_or("");
-    let obj = store.replace(route.type_id, ns(route), name, value, target(route))?;
+    store.dry_run = dry_run;
+    let obj = store.replace(route.type_id, ns(route), name, value, target(route));
+    store.dry_run = false;
+    let obj = obj?;
     Ok((
         StatusCode::OK,
         store.render(route.type_id, &route.version, &obj),

@@ -29,7 +29,9 @@
 //! `patch.rs`); strategic merge patch merges only `metadata.finalizers` lists; no CEL rules, admission, RBAC,
 //! defaults of built-in kinds (except Secret `type`), namespace deletion cascade, foreground/orphan
 //! propagation, or conversion between CRD versions; core and events.k8s.io Events are separate stores;
-//! `dryRun` is refused with 400.
+//! `dryRun` runs the checks of create and update (PUT) and stores nothing, and is refused with 400 elsewhere.
+//! Label and annotation syntax and size, and events.k8s.io Event `type`, `eventTime` and note length (1024),
+//! are refused with 422 like the real server does.
 
 pub mod builtin;
 pub mod crd;
@@ -470,7 +472,25 @@ impl FakeKube {
             plural: plural.into(),
             remaining: times,
             code,
+            message: None,
         });
+    }
+
+    /// Makes the next `times` requests with `verb` on `plural` be refused with HTTP `code` and `message`
+    /// (reason Forbidden), as an admission webhook or a policy engine refuses a write; dry runs included.
+    pub fn inject_refusal(&self, verb: &str, plural: &str, times: u32, code: u16, message: &str) {
+        self.shared.faults.lock().expect("faults lock").push(Fault {
+            verb: verb.into(),
+            plural: plural.into(),
+            remaining: times,
+            code,
+            message: Some(message.into()),
+        });
+    }
+
+    /// Lifts every injected failure and refusal that is still pending.
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().expect("faults lock").clear();
     }
 
     /// Polls `check` every 20 ms until it returns true or `timeout` passes; returns the last result.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
-use super::builtin::check_builtin;
+use super::builtin::{check_builtin, check_event, check_metadata};
 use super::patch::{self, PatchKind};
 use super::schema;
 use super::selector::{FieldSelector, LabelSelector};
@@ -96,6 +96,8 @@ pub struct Store {
     applied: BTreeMap<(TypeId, Key), AppliedFields>,
     /// uids of the objects that exist, for the garbage collector's owner checks.
     uids: HashSet<String>,
+    /// Set for one request with `dryRun=All`: every check runs, nothing is stored.
+    pub(crate) dry_run: bool,
 }
 
 /// Initial resourceVersion; anything below is "too old" from the start.
@@ -205,6 +207,7 @@ impl Store {
             tx,
             applied: BTreeMap::new(),
             uids: HashSet::new(),
+            dry_run: false,
         }
     }
 
@@ -523,6 +526,11 @@ impl Store {
         }
         check_schema(&rt, &key.1, &mut body)?;
         check_builtin(&rt, &key.1, None, &mut body)?;
+        check_metadata(&rt, &key.1, &body)?;
+        check_event(&rt, &key.1, &body)?;
+        if self.dry_run {
+            return Ok(body);
+        }
         if rt.namespaced {
             self.ensure_namespace(&ns);
         }
@@ -792,6 +800,8 @@ impl Store {
 
         check_schema(&rt, name, &mut new)?;
         check_builtin(&rt, name, Some(&old), &mut new)?;
+        check_metadata(&rt, name, &new)?;
+        check_event(&rt, name, &new)?;
         if rt.has_generation && spec_part(&rt, &old) != spec_part(&rt, &new) {
             let generation = old_meta
                 .get("generation")
@@ -803,6 +813,9 @@ impl Store {
         if new == old {
             // The real API server skips no-op writes: no new resourceVersion, no watch event.
             return Ok(old);
+        }
+        if self.dry_run {
+            return Ok(new);
         }
         if being_deleted && finalizers(&new).is_empty() {
             let key = self.key(t, ns, name);

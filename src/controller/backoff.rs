@@ -1,0 +1,113 @@
+//! Per-object failure bookkeeping: how often an object failed in a row, and until when triggers that
+//! change nothing the user controls are held back. Our own status writes wake the object through its
+//! watch; without the hold, a failing step would run again on each of them instead of on the backoff.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Backoffs {
+    failing: Mutex<HashMap<String, Failing>>,
+}
+
+struct Failing {
+    count: u32,
+    /// No retry before this, unless `fingerprint` changed.
+    until: Instant,
+    /// What the user controls of the object when it failed (see `reconciler::fingerprint`).
+    fingerprint: u64,
+}
+
+impl Backoffs {
+    /// Counts one more failure in a row for `key`, holds it back for `delay(failures before)` when
+    /// `hold`, and returns that delay. Without `hold` the failure is counted but any trigger retries
+    /// (waiting for an account: its watch is the signal to look again).
+    pub fn record_failure(
+        &self,
+        key: &str,
+        fingerprint: u64,
+        hold: bool,
+        now: Instant,
+        delay: impl FnOnce(u32) -> Duration,
+    ) -> Duration {
+        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = f.entry(key.to_string()).or_insert(Failing {
+            count: 0,
+            until: now,
+            fingerprint,
+        });
+        let wait = delay(entry.count);
+        entry.count = entry.count.saturating_add(1);
+        entry.until = if hold { now + wait } else { now };
+        entry.fingerprint = fingerprint;
+        wait
+    }
+
+    /// How long `key` is still held back, if its fingerprint is the one it failed with.
+    pub fn held_back(&self, key: &str, fingerprint: u64, now: Instant) -> Option<Duration> {
+        let f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let failing = f.get(key).filter(|x| x.fingerprint == fingerprint)?;
+        let left = failing.until.saturating_duration_since(now);
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Whether the last reconcile of `key` failed.
+    pub fn failed_last_time(&self, key: &str) -> bool {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
+    pub fn record_success(&self, key: &str) {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_failure_holds_back_triggers_that_change_nothing_until_its_delay_passed() {
+        let b = Backoffs::default();
+        let t0 = Instant::now();
+        let seen = std::cell::Cell::new(u32::MAX);
+        let d = b.record_failure("k", 7, true, t0, |n| {
+            seen.set(n);
+            5 * S
+        });
+        assert_eq!((d, seen.get()), (5 * S, 0));
+        // Our own status write wakes it 1 s later: held for the 4 s left.
+        assert_eq!(b.held_back("k", 7, t0 + S), Some(4 * S));
+        // An edit (another fingerprint) goes through; so does anything after the delay.
+        assert_eq!(b.held_back("k", 8, t0 + S), None);
+        assert_eq!(b.held_back("k", 7, t0 + 5 * S), None);
+        assert!(b.failed_last_time("k"));
+        // The second failure in a row sees one failure before it.
+        b.record_failure("k", 7, true, t0 + 5 * S, |n| {
+            seen.set(n);
+            10 * S
+        });
+        assert_eq!(seen.get(), 1);
+        assert_eq!(b.held_back("k", 7, t0 + 6 * S), Some(9 * S));
+        b.record_success("k");
+        assert_eq!(b.held_back("k", 7, t0 + 6 * S), None);
+        assert!(!b.failed_last_time("k"));
+    }
+
+    #[test]
+    fn a_failure_without_hold_is_counted_but_holds_nothing() {
+        let b = Backoffs::default();
+        let t0 = Instant::now();
+        b.record_failure("k", 1, false, t0, |_| 30 * S);
+        assert_eq!(b.held_back("k", 1, t0), None);
+        assert!(b.failed_last_time("k"));
+        assert_eq!(b.held_back("other", 1, t0), None);
+    }
+}
