@@ -208,18 +208,64 @@ fn chart_templates_are_balanced() {
     }
 }
 
+/// Where the release version is written, as (file, pattern whose group 1 is the version written there, fewest
+/// matches). The crate version is the one source: `UPDATE_VERSION=1 cargo test --test install version` writes it
+/// everywhere else.
+const VERSION_PLACES: &[(&str, &str, usize)] = &[
+    (
+        "charts/konnect-sa-operator/Chart.yaml",
+        r#"(?m)^version: *"?([^\s"]+)"#,
+        1,
+    ),
+    (
+        "charts/konnect-sa-operator/Chart.yaml",
+        r#"(?m)^appVersion: *"?([^\s"]+)"#,
+        1,
+    ),
+    ("config/manager/manager.yaml", IMAGE_TAG, 1),
+    ("README.md", IMAGE_TAG, 0),
+    ("README.md", RELEASE_ASSET, 1),
+    ("README.md", CHART_OCI, 1),
+    ("charts/konnect-sa-operator/README.md", CHART_OCI, 0),
+    ("Dockerfile", IMAGE_TAG, 0),
+];
+const IMAGE_TAG: &str = r"ghcr\.io/konnect-sa-operator/konnect-sa-operator:([0-9][^\s`'\x22@]*)";
+const RELEASE_ASSET: &str = r"konnect-sa-operator/releases/download/v([0-9][^/\s]*)/";
+const CHART_OCI: &str = r"oci://ghcr\.io/konnect-sa-operator/charts/konnect-sa-operator\s+(?:\\\s+)?--version[ =]([0-9][^\s`]*)";
+
 #[test]
-fn chart_crds_and_versions_match() {
-    let chart: Value =
-        serde_yaml::from_str(&read("charts/konnect-sa-operator/Chart.yaml")).unwrap();
+fn the_version_is_the_same_everywhere() {
     let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(chart["appVersion"], version);
-    assert_eq!(chart["version"], version);
-    let manager = read("config/manager/manager.yaml");
-    assert!(manager.contains(&format!(
-        "image: ghcr.io/konnect-sa-operator/konnect-sa-operator:{version}"
-    )));
-    // CRD copies are checked byte for byte by tests/crds.rs.
+    let update = std::env::var_os("UPDATE_VERSION").is_some();
+    let mut wrong = Vec::new();
+    for (file, pattern, fewest) in VERSION_PLACES {
+        let mut text = read(file);
+        let re = regex::Regex::new(pattern).unwrap();
+        let found: Vec<_> = re
+            .captures_iter(&text)
+            .map(|c| c.get(1).unwrap())
+            .map(|m| (m.range(), m.as_str().to_string()))
+            .collect();
+        assert!(
+            found.len() >= *fewest,
+            "{file} no longer names the version ({pattern})"
+        );
+        for (range, found) in found.iter().rev() {
+            if found != version {
+                let line = text[..range.start].lines().count().max(1);
+                wrong.push(format!("{file}:{line}: {found}"));
+                text.replace_range(range.clone(), version);
+            }
+        }
+        if update && !found.iter().all(|(_, v)| v == version) {
+            std::fs::write(root().join(file), &text).unwrap();
+        }
+    }
+    assert!(
+        update || wrong.is_empty(),
+        "the crate version is {version}, but: {wrong:#?}\n(UPDATE_VERSION=1 cargo test --test install version \
+         writes it there)"
+    );
 }
 
 fn deployment(text: &str) -> Deployment {
@@ -242,7 +288,13 @@ fn kustomize_deployment_runs_the_operator_hardened() {
     let c = &pod.containers[0];
     assert_eq!(
         c.image.as_deref(),
-        Some("ghcr.io/konnect-sa-operator/konnect-sa-operator:0.1.0")
+        Some(
+            format!(
+                "ghcr.io/konnect-sa-operator/konnect-sa-operator:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_str()
+        )
     );
     let args = c.args.clone().unwrap();
     assert_eq!(args[0], "run");
