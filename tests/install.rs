@@ -951,7 +951,7 @@ fn replay_copy(
         for m in matches {
             let to = if m.is_dir() {
                 dest.clone()
-            } else if many {
+            } else if many || dest.is_dir() {
                 dest.join(m.file_name().unwrap())
             } else {
                 dest.clone()
