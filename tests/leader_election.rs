@@ -64,7 +64,7 @@ spec:
 
 /// One operator process with its own proxies in front of the stand-in and the simulator.
 struct Replica {
-    name: &'static str,
+    name: String,
     child: tokio::process::Child,
     kube: Proxy,
     _konnect: Proxy,
@@ -73,7 +73,7 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(env: &TestEnv, net: &Net, name: &'static str) -> Self {
+    async fn start(env: &TestEnv, net: &Net, name: &str) -> Self {
         let kube = net.proxy(name, "kube", &env.kube.url()).await;
         let konnect = net.proxy(name, "konnect", &env.sim.base_url()).await;
         let kubeconfig = env.dir.path().join(format!("{name}.kubeconfig"));
@@ -100,7 +100,7 @@ impl Replica {
             &log,
         );
         Self {
-            name,
+            name: name.to_string(),
             child,
             kube,
             _konnect: konnect,
@@ -232,9 +232,9 @@ async fn takeover(failure: Failure) {
             token_ready,
         )
         .await;
-        assert!(!net.writes_of(leader.name).is_empty(), "the leader writes");
+        assert!(!net.writes_of(&leader.name).is_empty(), "the leader writes");
         assert!(
-            net.writes_of(standby.name).is_empty(),
+            net.writes_of(&standby.name).is_empty(),
             "the standby never wrote"
         );
 
@@ -254,12 +254,12 @@ async fn takeover(failure: Failure) {
         }
 
         wait_for(&leases, LEASE, T, |l| {
-            holder(l).as_deref() == Some(standby.name)
+            holder(l).as_deref() == Some(standby.name.as_str())
         })
         .await;
         let took_lease = failed.elapsed();
         let first: Seen = loop {
-            if let Some(w) = net.writes_of(standby.name).into_iter().next() {
+            if let Some(w) = net.writes_of(&standby.name).into_iter().next() {
                 break w;
             }
             assert!(failed.elapsed() < T, "the new leader never wrote");
@@ -302,13 +302,13 @@ async fn takeover(failure: Failure) {
             Failure::Kill => {}
         }
         // Give a straggler every chance to show up: the new leader works on for a while.
-        let settle = net.writes_of(standby.name).len() + 20;
+        let settle = net.writes_of(&standby.name).len() + 20;
         let deadline = Instant::now() + T;
-        while net.writes_of(standby.name).len() < settle && Instant::now() < deadline {
+        while net.writes_of(&standby.name).len() < settle && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let late: Vec<Seen> = net
-            .writes_of(leader.name)
+            .writes_of(&leader.name)
             .into_iter()
             .filter(|w| w.seq > first.seq)
             .collect();
@@ -348,6 +348,183 @@ async fn a_leader_cut_off_from_the_api_server_stops_writing_before_the_standby_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_whose_renewal_hangs_stops_writing_before_the_standby_starts() {
     takeover(Failure::RenewalHangs).await;
+}
+
+/// A token with a rotation every 7-15 s (renewal 75 s before a 90 s expiry, up to 10% earlier).
+fn rotating(i: usize) -> String {
+    format!(
+        "{}  duration: 90s\n  renewBefore: 75s\n  previousTokenRetention: 10s\n",
+        account_and_token(i)
+    )
+}
+
+/// Each token's Secret holds a token Konnect accepts (never a revoked one).
+async fn secrets_hold_live_tokens(env: &TestEnv, n: usize) -> Result<(), String> {
+    let secrets = env.api::<Secret>();
+    let tokens = env.api::<SystemAccountToken>();
+    for i in 0..n {
+        let Ok(Some(secret)) = secrets.get_opt(&format!("bot-{i}-token")).await else {
+            continue;
+        };
+        let annotations = secret.metadata.annotations.unwrap_or_default();
+        let (Some(id), Some(account)) = (
+            annotations.get("konnect-sa.dev/token-id"),
+            annotations.get("konnect-sa.dev/account-id"),
+        ) else {
+            continue;
+        };
+        if !env.sim.live_tokens(account).iter().any(|t| &t.id == id) {
+            let t = tokens.get(&format!("bot-{i}-token")).await.ok();
+            return Err(format!(
+                "bot-{i}: the Secret holds token {id}, which Konnect no longer accepts; CR: {:?}",
+                t.and_then(|t| t.status)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// 50 handovers (SIGTERM, and kill -9 every fifth) while 8 tokens rotate every few seconds: no
+/// Secret ever holds a revoked token, every replica's writes end before its successor's begin,
+/// and once things settle each account has exactly the one live token its Secret holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_handovers_with_rotations_in_flight_keep_the_token_invariants() {
+    const N: usize = 8;
+    const HANDOVERS: usize = 50;
+    let env = TestEnv::start().await;
+    let net = Net::new();
+    let leases: Api<Lease> = env.api();
+    let docs: Vec<String> = (0..N).map(rotating).collect();
+    env.apply(&docs.join("---\n"));
+    let mut standby = Replica::start(&env, &net, "op-0").await;
+    let mut leader = Replica::start(&env, &net, "op-1").await;
+    let lease = wait_for(&leases, LEASE, T, |l| holder(l).is_some()).await;
+    if holder(&lease).as_deref() == Some(standby.name.as_str()) {
+        std::mem::swap(&mut leader, &mut standby);
+    }
+    let mut leaders = vec![leader.name.clone()];
+    let checked = std::sync::Mutex::new(0usize);
+    let done = AtomicBool::new(false);
+    // Sample the invariant all along, not only at the end.
+    let watcher = async {
+        while !done.load(Ordering::SeqCst) {
+            if let Err(e) = secrets_hold_live_tokens(&env, N).await {
+                panic!("{e}");
+            }
+            *checked.lock().unwrap() += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let handovers = async {
+        let started = Instant::now();
+        for i in 0..HANDOVERS {
+            // Let the leader get to work (a write), then take it out in the middle of it.
+            let deadline = Instant::now() + T;
+            while net.writes_of(&leader.name).is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(rand_ms(i))).await;
+            standby.wait_ready().await;
+            if i % 5 == 4 {
+                leader.child.start_kill().unwrap();
+            } else {
+                let pid = leader.child.id().unwrap().to_string();
+                std::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap();
+            }
+            let _ = tokio::time::timeout(T, leader.child.wait()).await;
+            wait_for(&leases, LEASE, T, |l| {
+                holder(l).as_deref() == Some(standby.name.as_str())
+            })
+            .await;
+            leaders.push(standby.name.clone());
+            let next = Replica::start(&env, &net, &format!("op-{}", i + 2)).await;
+            leader = std::mem::replace(&mut standby, next);
+        }
+        eprintln!("{HANDOVERS} handovers in {:?}", started.elapsed());
+        done.store(true, Ordering::SeqCst);
+    };
+    tokio::join!(watcher, handovers);
+    assert!(*checked.lock().unwrap() > 50, "the invariant was sampled");
+
+    // Writes of consecutive leaders never overlap.
+    for pair in leaders.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        let last_old = net.writes_of(old).last().map(|w| w.seq);
+        let first_new = net.writes_of(new).first().map(|w| w.seq);
+        if let (Some(last_old), Some(first_new)) = (last_old, first_new) {
+            assert!(
+                last_old < first_new,
+                "{old} wrote (#{last_old}) after its successor {new} (#{first_new})"
+            );
+        }
+    }
+    let rotations: usize = (0..N)
+        .map(|i| {
+            env.kube
+                .get(
+                    "konnect-sa.dev",
+                    "v1alpha1",
+                    "systemaccounttokens",
+                    NS,
+                    &format!("bot-{i}-token"),
+                )
+                .and_then(|t| t.pointer("/status/revision").and_then(|r| r.as_u64()))
+                .unwrap_or(0) as usize
+        })
+        .sum();
+    eprintln!("{rotations} tokens issued across {HANDOVERS} handovers");
+    assert!(
+        rotations >= 2 * N,
+        "rotations happened during the handovers: {rotations}"
+    );
+
+    // Settled (the retention of the last rotation passed): one live token per account, the
+    // Secret's. Renewals go on, so look between two of them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        secrets_hold_live_tokens(&env, N).await.unwrap();
+        let mut leaked = Vec::new();
+        for i in 0..N {
+            let t = env
+                .api::<SystemAccountToken>()
+                .get(&format!("bot-{i}-token"))
+                .await
+                .unwrap();
+            let st = t.status.unwrap_or_default();
+            let account = st.account_id.clone().unwrap_or_default();
+            let live: Vec<String> = env
+                .sim
+                .live_tokens(&account)
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
+            let expected: Vec<String> = st
+                .token_id
+                .iter()
+                .cloned()
+                .chain(st.previous_tokens.iter().map(|p| p.id.clone()))
+                .collect();
+            if live.iter().any(|id| !expected.contains(id)) {
+                leaked.push(format!("bot-{i}: live {live:?}, known {expected:?}"));
+            }
+        }
+        if leaked.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tokens nobody knows of stay live: {leaked:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A spread of pauses (0-280 ms) without a random number generator: reproducible.
+fn rand_ms(i: usize) -> u64 {
+    ((i * 37) % 8) as u64 * 40
 }
 
 fn elector(env: &TestEnv, identity: &str, lease: &str, duration: Duration) -> LeaderElector {
@@ -540,7 +717,9 @@ fn the_manifests_strategy_completes_a_rolling_update_with_one_replica_and_with_t
     ] {
         assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"), "{source}");
         let surge = strategy["rollingUpdate"]["maxSurge"].as_u64().unwrap() as u32;
-        let unavailable = strategy["rollingUpdate"]["maxUnavailable"].as_u64().unwrap() as u32;
+        let unavailable = strategy["rollingUpdate"]["maxUnavailable"]
+            .as_u64()
+            .unwrap() as u32;
         for replicas in [1, 2] {
             assert!(
                 rollout_completes(replicas, surge, unavailable, true),
