@@ -7,6 +7,7 @@ use crate::api::SystemAccount;
 use crate::controller::connections::Connections;
 use crate::controller::context::ControllerConfig;
 use crate::controller::{self, Runtime};
+use crate::fence::{Fence, fenced_client};
 use crate::konnect::{ClientConfig, KonnectError, TokenValue};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::telemetry::{self, Health, LogFormat, Metrics};
@@ -145,11 +146,34 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let elector = args.leader_elect.then(|| {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()));
+        Arc::new(LeaderElector::new(
+            kube.clone(),
+            LeaseConfig::new(
+                args.leader_election_namespace.clone(),
+                args.leader_election_id.clone(),
+                identity,
+                args.leader_lease_duration,
+            ),
+        ))
+    });
+    // With leader election every write the controllers make, to Kubernetes and to Konnect, passes
+    // the fence: closed while standing by, and the moment the Lease can no longer be vouched for.
+    let fence = elector.as_ref().map_or_else(Fence::always, |e| e.fence());
+    let writer = match &elector {
+        Some(_) => fenced_client(kube.clone(), fence.clone()),
+        None => kube.clone(),
+    };
     let mut konnect = ClientConfig::new(args.konnect_url.clone(), token);
     konnect.max_concurrency = args.konnect_max_concurrency;
     konnect.observer = Some(metrics.clone());
+    if elector.is_some() {
+        konnect.write_gate = Some(Arc::new(fence.clone()));
+    }
     let connections =
-        Arc::new(Connections::new(kube.clone(), konnect).map_err(RunError::KonnectConfig)?);
+        Arc::new(Connections::new(writer.clone(), konnect).map_err(RunError::KonnectConfig)?);
 
     // Fail fast on what no retry fixes: a rejected token, missing CRDs or RBAC.
     let default = connections.default_connection().client.clone();
@@ -198,27 +222,14 @@ pub async fn run_with(
         .filter(|n| !n.is_empty())
         .cloned()
         .collect();
-    let elector = args.leader_elect.then(|| {
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()));
-        LeaderElector::new(
-            kube.clone(),
-            LeaseConfig {
-                namespace: args.leader_election_namespace.clone(),
-                name: args.leader_election_id.clone(),
-                identity,
-                lease_duration: args.leader_lease_duration,
-                retry_period: args.leader_lease_duration / 5,
-            },
-        )
-    });
     let rt = Runtime {
-        kube,
+        kube: writer,
         connections,
-        metrics,
+        metrics: metrics.clone(),
         health,
         config: ControllerConfig {
             resync: args.resync_period,
+            konnect_budget: args.konnect_budget,
             ..Default::default()
         },
         max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),
@@ -230,38 +241,13 @@ pub async fn run_with(
         shutdown.await;
         tracing::info!("shutting down");
     };
-    let result = match elector.map(Arc::new) {
+    let result = match elector {
         None => {
+            metrics.set_leader(true);
             controller::run(rt, shutdown).await;
             Ok(())
         }
-        Some(elector) => {
-            let mut shutdown = Box::pin(shutdown);
-            let acquired = tokio::select! {
-                _ = elector.acquire() => true,
-                _ = &mut shutdown => false,
-            };
-            if acquired {
-                let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
-                let holder = elector.clone();
-                let stop = async move {
-                    let lost = tokio::select! {
-                        _ = shutdown => false,
-                        _ = holder.hold() => true,
-                    };
-                    let _ = lost_tx.send(lost);
-                };
-                controller::run(rt, stop).await;
-                if lost_rx.await.unwrap_or(false) {
-                    Err(RunError::LostLease)
-                } else {
-                    elector.release().await;
-                    Ok(())
-                }
-            } else {
-                Ok(())
-            }
-        }
+        Some(elector) => lead(&elector, rt, &metrics, shutdown).await,
     };
     let _ = stop_tx.send(true);
     let _ = konnect_probe.await;
@@ -269,6 +255,55 @@ pub async fn run_with(
         return Err(RunError::Metrics(e));
     }
     result
+}
+
+/// Stands by until this replica holds the Lease, then runs the controllers while it holds it.
+/// Losing it cancels every reconcile at once (the fence has already refused their writes) and
+/// ends the process with `LostLease` (the Deployment restarts it as a standby). A clean shutdown
+/// lets in-flight reconciles finish (bounded by half a lease duration, renewing meanwhile), then
+/// releases the Lease so a standby takes over at once.
+async fn lead(
+    elector: &LeaderElector,
+    rt: Runtime,
+    metrics: &Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    metrics.set_leader(false);
+    let mut shutdown = Box::pin(shutdown);
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = &mut shutdown => return Ok(()),
+    }
+    metrics.set_leader(true);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controllers = controller::run(rt, async move {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(controllers);
+    let hold = elector.hold();
+    tokio::pin!(hold);
+    let lost = tokio::select! {
+        lost = &mut hold => Some(lost),
+        _ = &mut shutdown => None,
+        _ = &mut controllers => None,
+    };
+    if let Some(why) = lost {
+        metrics.set_leader(false);
+        tracing::error!(reason = %why, "lost the leader lease: every write stopped; exiting");
+        return Err(RunError::LostLease);
+    }
+    let _ = stop_tx.send(());
+    let grace = elector.config().lease_duration / 2;
+    tokio::select! {
+        _ = &mut controllers => {}
+        _ = &mut hold => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "reconciles still running at shutdown were cancelled");
+        }
+    }
+    metrics.set_leader(false);
+    elector.release().await;
+    Ok(())
 }
 
 /// Keeps /readyz honest about Konnect: one cheap call a minute.

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub token_rotations: Family<ReasonLabels, Counter>,
     pub token_rotation_failures: Counter,
     pub drift_checks: Family<KindLabels, Counter>,
+    pub leader: Gauge,
+    pub drift_checks_deferred: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,6 +108,18 @@ impl Metrics {
         let token_rotations = Family::<ReasonLabels, Counter>::default();
         let token_rotation_failures = Counter::default();
         let drift_checks = Family::<KindLabels, Counter>::default();
+        let leader = Gauge::default();
+        let drift_checks_deferred = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "konnect_sa_leader",
+            "1 while this replica runs the controllers (holds the leader Lease, or runs without leader election)",
+            leader.clone(),
+        );
+        registry.register(
+            "konnect_sa_drift_checks_deferred",
+            "Background checks put off because the drift budget had no permit (requeued, no slot held), by kind",
+            drift_checks_deferred.clone(),
+        );
         registry.register(
             "konnect_sa_reconciles",
             "Reconciles by kind",
@@ -168,6 +182,8 @@ impl Metrics {
             token_rotations,
             token_rotation_failures,
             drift_checks,
+            leader,
+            drift_checks_deferred,
         }
     }
 
@@ -204,6 +220,18 @@ impl Metrics {
             .inc();
     }
 
+    pub fn drift_check_deferred(&self, kind: &str) {
+        self.drift_checks_deferred
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     pub fn set_token_times(&self, namespace: &str, name: &str, expires: f64, renewal: f64) {
         let labels = TokenLabels {
             namespace: namespace.to_string(),
@@ -238,14 +266,21 @@ impl RequestObserver for Metrics {
     }
 }
 
-/// Readiness: caches synced and Konnect reachable.
+/// Readiness: Konnect reachable, and the caches of the controllers this replica runs synced. A
+/// standby runs none, so it is ready without being the leader (rolling updates complete; the
+/// leader is reported by the `konnect_sa_leader` metric instead).
 #[derive(Debug, Default)]
 pub struct Health {
+    controllers_started: AtomicBool,
     caches_synced: AtomicBool,
     konnect_ok: AtomicBool,
 }
 
 impl Health {
+    /// The controllers start (their caches are not synced yet).
+    pub fn set_controllers_started(&self) {
+        self.controllers_started.store(true, Ordering::Relaxed);
+    }
     pub fn set_caches_synced(&self, v: bool) {
         self.caches_synced.store(v, Ordering::Relaxed);
     }
@@ -253,7 +288,9 @@ impl Health {
         self.konnect_ok.store(v, Ordering::Relaxed);
     }
     pub fn is_ready(&self) -> bool {
-        self.caches_synced.load(Ordering::Relaxed) && self.konnect_ok.load(Ordering::Relaxed)
+        let controllers = !self.controllers_started.load(Ordering::Relaxed)
+            || self.caches_synced.load(Ordering::Relaxed);
+        controllers && self.konnect_ok.load(Ordering::Relaxed)
     }
 }
 
@@ -340,12 +377,16 @@ mod tests {
     }
 
     #[test]
-    fn ready_needs_both_caches_and_konnect() {
+    fn ready_needs_konnect_and_the_caches_of_running_controllers() {
         let h = Health::default();
-        assert!(!h.is_ready());
-        h.set_caches_synced(true);
-        assert!(!h.is_ready());
+        assert!(!h.is_ready(), "Konnect not checked yet");
         h.set_konnect_ok(true);
+        assert!(h.is_ready(), "a standby runs no controllers: ready");
+        h.set_controllers_started();
+        assert!(!h.is_ready(), "controllers started, caches not synced");
+        h.set_caches_synced(true);
         assert!(h.is_ready());
+        h.set_konnect_ok(false);
+        assert!(!h.is_ready());
     }
 }

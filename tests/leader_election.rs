@@ -1,18 +1,38 @@
-//! Leader election: two real operator processes against the stand-in (only the Lease holder
-//! reconciles; a killed leader is replaced within the lease duration), and `LeaderElector` itself.
+//! High availability: two real operator processes against the stand-in and the simulator, each
+//! talking through its own proxies (tests/support/proxy.rs), so every request is attributed to a
+//! replica and one replica can be cut off. The promises:
+//! - the standby is ready (a rolling update with maxUnavailable 0 completes) and says it is not
+//!   the leader (`konnect_sa_leader 0`);
+//! - whatever ends the leader (kill -9, SIGTERM, no answers from the API server, a Lease renewal
+//!   that hangs) the standby takes over within the lease duration plus a small bound;
+//! - the old leader makes no write, to Kubernetes or to Konnect, after the new one made its first;
+//! - no revoked token in a Secret, no token issued twice or left behind.
+//!
+//! And `LeaderElector` itself: one winner, expiry judged by local observation (not renewTime).
 mod support;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
 use konnect_sa_operator::api::SystemAccountToken;
 use konnect_sa_operator::leader::{LeaderElector, LeaseConfig};
 use kube::Api;
+use kube::api::PostParams;
+use support::env::{free_port, metric_total};
+use support::proxy::{Mode, Net, Proxy, Seen, write_kubeconfig};
 use support::{NS, TestEnv, ready_of, wait_for};
+use tokio::time::Instant;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(40);
 const LEASE: &str = "konnect-sa-operator";
+const LEASE_DURATION: Duration = Duration::from_secs(3);
+/// What a takeover may take beyond the lease duration: the standby's poll period (1/5 of the
+/// lease), starting its controllers, and a loaded 2-core machine.
+const TAKEOVER_SLACK: Duration = Duration::from_secs(3);
 
 fn holder(l: &Lease) -> Option<String> {
     l.spec
@@ -42,156 +62,477 @@ spec:
     )
 }
 
-/// Every token CR was issued exactly once: revision 1 and one live token in Konnect.
-async fn assert_issued_once(env: &TestEnv, n: usize) {
-    let api = env.api::<SystemAccountToken>();
+/// One operator process with its own proxies in front of the stand-in and the simulator.
+struct Replica {
+    name: String,
+    child: tokio::process::Child,
+    kube: Proxy,
+    _konnect: Proxy,
+    metrics: String,
+    log: std::path::PathBuf,
+}
+
+impl Replica {
+    async fn start(env: &TestEnv, net: &Net, name: &str) -> Self {
+        let kube = net.proxy(name, "kube", &env.kube.url()).await;
+        let konnect = net.proxy(name, "konnect", &env.sim.base_url()).await;
+        let kubeconfig = env.dir.path().join(format!("{name}.kubeconfig"));
+        write_kubeconfig(&kubeconfig, &kube.url);
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let log = env.dir.path().join(format!("{name}.log"));
+        let duration = format!("{}s", LEASE_DURATION.as_secs());
+        let child = env.spawn_operator_env(
+            &[
+                "--leader-elect",
+                "--leader-election-namespace",
+                NS,
+                "--leader-lease-duration",
+                &duration,
+                "--konnect-url",
+                &konnect.url,
+                "--metrics-addr",
+                &metrics,
+            ],
+            &[
+                ("POD_NAME", name),
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ],
+            &log,
+        );
+        Self {
+            name: name.to_string(),
+            child,
+            kube,
+            _konnect: konnect,
+            metrics,
+            log,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://{}{path}", self.metrics))
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.ok()?))
+    }
+
+    /// `/readyz` answers 200 (polled: the server starts after the start-up checks).
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn leader_metric(&self) -> u64 {
+        let (_, text) = self.get("/metrics").await.expect("metrics answer");
+        metric_total(&text, |l| l.starts_with("konnect_sa_leader "))
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// How the leader is taken out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Kill,
+    Term,
+    /// The API server stops answering the leader (Konnect still does).
+    CutOff,
+    /// The leader's Lease calls never answer; everything else it sends still does.
+    RenewalHangs,
+}
+
+/// Every token is Ready, its Secret holds a token Konnect accepts, and its account has no other
+/// live token (nothing leaked by a handover in the middle of an issue).
+async fn assert_token_invariants(env: &TestEnv, n: usize) {
+    let tokens = env.api::<SystemAccountToken>();
+    let secrets = env.api::<Secret>();
     for i in 0..n {
-        let t = wait_for(&api, &format!("bot-{i}-token"), T, token_ready).await;
+        let t = wait_for(&tokens, &format!("bot-{i}-token"), T, token_ready).await;
         let st = t.status.unwrap();
-        assert_eq!(st.revision, Some(1), "bot-{i}-token issued once");
         let account = st.account_id.expect("status.accountId");
+        let secret = secrets.get(&format!("bot-{i}-token")).await.unwrap();
+        let id = secret
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("konnect-sa.dev/token-id")
+            .cloned();
         let live = env.sim.live_tokens(&account);
         assert_eq!(
-            live.len(),
-            1,
-            "bot-{i}: one live token in Konnect: {live:?}"
+            live.iter().map(|l| Some(l.id.clone())).collect::<Vec<_>>(),
+            vec![id.clone()],
+            "bot-{i}: the Secret's token ({id:?}) is the one live token"
         );
-        assert_eq!(Some(live[0].id.clone()), st.token_id);
+        assert_eq!(st.token_id, id, "bot-{i}: status and Secret agree");
+    }
+}
+
+async fn takeover(failure: Failure) {
+    let env = TestEnv::start().await;
+    let net = Net::new();
+    let replicas = [
+        Replica::start(&env, &net, "op-a").await,
+        Replica::start(&env, &net, "op-b").await,
+    ];
+    let leases: Api<Lease> = env.api();
+    let lease = wait_for(&leases, LEASE, T, |l| holder(l).is_some()).await;
+    let leader_name = holder(&lease).unwrap();
+    let [a, b] = replicas;
+    let (mut leader, standby) = if leader_name == a.name {
+        (a, b)
+    } else {
+        (b, a)
+    };
+
+    // Both are ready: the standby without being the leader; the metric tells them apart.
+    standby.wait_ready().await;
+    leader.wait_ready().await;
+    assert_eq!(
+        standby.leader_metric().await,
+        0,
+        "standby reports it is not the leader"
+    );
+    assert_eq!(leader.leader_metric().await, 1, "leader reports it is");
+    assert!(
+        standby.log_text().contains("standing by"),
+        "{}",
+        standby.log_text()
+    );
+
+    // Work arrives all the time: a new account and token every 250 ms.
+    let done = AtomicBool::new(false);
+    let created = std::sync::atomic::AtomicUsize::new(0);
+    let churn = async {
+        let mut i = 0;
+        while !done.load(Ordering::SeqCst) {
+            env.apply(&account_and_token(i));
+            i += 1;
+            created.store(i, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let scenario = async {
+        wait_for(
+            &env.api::<SystemAccountToken>(),
+            "bot-0-token",
+            T,
+            token_ready,
+        )
+        .await;
+        assert!(!net.writes_of(&leader.name).is_empty(), "the leader writes");
+        assert!(
+            net.writes_of(&standby.name).is_empty(),
+            "the standby never wrote"
+        );
+
+        let failed = Instant::now();
+        match failure {
+            Failure::Kill => leader.child.start_kill().expect("SIGKILL sent"),
+            Failure::Term => {
+                let pid = leader.child.id().unwrap().to_string();
+                let term = std::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap();
+                assert!(term.success());
+            }
+            Failure::CutOff => leader.kube.set_mode(Mode::Cut),
+            Failure::RenewalHangs => leader.kube.set_mode(Mode::HangLeases),
+        }
+
+        wait_for(&leases, LEASE, T, |l| {
+            holder(l).as_deref() == Some(standby.name.as_str())
+        })
+        .await;
+        let took_lease = failed.elapsed();
+        let first: Seen = loop {
+            if let Some(w) = net.writes_of(&standby.name).into_iter().next() {
+                break w;
+            }
+            assert!(failed.elapsed() < T, "the new leader never wrote");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let first_write = first.at.duration_since(failed);
+        eprintln!(
+            "{failure:?}: {} took the Lease after {took_lease:?}, wrote first after {first_write:?}",
+            standby.name
+        );
+        let bound = LEASE_DURATION + TAKEOVER_SLACK;
+        assert!(
+            took_lease <= bound,
+            "Lease taken after {took_lease:?} > {bound:?}"
+        );
+        assert!(
+            first_write <= bound + Duration::from_secs(2),
+            "first write after {first_write:?}"
+        );
+        if failure == Failure::Term {
+            assert!(
+                took_lease < LEASE_DURATION,
+                "a released Lease is taken at once, not after expiry: {took_lease:?}"
+            );
+        }
+
+        // The old leader ends: at once, or (cut off, renewal hung) when it can no longer vouch
+        // for its Lease, with an error (the Deployment restarts it as a standby).
+        let exit = tokio::time::timeout(T, leader.child.wait())
+            .await
+            .expect("the old leader exits")
+            .unwrap();
+        match failure {
+            Failure::Term => assert!(exit.success(), "clean exit on SIGTERM: {exit:?}"),
+            Failure::CutOff | Failure::RenewalHangs => {
+                assert!(!exit.success(), "exit with LostLease: {exit:?}");
+                let log = leader.log_text();
+                assert!(log.contains("lost the leader lease"), "{log}");
+            }
+            Failure::Kill => {}
+        }
+        // Give a straggler every chance to show up: the new leader works on for a while.
+        let settle = net.writes_of(&standby.name).len() + 20;
+        let deadline = Instant::now() + T;
+        while net.writes_of(&standby.name).len() < settle && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let late: Vec<Seen> = net
+            .writes_of(&leader.name)
+            .into_iter()
+            .filter(|w| w.seq > first.seq)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{failure:?}: the old leader wrote after the new leader's first write {first:?}: {late:#?}"
+        );
+        assert_eq!(standby.leader_metric().await, 1);
+        done.store(true, Ordering::SeqCst);
+    };
+    tokio::join!(churn, scenario);
+    leader.kube.set_mode(Mode::Pass);
+    assert_token_invariants(&env, created.load(Ordering::SeqCst)).await;
+    for r in [&leader, &standby] {
+        assert!(
+            !r.log_text().contains("spat_"),
+            "a token value in a log line"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn only_the_leader_reconciles_and_a_standby_takes_over_after_a_kill() {
-    let env = TestEnv::start().await;
-    let flags = [
-        "--leader-elect",
-        "--leader-election-namespace",
-        NS,
-        "--leader-lease-duration",
-        "4s",
-    ];
-    let logs: BTreeMap<&str, _> = [
-        ("op-a", env.dir.path().join("op-a.log")),
-        ("op-b", env.dir.path().join("op-b.log")),
-    ]
-    .into();
-    let mut children: BTreeMap<&str, _> = logs
-        .iter()
-        .map(|(id, log)| {
-            (
-                *id,
-                env.spawn_operator_env(&flags, &[("POD_NAME", id)], log),
-            )
-        })
-        .collect();
-    let leases: Api<Lease> = env.api();
-    let lease = wait_for(&leases, LEASE, T, |l| holder(l).is_some()).await;
-    let leader = holder(&lease).unwrap();
-    assert!(
-        children.contains_key(leader.as_str()),
-        "the Lease names one of the replicas: {leader}"
-    );
+async fn kill_9_of_the_leader_a_standby_takes_over_after_the_lease_expires() {
+    takeover(Failure::Kill).await;
+}
 
-    let docs: Vec<String> = (0..5).map(account_and_token).collect();
-    env.apply(&docs.join("---\n"));
-    assert_issued_once(&env, 5).await;
-    let creates = |env: &TestEnv| {
-        env.sim
-            .counts()
-            .get("post-system-accounts-id-access-tokens")
-            .copied()
-            .unwrap_or(0)
-    };
-    assert_eq!(
-        creates(&env),
-        5,
-        "one create call per token, by one replica"
-    );
-    let lease = leases.get(LEASE).await.unwrap();
-    assert_eq!(
-        holder(&lease).as_deref(),
-        Some(leader.as_str()),
-        "still the leader"
-    );
-    let standby = *children.keys().find(|id| **id != leader.as_str()).unwrap();
-    let leader_log = std::fs::read_to_string(&logs[leader.as_str()]).unwrap();
-    assert!(
-        leader_log.contains("became leader") && leader_log.contains("controllers started"),
-        "{leader_log}"
-    );
-    // The standby never started its controllers.
-    let standby_log = std::fs::read_to_string(&logs[standby]).unwrap();
-    assert!(
-        !standby_log.contains("controllers started"),
-        "standby {standby} must not run controllers:\n{standby_log}"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_of_the_leader_releases_the_lease_and_the_standby_takes_over_at_once() {
+    takeover(Failure::Term).await;
+}
 
-    // kill -9 the leader: no release, the standby must wait the lease out and take over.
-    let mut dead = children.remove(leader.as_str()).unwrap();
-    dead.start_kill().expect("SIGKILL sent");
-    dead.wait().await.unwrap();
-    let killed = Instant::now();
-    env.apply(&account_and_token(5));
-    wait_for(
-        &env.api::<SystemAccountToken>(),
-        "bot-5-token",
-        Duration::from_secs(40),
-        token_ready,
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_the_api_server_stops_writing_before_the_standby_starts() {
+    takeover(Failure::CutOff).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_renewal_hangs_stops_writing_before_the_standby_starts() {
+    takeover(Failure::RenewalHangs).await;
+}
+
+/// A token with a rotation every 7-15 s (renewal 75 s before a 90 s expiry, up to 10% earlier).
+fn rotating(i: usize) -> String {
+    format!(
+        "{}  duration: 90s\n  renewBefore: 75s\n  previousTokenRetention: 10s\n",
+        account_and_token(i)
     )
-    .await;
-    let took_over = killed.elapsed();
-    eprintln!("standby {standby} issued a new token {took_over:?} after the leader was killed");
-    let lease = leases.get(LEASE).await.unwrap();
-    assert_eq!(
-        holder(&lease).as_deref(),
-        Some(standby),
-        "the Lease names the new leader"
-    );
-    assert!(
-        lease
-            .spec
-            .as_ref()
-            .and_then(|s| s.lease_transitions)
-            .unwrap_or(0)
-            >= 1
-    );
-    // The new leader looked at the old tokens again and issued none of them twice.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_issued_once(&env, 6).await;
-    assert_eq!(creates(&env), 6, "no double issue after the takeover");
-    let standby_log = std::fs::read_to_string(&logs[standby]).unwrap();
-    assert!(standby_log.contains("controllers started"), "{standby_log}");
-    for log in logs.values() {
-        let text = std::fs::read_to_string(log).unwrap();
-        assert!(!text.contains("spat_"), "a token value in a log line");
-    }
+}
 
-    // A clean stop (SIGTERM) releases the Lease on the way out, so a standby need not wait it out.
-    let mut leader_proc = children.remove(standby).unwrap();
-    let pid = leader_proc.id().unwrap().to_string();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let exit = tokio::time::timeout(T, leader_proc.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap();
-    assert!(exit.success(), "clean exit: {exit:?}");
-    let lease = leases.get(LEASE).await.unwrap();
-    assert_eq!(holder(&lease), None, "released on shutdown: {lease:?}");
+/// Each token's Secret holds a token Konnect accepts (never a revoked one).
+async fn secrets_hold_live_tokens(env: &TestEnv, n: usize) -> Result<(), String> {
+    let secrets = env.api::<Secret>();
+    let tokens = env.api::<SystemAccountToken>();
+    for i in 0..n {
+        let Ok(Some(secret)) = secrets.get_opt(&format!("bot-{i}-token")).await else {
+            continue;
+        };
+        let annotations = secret.metadata.annotations.unwrap_or_default();
+        let (Some(id), Some(account)) = (
+            annotations.get("konnect-sa.dev/token-id"),
+            annotations.get("konnect-sa.dev/account-id"),
+        ) else {
+            continue;
+        };
+        if !env.sim.live_tokens(account).iter().any(|t| &t.id == id) {
+            let t = tokens.get(&format!("bot-{i}-token")).await.ok();
+            return Err(format!(
+                "bot-{i}: the Secret holds token {id}, which Konnect no longer accepts; CR: {:?}",
+                t.and_then(|t| t.status)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// 50 handovers (SIGTERM, and kill -9 every fifth) while 8 tokens rotate every few seconds: no
+/// Secret ever holds a revoked token, every replica's writes end before its successor's begin,
+/// and once things settle each account has exactly the one live token its Secret holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_handovers_with_rotations_in_flight_keep_the_token_invariants() {
+    const N: usize = 8;
+    const HANDOVERS: usize = 50;
+    let env = TestEnv::start().await;
+    let net = Net::new();
+    let leases: Api<Lease> = env.api();
+    let docs: Vec<String> = (0..N).map(rotating).collect();
+    env.apply(&docs.join("---\n"));
+    let mut standby = Replica::start(&env, &net, "op-0").await;
+    let mut leader = Replica::start(&env, &net, "op-1").await;
+    let lease = wait_for(&leases, LEASE, T, |l| holder(l).is_some()).await;
+    if holder(&lease).as_deref() == Some(standby.name.as_str()) {
+        std::mem::swap(&mut leader, &mut standby);
+    }
+    let mut leaders = vec![leader.name.clone()];
+    let checked = std::sync::Mutex::new(0usize);
+    let done = AtomicBool::new(false);
+    // Sample the invariant all along, not only at the end.
+    let watcher = async {
+        while !done.load(Ordering::SeqCst) {
+            if let Err(e) = secrets_hold_live_tokens(&env, N).await {
+                panic!("{e}");
+            }
+            *checked.lock().unwrap() += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let handovers = async {
+        let started = Instant::now();
+        for i in 0..HANDOVERS {
+            // Let the leader get to work (a write), then take it out in the middle of it.
+            let deadline = Instant::now() + T;
+            while net.writes_of(&leader.name).is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(rand_ms(i))).await;
+            standby.wait_ready().await;
+            if i % 5 == 4 {
+                leader.child.start_kill().unwrap();
+            } else {
+                let pid = leader.child.id().unwrap().to_string();
+                std::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap();
+            }
+            let _ = tokio::time::timeout(T, leader.child.wait()).await;
+            wait_for(&leases, LEASE, T, |l| {
+                holder(l).as_deref() == Some(standby.name.as_str())
+            })
+            .await;
+            leaders.push(standby.name.clone());
+            let next = Replica::start(&env, &net, &format!("op-{}", i + 2)).await;
+            leader = std::mem::replace(&mut standby, next);
+        }
+        eprintln!("{HANDOVERS} handovers in {:?}", started.elapsed());
+        done.store(true, Ordering::SeqCst);
+    };
+    tokio::join!(watcher, handovers);
+    assert!(*checked.lock().unwrap() > 50, "the invariant was sampled");
+
+    // Writes of consecutive leaders never overlap.
+    for pair in leaders.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        let last_old = net.writes_of(old).last().map(|w| w.seq);
+        let first_new = net.writes_of(new).first().map(|w| w.seq);
+        if let (Some(last_old), Some(first_new)) = (last_old, first_new) {
+            assert!(
+                last_old < first_new,
+                "{old} wrote (#{last_old}) after its successor {new} (#{first_new})"
+            );
+        }
+    }
+    let rotations: usize = (0..N)
+        .map(|i| {
+            env.kube
+                .get(
+                    "konnect-sa.dev",
+                    "v1alpha1",
+                    "systemaccounttokens",
+                    NS,
+                    &format!("bot-{i}-token"),
+                )
+                .and_then(|t| t.pointer("/status/revision").and_then(|r| r.as_u64()))
+                .unwrap_or(0) as usize
+        })
+        .sum();
+    eprintln!("{rotations} tokens issued across {HANDOVERS} handovers");
+    assert!(
+        rotations >= 2 * N,
+        "rotations happened during the handovers: {rotations}"
+    );
+
+    // Settled (the retention of the last rotation passed): one live token per account, the
+    // Secret's. Renewals go on, so look between two of them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        secrets_hold_live_tokens(&env, N).await.unwrap();
+        let mut leaked = Vec::new();
+        for i in 0..N {
+            let t = env
+                .api::<SystemAccountToken>()
+                .get(&format!("bot-{i}-token"))
+                .await
+                .unwrap();
+            let st = t.status.unwrap_or_default();
+            let account = st.account_id.clone().unwrap_or_default();
+            let live: Vec<String> = env
+                .sim
+                .live_tokens(&account)
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
+            let expected: Vec<String> = st
+                .token_id
+                .iter()
+                .cloned()
+                .chain(st.previous_tokens.iter().map(|p| p.id.clone()))
+                .collect();
+            if live.iter().any(|id| !expected.contains(id)) {
+                leaked.push(format!("bot-{i}: live {live:?}, known {expected:?}"));
+            }
+        }
+        if leaked.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tokens nobody knows of stay live: {leaked:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A spread of pauses (0-280 ms) without a random number generator: reproducible.
+fn rand_ms(i: usize) -> u64 {
+    ((i * 37) % 8) as u64 * 40
 }
 
 fn elector(env: &TestEnv, identity: &str, lease: &str, duration: Duration) -> LeaderElector {
     LeaderElector::new(
         env.client(),
         LeaseConfig {
-            namespace: NS.into(),
-            name: lease.into(),
-            identity: identity.into(),
-            lease_duration: duration,
             retry_period: Duration::from_millis(200),
+            ..LeaseConfig::new(NS, lease, identity, duration)
         },
     )
 }
@@ -208,6 +549,8 @@ async fn lease_elector_one_winner_expiry_and_release() {
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert!(ra ^ rb, "exactly one winner: a={ra} b={rb}");
     let (winner, loser, loser_id) = if ra { (&a, &b, "b") } else { (&b, &a, "a") };
+    assert!(winner.fence().check().is_ok(), "the winner may write");
+    assert!(loser.fence().check().is_err(), "the other may not");
     for _ in 0..3 {
         let (w, l) = tokio::join!(winner.try_acquire_or_renew(), loser.try_acquire_or_renew());
         assert!(w.unwrap(), "the holder renews");
@@ -215,7 +558,8 @@ async fn lease_elector_one_winner_expiry_and_release() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    // The winner stops renewing: the other wins only after the lease has expired.
+    // The winner stops renewing: its fence closes by itself at the renew deadline (2/3 of the
+    // lease), and the other wins only after the lease has expired by its own observation.
     let stopped = Instant::now();
     tokio::time::timeout(Duration::from_secs(20), loser.acquire())
         .await
@@ -224,6 +568,10 @@ async fn lease_elector_one_winner_expiry_and_release() {
     assert!(
         waited >= duration - Duration::from_millis(500),
         "took over after {waited:?}, before the {duration:?} lease expired"
+    );
+    assert!(
+        winner.fence().check().is_err(),
+        "the old holder's fence closed"
     );
     let leases: Api<Lease> = env.api();
     let lease = leases.get("unit-lease").await.unwrap();
@@ -235,6 +583,7 @@ async fn lease_elector_one_winner_expiry_and_release() {
 
     // release() hands over at once.
     loser.release().await;
+    assert!(loser.fence().check().is_err(), "released: no more writes");
     let released = Instant::now();
     assert!(
         winner.try_acquire_or_renew().await.unwrap(),
@@ -243,4 +592,144 @@ async fn lease_elector_one_winner_expiry_and_release() {
     assert!(released.elapsed() < duration);
     let lease = leases.get("unit-lease").await.unwrap();
     assert_ne!(holder(&lease).as_deref(), Some(loser_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renew_time_from_a_skewed_clock_does_not_let_a_standby_take_a_live_lease() {
+    let env = TestEnv::start().await;
+    let leases: Api<Lease> = env.api();
+    // The holder's clock is an hour behind ours: by renewTime its lease expired long ago.
+    let skewed = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(1);
+    let mut lease = leases
+        .create(
+            &PostParams::default(),
+            &Lease {
+                metadata: ObjectMeta {
+                    name: Some("skew-lease".into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some("other".into()),
+                    lease_duration_seconds: Some(3),
+                    renew_time: Some(MicroTime(skewed)),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let me = elector(&env, "me", "skew-lease", Duration::from_secs(3));
+    let first = Instant::now();
+    assert!(
+        !me.try_acquire_or_renew().await.unwrap(),
+        "a live holder is respected"
+    );
+
+    // The holder keeps renewing (with its skewed clock) for 4 s: longer than a lease duration.
+    while first.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let spec = lease.spec.as_mut().unwrap();
+        let t = spec.renew_time.as_ref().unwrap().0;
+        spec.renew_time = Some(MicroTime(
+            t + k8s_openapi::jiff::SignedDuration::from_millis(500),
+        ));
+        lease = leases
+            .replace("skew-lease", &PostParams::default(), &lease)
+            .await
+            .unwrap();
+        assert!(
+            !me.try_acquire_or_renew().await.unwrap(),
+            "the record changes, so the holder is alive"
+        );
+    }
+    // It stops: the standby takes over a lease duration after it last saw a change.
+    let stopped = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), me.acquire())
+        .await
+        .expect("takes over once the record stops changing");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let lease = leases.get("skew-lease").await.unwrap();
+    assert_eq!(holder(&lease).as_deref(), Some("me"));
+}
+
+/// The Deployment controller's rolling update, reduced to what decides whether it completes: pods
+/// are created while `total < replicas + max_surge`, an old pod is deleted while the ready pods
+/// stay at least `replicas - max_unavailable`. One pod leads; a new pod is ready when it leads, or
+/// when a standby counts as ready. Returns whether every old pod was replaced.
+fn rollout_completes(
+    replicas: u32,
+    max_surge: u32,
+    max_unavailable: u32,
+    standby_ready: bool,
+) -> bool {
+    let (mut old, mut new, mut new_leads) = (replicas, 0u32, false);
+    for _ in 0..100 {
+        if old == 0 && new == replicas {
+            return true;
+        }
+        let new_ready = if standby_ready {
+            new
+        } else {
+            u32::from(new_leads && new > 0)
+        };
+        let ready = old + new_ready;
+        if old + new < replicas + max_surge && new < replicas {
+            new += 1;
+        } else if old > 0 && ready > replicas.saturating_sub(max_unavailable) {
+            old -= 1;
+            // The leader among the old pods stops last or first; either way, once no old pod is
+            // left to lead, a new pod takes the Lease (it released, or expired).
+            if old == 0 {
+                new_leads = true;
+            }
+        } else {
+            return false;
+        }
+    }
+    false
+}
+
+#[test]
+fn the_manifests_strategy_completes_a_rolling_update_with_one_replica_and_with_two() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chart: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("charts/konnect-sa-operator/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let manager: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("config/manager/manager.yaml")).unwrap(),
+    )
+    .unwrap();
+    let template =
+        std::fs::read_to_string(root.join("charts/konnect-sa-operator/templates/deployment.yaml"))
+            .unwrap();
+    assert!(
+        template.contains(".Values.strategy"),
+        "the chart's Deployment uses the strategy value"
+    );
+    for (source, strategy) in [
+        ("chart", &chart["strategy"]),
+        ("config/", &manager["spec"]["strategy"]),
+    ] {
+        assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"), "{source}");
+        let surge = strategy["rollingUpdate"]["maxSurge"].as_u64().unwrap() as u32;
+        let unavailable = strategy["rollingUpdate"]["maxUnavailable"]
+            .as_u64()
+            .unwrap() as u32;
+        for replicas in [1, 2] {
+            assert!(
+                rollout_completes(replicas, surge, unavailable, true),
+                "{source}: a rolling update of {replicas} replica(s) completes"
+            );
+            // What it was before a standby was ready: the update never completed.
+            assert!(
+                !rollout_completes(replicas, surge, unavailable, false),
+                "{source}: the model shows the old deadlock too"
+            );
+        }
+    }
 }

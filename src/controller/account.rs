@@ -8,6 +8,7 @@ use super::account_plan::{
     AccountStep, DesiredAccount, ObservedAccount, ResolvedTeam, needs_name_lookup,
     pick_team_by_name, plan_account, plan_teams,
 };
+use super::budget::Paced;
 use super::connections::Connection;
 use super::context::Context;
 use super::error::ReconcileError;
@@ -63,12 +64,18 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     let background = old_status.id.is_some()
         && old_status.observed_generation == obj.metadata.generation
         && conditions::is_ready(&old_status.conditions, obj.metadata.generation);
+    // Resolve the teams first: a spec error (unknown or ambiguous team) must not leave a new account behind.
+    let wanted_teams = resolve_teams(&ctx, &conn, &obj, &old_status, background).await?;
+    let mut observed = match observe(&ctx, &conn, &desired, &old_status, background).await? {
+        Paced::Done(observed) => observed,
+        Paced::NoPermit => {
+            ctx.metrics.drift_check_deferred("SystemAccount");
+            return Ok(Action::requeue(ctx.resync_with_jitter()));
+        }
+    };
     if background {
         ctx.metrics.drift_check("SystemAccount");
     }
-    // Resolve the teams first: a spec error (unknown or ambiguous team) must not leave a new account behind.
-    let wanted_teams = resolve_teams(&ctx, &conn, &obj, &old_status, background).await?;
-    let mut observed = observe(&ctx, &conn, &desired, &old_status, background).await?;
     let mut created = false;
     let mut working = (*obj).clone();
     let mut adopted = old_status.adopted;
@@ -237,23 +244,28 @@ async fn observe(
     desired: &DesiredAccount,
     status: &SystemAccountStatus,
     background: bool,
-) -> Result<ObservedAccount, ReconcileError> {
+) -> Result<Paced<ObservedAccount>, ReconcileError> {
     let k = &conn.client;
     let by_id = match status.id.as_deref() {
         Some(id) => {
             let seen = if background {
-                ctx.snapshot
+                match ctx
+                    .snapshot
                     .account(conn, &ctx.budget, id)
                     .await
                     .map_err(ReconcileError::konnect("listing system accounts"))?
+                {
+                    Paced::Done(seen) => seen,
+                    Paced::NoPermit => return Ok(Paced::NoPermit),
+                }
             } else {
                 None
             };
             match seen {
                 Some(a) => Some(a),
                 None => {
-                    if background {
-                        ctx.budget.acquire(1).await;
+                    if background && ctx.budget.try_acquire(1).is_err() {
+                        return Ok(Paced::NoPermit);
                     }
                     match k.get_system_account(id).await {
                         Ok(a) => Some(a),
@@ -275,12 +287,12 @@ async fn observe(
     } else {
         None
     };
-    Ok(ObservedAccount {
+    Ok(Paced::Done(ObservedAccount {
         recorded_id: status.id.clone(),
         by_id,
         by_name,
         create_in_flight: status.pending_create.as_deref() == Some(desired.name.as_str()),
-    })
+    }))
 }
 
 async fn find_by_name(k: &KonnectClient, name: &str) -> Result<Option<KAccount>, ReconcileError> {
@@ -385,14 +397,22 @@ async fn converge_teams(
     } else if source == MembershipSource::Snapshot {
         let mut ids = Vec::new();
         for id in desired.iter().map(|t| &t.id).chain(owned.iter()) {
-            if !ids.contains(id)
-                && ctx
-                    .snapshot
-                    .is_member(conn, &ctx.budget, id, &account.id)
-                    .await
-                    .map_err(ReconcileError::konnect("listing team members"))?
+            if ids.contains(id) {
+                continue;
+            }
+            match ctx
+                .snapshot
+                .is_member(conn, &ctx.budget, id, &account.id)
+                .await
+                .map_err(ReconcileError::konnect("listing team members"))?
             {
-                ids.push(id.clone());
+                Paced::Done(true) => ids.push(id.clone()),
+                Paced::Done(false) => {}
+                // No permit for a member list: the teams are compared at a later resync.
+                Paced::NoPermit => {
+                    ctx.metrics.drift_check_deferred("SystemAccount");
+                    return Ok(old.teams.clone());
+                }
             }
         }
         ids

@@ -7,6 +7,7 @@ use kube::runtime::controller::Action;
 
 use super::account_ref;
 use super::binding_plan::{plan_binding, validate_role};
+use super::budget::Paced;
 use super::connections::Connection;
 use super::context::Context;
 use super::error::ReconcileError;
@@ -104,14 +105,26 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         ctx.mark_verified(&key, &format!("{}/{id}", account.id));
         return write_status(&ctx, &obj, &account.id, &id, &desired).await;
     }
+    let listed = if background {
+        ctx.cache
+            .assignments_paced(&conn, &account.id, &ctx.budget)
+            .await
+    } else {
+        ctx.cache
+            .assignments(&conn, &account.id)
+            .await
+            .map(Paced::Done)
+    };
+    let assigned = match listed.map_err(ReconcileError::konnect("listing assigned roles"))? {
+        Paced::Done(list) => list,
+        Paced::NoPermit => {
+            ctx.metrics.drift_check_deferred("RoleBinding");
+            return Ok(Action::requeue(ctx.resync_with_jitter()));
+        }
+    };
     if background {
         ctx.metrics.drift_check("RoleBinding");
     }
-    let assigned = ctx
-        .cache
-        .assignments(&conn, &account.id, background.then_some(&ctx.budget))
-        .await
-        .map_err(ReconcileError::konnect("listing assigned roles"))?;
     let plan = plan_binding(&desired, recorded, &assigned);
     let id = match plan.existing {
         Some(id) => {
@@ -206,7 +219,7 @@ async fn remove_from_previous_account(
     account_id: &str,
     id: &str,
 ) -> Result<(), ReconcileError> {
-    let list = match ctx.cache.assignments(conn, account_id, None).await {
+    let list = match ctx.cache.assignments(conn, account_id).await {
         Ok(list) => list,
         // The old account is gone, and its assignments with it.
         Err(e) if e.is_not_found() => return Ok(()),
@@ -275,7 +288,7 @@ async fn assign(
             ctx.cache.invalidate_assignments(conn, account_id);
             let list = ctx
                 .cache
-                .assignments(conn, account_id, None)
+                .assignments(conn, account_id)
                 .await
                 .map_err(ReconcileError::konnect("listing assigned roles"))?;
             list.iter()

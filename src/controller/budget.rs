@@ -1,9 +1,12 @@
 //! The background drift budget (`--konnect-budget`, requests per minute). Drift checks of objects
-//! nobody changed take a permit per Konnect call and wait when there is none, so sweeps stretch
-//! instead of eating the organisation's rate limit. Work caused by a change never asks.
+//! nobody changed take a permit per Konnect call. Without one the check is put off (the object
+//! requeues for its next resync), never waited for: a waiting check would hold one of the
+//! `--max-concurrent-reconciles` slots that changes, deleted Secrets and due renewals need. So
+//! sweeps stretch instead of eating the organisation's rate limit. Work caused by a change, and a
+//! due renewal, never asks.
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 pub struct DriftBudget {
@@ -31,28 +34,35 @@ impl DriftBudget {
         }
     }
 
-    /// Takes `n` permits, waiting as long as needed.
-    pub async fn acquire(&self, n: u32) {
+    /// Takes `n` permits if there are that many now; otherwise takes none and returns how long
+    /// until there would be.
+    pub fn try_acquire(&self, n: u32) -> Result<(), Duration> {
         if self.per_minute <= 0.0 || n == 0 {
-            return;
+            return Ok(());
         }
         let need = f64::from(n);
-        loop {
-            let wait = {
-                let mut s = self.state.lock().await;
-                let now = Instant::now();
-                let refill = now.duration_since(s.1).as_secs_f64() * self.per_minute / 60.0;
-                s.0 = (s.0 + refill).min(self.burst.max(need));
-                s.1 = now;
-                if s.0 >= need {
-                    s.0 -= need;
-                    return;
-                }
-                Duration::from_secs_f64((need - s.0) * 60.0 / self.per_minute)
-            };
-            tokio::time::sleep(wait).await;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * self.per_minute / 60.0;
+        s.0 = (s.0 + refill).min(self.burst.max(need));
+        s.1 = now;
+        if s.0 >= need {
+            s.0 -= need;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (need - s.0) * 60.0 / self.per_minute,
+            ))
         }
     }
+}
+
+/// A background read that may be put off by the budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paced<T> {
+    Done(T),
+    /// No permit: skip the check and look again at the next resync.
+    NoPermit,
 }
 
 #[cfg(test)]
@@ -60,26 +70,30 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn permits_beyond_the_burst_wait_for_the_rate() {
-        let b = DriftBudget::new(6000); // ~100 per second, burst 100
-        let start = Instant::now();
-        for _ in 0..150 {
-            b.acquire(1).await;
+    async fn beyond_the_burst_a_check_is_refused_at_once_until_the_rate_refills() {
+        let b = DriftBudget::new(6000); // burst 100, refill ~98 per second
+        for _ in 0..100 {
+            assert_eq!(b.try_acquire(1), Ok(()));
         }
-        // A lower bound only: a slow machine can take longer, never shorter.
+        let wait = b
+            .try_acquire(1)
+            .expect_err("the burst is spent: refused, not waited for");
         assert!(
-            start.elapsed() >= Duration::from_millis(450),
-            "50 permits past the burst take ~0.5 s"
+            wait > Duration::ZERO && wait < Duration::from_millis(20),
+            "{wait:?}"
         );
+        tokio::time::sleep(wait + Duration::from_millis(5)).await;
+        assert_eq!(b.try_acquire(1), Ok(()), "one permit refilled");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(b.try_acquire(100), Ok(()), "refills up to the burst");
+        assert!(b.try_acquire(50).is_err(), "not beyond it");
     }
 
-    #[tokio::test]
-    async fn zero_means_unlimited() {
+    #[test]
+    fn zero_means_unlimited() {
         let b = DriftBudget::new(0);
-        let start = Instant::now();
         for _ in 0..10_000 {
-            b.acquire(1).await;
+            assert_eq!(b.try_acquire(1), Ok(()));
         }
-        assert!(start.elapsed() < Duration::from_secs(1));
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::budget::DriftBudget;
+use super::budget::{DriftBudget, Paced};
 use super::connections::{Connection, ConnectionKey};
 use crate::konnect::{AssignedRole, Result, RolesReference, Team};
 
@@ -60,16 +60,36 @@ impl KonnectCache {
     }
 
     /// An account's assigned roles, shared by every binding of the account for a short while.
-    /// A background check passes its `budget`: a cache miss then waits for a permit.
     pub async fn assignments(
         &self,
         conn: &Connection,
         account_id: &str,
-        budget: Option<&DriftBudget>,
     ) -> Result<Arc<Vec<AssignedRole>>> {
+        match self.fetch_assignments(conn, account_id, None).await? {
+            Paced::Done(v) => Ok(v),
+            Paced::NoPermit => unreachable!("no budget, no refusal"),
+        }
+    }
+
+    /// `assignments` for a background check: a cache miss without a permit is `NoPermit`.
+    pub async fn assignments_paced(
+        &self,
+        conn: &Connection,
+        account_id: &str,
+        budget: &DriftBudget,
+    ) -> Result<Paced<Arc<Vec<AssignedRole>>>> {
+        self.fetch_assignments(conn, account_id, Some(budget)).await
+    }
+
+    async fn fetch_assignments(
+        &self,
+        conn: &Connection,
+        account_id: &str,
+        budget: Option<&DriftBudget>,
+    ) -> Result<Paced<Arc<Vec<AssignedRole>>>> {
         let key = (conn.key.clone(), account_id.to_string());
         if let Some(v) = Self::fresh(&self.assignments, &key, self.assignments_ttl) {
-            return Ok(v);
+            return Ok(Paced::Done(v));
         }
         let gate = self
             .fetching
@@ -81,17 +101,17 @@ impl KonnectCache {
         let _in_flight = gate.lock().await;
         // Whoever held the gate before us has just filled the cache.
         if let Some(v) = Self::fresh(&self.assignments, &key, self.assignments_ttl) {
-            return Ok(v);
+            return Ok(Paced::Done(v));
         }
-        if let Some(b) = budget {
-            b.acquire(1).await;
+        if budget.is_some_and(|b| b.try_acquire(1).is_err()) {
+            return Ok(Paced::NoPermit);
         }
         let v = Arc::new(conn.client.list_assigned_roles(account_id).await?);
         self.assignments
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, (Instant::now(), v.clone()));
-        Ok(v)
+        Ok(Paced::Done(v))
     }
 
     /// Teams named `name` (team names are not unique), shared for a minute: N accounts in one

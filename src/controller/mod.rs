@@ -12,6 +12,7 @@ pub mod context;
 pub mod error;
 pub mod konnect_cache;
 pub mod reconciler;
+pub mod scopes;
 pub mod snapshot;
 pub mod token;
 pub mod token_plan;
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use kube::runtime::controller::Config as ControllerRunConfig;
 use kube::runtime::events::Reporter;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
@@ -34,21 +34,6 @@ use context::{Context, ControllerConfig};
 
 /// SystemAccount changes a subscriber may lag behind before the shared watch waits for it.
 const SHARED_EVENTS_BUFFER: usize = 1024;
-
-/// Where the controllers look: every namespace, or one.
-fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
 
 /// Everything `run` needs to start the controllers.
 pub struct Runtime {
@@ -64,61 +49,26 @@ pub struct Runtime {
     pub instance: Option<String>,
 }
 
-/// Runs the three controllers until `shutdown` resolves. With a namespace list, one set of
-/// controllers per namespace (each with namespaced watches, so a Role per namespace suffices).
+/// Runs the three controllers until `shutdown` resolves (then in-flight reconciles finish).
+/// Everything runs inside the returned future: dropping it cancels every reconcile at once (how a
+/// lost Lease stops the writes). With a namespace list, each kind has one watch per namespace
+/// (namespaced, so a Role per namespace suffices), merged into one cache; every namespace shares
+/// one Context: one drift budget, one Konnect snapshot, one account and binding cache.
 pub async fn run(rt: Runtime, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
-    let scopes: Vec<Option<String>> = if rt.namespaces.is_empty() {
-        vec![None]
-    } else {
-        rt.namespaces.iter().cloned().map(Some).collect()
-    };
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
-    let synced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let total_stores = scopes.len() * 2;
-    for scope in scopes {
-        let mut rx = rx.clone();
-        let stop = async move {
-            let _ = rx.wait_for(|v| *v).await;
-        };
-        tasks.push(tokio::spawn(run_scope(
-            scope,
-            rt.kube.clone(),
-            rt.connections.clone(),
-            rt.metrics.clone(),
-            rt.health.clone(),
-            rt.config.clone(),
-            rt.max_concurrent_reconciles,
-            rt.instance.clone(),
-            synced.clone(),
-            total_stores,
-            stop,
-        )));
-    }
-    shutdown.await;
-    let _ = tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_scope(
-    scope: Option<String>,
-    kube: kube::Client,
-    connections: Arc<Connections>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    config: ControllerConfig,
-    concurrency: u16,
-    instance: Option<String>,
-    synced: Arc<std::sync::atomic::AtomicUsize>,
-    total_stores: usize,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let ns = scope.as_deref();
-    let run_config = ControllerRunConfig::default().concurrency(concurrency);
+    let Runtime {
+        kube,
+        connections,
+        metrics,
+        health,
+        config,
+        max_concurrent_reconciles,
+        namespaces,
+        instance,
+    } = rt;
+    health.set_controllers_started();
+    let run_config = ControllerRunConfig::default().concurrency(max_concurrent_reconciles);
     let wc = watcher::Config::default();
+    let ns = namespaces.as_slice();
 
     // One SystemAccount watch feeds the account controller, the account cache that tokens and
     // bindings resolve their reference against, and the triggers that wake them. The store is
@@ -132,8 +82,7 @@ async fn run_scope(
             .expect("a shared store has subscribers")
     };
     let (account_events, token_wakes, binding_wakes) = (subscribe(), subscribe(), subscribe());
-    let account_watch = watcher(api::<SystemAccount>(&kube, ns), wc.clone())
-        .default_backoff()
+    let account_watch = scopes::watch::<SystemAccount>(&kube, ns, wc.clone())
         .reflect_shared(account_writer)
         .for_each(|event| async move {
             if let Err(e) = event {
@@ -141,20 +90,26 @@ async fn run_scope(
             }
         });
 
+    let (token_store, token_writer) = reflector::store::<SystemAccountToken>();
+    let (binding_store, binding_writer) = reflector::store::<RoleBinding>();
+    let token_stream = scopes::watch::<SystemAccountToken>(&kube, ns, wc.clone())
+        .reflect(token_writer)
+        .applied_objects();
+    let binding_stream = scopes::watch::<RoleBinding>(&kube, ns, wc.clone())
+        .reflect(binding_writer)
+        .applied_objects();
+
     let accounts = Controller::for_shared_stream(account_events, account_store.clone())
         .with_config(run_config.clone());
-    let tokens = Controller::new(api::<SystemAccountToken>(&kube, ns), wc.clone())
-        .with_config(run_config.clone());
+    let tokens =
+        Controller::for_stream(token_stream, token_store.clone()).with_config(run_config.clone());
     let bindings =
-        Controller::new(api::<RoleBinding>(&kube, ns), wc.clone()).with_config(run_config);
+        Controller::for_stream(binding_stream, binding_store.clone()).with_config(run_config);
 
-    let token_store = tokens.store();
-    let binding_store = bindings.store();
+    let managed_secrets =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let tokens = tokens
-        .owns(
-            api::<Secret>(&kube, ns),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        )
+        .owns_stream(scopes::touched::<Secret>(&kube, ns, managed_secrets))
         .watches_shared_stream(token_wakes, move |sa| {
             account_ref::dependents_of(&token_store, &sa, |t: &SystemAccountToken| {
                 &t.spec.system_account_ref
@@ -182,28 +137,23 @@ async fn run_scope(
         binding_store.clone(),
     ));
 
-    // Ready once every scope's account and binding caches have synced.
-    let readiness = {
-        let health = health.clone();
-        async move {
-            // Poll with a short timeout: kube-runtime's store readiness wakes one waiter (the
-            // controller's own), so a second waiter must look again to notice.
-            while tokio::time::timeout(Duration::from_millis(100), account_store.wait_until_ready())
-                .await
-                .is_err()
-            {}
-            while tokio::time::timeout(Duration::from_millis(100), binding_store.wait_until_ready())
-                .await
-                .is_err()
-            {}
-            let done = synced.fetch_add(2, std::sync::atomic::Ordering::SeqCst) + 2;
-            if done >= total_stores {
-                tracing::info!("caches synced; ready");
-                health.set_caches_synced(true);
-            }
-        }
+    // Ready once the account and binding caches have synced (with a namespace list: every
+    // namespace has listed once).
+    let readiness = async move {
+        // Poll with a short timeout: kube-runtime's store readiness wakes one waiter (the
+        // controller's own), so a second waiter must look again to notice.
+        while tokio::time::timeout(Duration::from_millis(100), account_store.wait_until_ready())
+            .await
+            .is_err()
+        {}
+        while tokio::time::timeout(Duration::from_millis(100), binding_store.wait_until_ready())
+            .await
+            .is_err()
+        {}
+        tracing::info!("caches synced; ready");
+        health.set_caches_synced(true);
+        futures::future::pending::<()>().await
     };
-    tokio::spawn(readiness);
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mk_stop = |tx: &tokio::sync::broadcast::Sender<()>| {
@@ -225,13 +175,19 @@ async fn run_scope(
         .run(binding::reconcile, reconciler::error_policy, ctx)
         .for_each(|_| async {});
     let stopper = async move {
-        stop.await;
+        shutdown.await;
         let _ = stop_tx.send(());
     };
-    tracing::info!(namespace = ns.unwrap_or("<all>"), "controllers started");
-    // The shared watch runs until the controllers have stopped (it ends with them).
+    let scope = if namespaces.is_empty() {
+        "<all>".to_string()
+    } else {
+        namespaces.join(",")
+    };
+    tracing::info!(namespaces = %scope, "controllers started");
+    // The shared watch and the readiness check run until the controllers have stopped.
     tokio::select! {
         _ = async { futures::join!(a, t, b, stopper) } => {}
         _ = account_watch => tracing::warn!("the SystemAccount watch ended"),
+        _ = readiness => {}
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::budget::DriftBudget;
+use super::budget::{DriftBudget, Paced};
 use super::connections::{Connection, ConnectionKey};
 use crate::konnect::{AccountFilter, Result, SystemAccount};
 
@@ -56,18 +56,21 @@ impl Snapshot {
     }
 
     /// The account with `id` as of the snapshot (None: not listed). One refresh at a time per
-    /// connection; concurrent callers wait for it and share the result.
+    /// connection; concurrent callers wait for it and share the result. A refresh the budget
+    /// has no permits for is not made (`NoPermit`).
     pub async fn account(
         &self,
         conn: &Connection,
         budget: &DriftBudget,
         id: &str,
-    ) -> Result<Option<SystemAccount>> {
+    ) -> Result<Paced<Option<SystemAccount>>> {
         let slot = slot(&self.accounts, &conn.key);
         let mut s = slot.lock().await;
         if stale(s.fetched, self.ttl) {
             let pages = s.by_id.len() as u32 / crate::konnect::client::PAGE_SIZE as u32 + 1;
-            budget.acquire(pages).await;
+            if budget.try_acquire(pages).is_err() {
+                return Ok(Paced::NoPermit);
+            }
             let all = conn
                 .client
                 .list_system_accounts(&AccountFilter::default())
@@ -75,7 +78,7 @@ impl Snapshot {
             s.by_id = all.into_iter().map(|a| (a.id.clone(), a)).collect();
             s.fetched = Some(Instant::now());
         }
-        Ok(s.by_id.get(id).cloned())
+        Ok(Paced::Done(s.by_id.get(id).cloned()))
     }
 
     /// Whether `account_id` is a member of `team_id`, as of the snapshot.
@@ -85,17 +88,19 @@ impl Snapshot {
         budget: &DriftBudget,
         team_id: &str,
         account_id: &str,
-    ) -> Result<bool> {
+    ) -> Result<Paced<bool>> {
         let slot = slot(&self.members, &(conn.key.clone(), team_id.to_string()));
         let mut s = slot.lock().await;
         if stale(s.fetched, self.ttl) {
             let pages = s.ids.len() as u32 / crate::konnect::client::PAGE_SIZE as u32 + 1;
-            budget.acquire(pages).await;
+            if budget.try_acquire(pages).is_err() {
+                return Ok(Paced::NoPermit);
+            }
             let members = conn.client.list_team_accounts(team_id).await?;
             s.ids = members.into_iter().map(|a| a.id).collect();
             s.fetched = Some(Instant::now());
         }
-        Ok(s.ids.contains(account_id))
+        Ok(Paced::Done(s.ids.contains(account_id)))
     }
 
     /// Records an account we created, changed or confirmed.

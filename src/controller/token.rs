@@ -330,12 +330,19 @@ async fn check_live(
         return Ok(Some(true));
     }
     let st = w.obj.status.clone().unwrap_or_default();
+    let renewal_due = parse_time(&st.renewal_time).is_none_or(|r| r <= now);
     if st.observed_generation == w.obj.metadata.generation
         && conditions::is_ready(&st.conditions, w.obj.metadata.generation)
+        && !renewal_due
     {
-        // A drift check of an unchanged token: paced by the background budget.
+        // A drift check of an unchanged token (a due renewal is not one): paced by the background
+        // budget. Without a permit it is put off to the next resync, never waited for (a wait
+        // would hold a reconcile slot that changes and due renewals need).
+        if w.ctx.budget.try_acquire(1).is_err() {
+            w.ctx.metrics.drift_check_deferred("SystemAccountToken");
+            return Ok(None);
+        }
         w.ctx.metrics.drift_check("SystemAccountToken");
-        w.ctx.budget.acquire(1).await;
     }
     match w.k.get_access_token(account_id, token_id).await {
         Ok(_) => {

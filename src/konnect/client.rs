@@ -31,6 +31,12 @@ pub trait RequestObserver: Send + Sync {
     fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
 }
 
+/// Asked before every attempt of a write (any method but GET): an `Err` refuses it (the leader
+/// fence, [`crate::fence::Fence`]).
+pub trait WriteGate: Send + Sync {
+    fn check(&self) -> std::result::Result<(), String>;
+}
+
 /// How to reach one Konnect organisation.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -47,6 +53,8 @@ pub struct ClientConfig {
     /// Concurrent requests at most (shared by every clone of the client).
     pub max_concurrency: usize,
     pub observer: Option<Arc<dyn RequestObserver>>,
+    /// Refuses writes when this replica may not write (None: always allowed).
+    pub write_gate: Option<Arc<dyn WriteGate>>,
 }
 
 impl ClientConfig {
@@ -59,6 +67,7 @@ impl ClientConfig {
             max_retry_wait: Duration::from_secs(30),
             max_concurrency: 16,
             observer: None,
+            write_gate: None,
         }
     }
 }
@@ -74,6 +83,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("max_retry_wait", &self.max_retry_wait)
             .field("max_concurrency", &self.max_concurrency)
             .field("observer", &self.observer.as_ref().map(|_| "set"))
+            .field("write_gate", &self.write_gate.as_ref().map(|_| "set"))
             .finish()
     }
 }
@@ -587,6 +597,13 @@ impl KonnectClient {
             attempt += 1;
             let last = attempt >= max_attempts;
             let may_retry_failure = call.policy == RetryPolicy::Transient && !last;
+            // Every attempt of a write, retries after a Retry-After wait included.
+            if call.method != Method::GET
+                && let Some(gate) = &config.write_gate
+                && let Err(why) = gate.check()
+            {
+                return Err(KonnectError::Fenced(format!("{}: {why}", call.operation)));
+            }
             match self.attempt(call, &url, attempt).await {
                 Ok(reply) if reply.status == 429 => {
                     let wait = reply.retry_after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT);

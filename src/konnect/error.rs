@@ -35,6 +35,9 @@ pub enum KonnectError {
     Decode(String),
     #[error("invalid Konnect configuration: {0}")]
     Config(String),
+    /// Not sent: this replica lost the leader Lease.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 fn fmt_params(params: &[InvalidParameter]) -> String {
@@ -106,6 +109,7 @@ impl KonnectError {
             Self::Transport(_) => "Transport",
             Self::Decode(_) => "Decode",
             Self::Config(_) => "Config",
+            Self::Fenced(_) => "Fenced",
         }
     }
 }

@@ -6,6 +6,6 @@ mod response;
 pub mod retry;
 pub mod url;
 
-pub use client::{AccountFilter, ClientConfig, Created, KonnectClient, RequestObserver};
+pub use client::{AccountFilter, ClientConfig, Created, KonnectClient, RequestObserver, WriteGate};
 pub use error::{IgnoreNotFound, KonnectError, Result};
 pub use models::*;

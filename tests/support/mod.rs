@@ -3,6 +3,7 @@
 
 pub mod env;
 pub mod kube_api;
+pub mod proxy;
 
 #[allow(unused_imports)]
 pub use env::{NS, TestEnv, delete, eventually, merge_patch, ready_of, wait_for};
