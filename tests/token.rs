@@ -275,7 +275,21 @@ async fn token_lands_in_an_owned_secret_and_authenticates() {
     assert_eq!(live.len(), 1);
     assert_eq!(Some(live[0].id.clone()), st.token_id);
     assert_eq!(Some(live[0].name.clone()), st.token_name);
-    assert_eq!(st.token_name.as_deref(), Some("platform.ci-bot-token.r1"));
+    // <namespace>.<name>.<uid prefix>.r<revision>: unique per object, so another cluster's or a
+    // recreated object's token of the same name is never taken for this one's.
+    let uid_prefix: String = tok
+        .metadata
+        .uid
+        .clone()
+        .unwrap()
+        .replace('-', "")
+        .chars()
+        .take(8)
+        .collect();
+    assert_eq!(
+        st.token_name.clone(),
+        Some(format!("platform.ci-bot-token.{uid_prefix}.r1"))
+    );
 
     // Status: id, expiry (default 2160h), renewal before it, revision 1.
     let expires = parse_ts(&st.expires_at);
@@ -510,11 +524,15 @@ async fn rotate_annotation_rotates_once_per_new_value() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn deleted_secret_gets_a_new_token_and_the_old_one_is_revoked() {
+async fn deleted_secret_gets_a_new_token_and_the_old_one_keeps_its_overlap() {
     let env = TestEnv::start().await;
     let op = Operator::start(&env, "3s").await;
     let account_id = ready_account(&env, "lost").await;
-    env.apply(&token_yaml("lost-token", "lost", ""));
+    env.apply(&token_yaml(
+        "lost-token",
+        "lost",
+        "  previousTokenRetention: 6s",
+    ));
     let api = env.api::<SystemAccountToken>();
     let tok = wait_for(&api, "lost-token", T, |t| ready_at(t, 1)).await;
     let old = value_of(&secret(&env, "lost-token").await.unwrap());
@@ -530,10 +548,25 @@ async fn deleted_secret_gets_a_new_token_and_the_old_one_is_revoked() {
         Some("2")
     );
     assert_eq!(auth_status(&env, &new).await, 200);
-    // Nobody can hold the old value any more: it is revoked at once, not after the retention.
+    // A consumer that read the old value before the Secret went keeps working for the retention
+    // (no outage for a deleted or moved Secret), then the old token is revoked.
+    assert_eq!(
+        auth_status(&env, &old).await,
+        200,
+        "the old token keeps its overlap"
+    );
+    let previous = &status(&tok2).previous_tokens;
+    assert_eq!(previous.len(), 1);
+    assert_eq!(Some(&previous[0].id), status(&tok).token_id.as_ref());
+    let revoke_at = previous[0].revoke_at.parse::<Timestamp>().unwrap();
+    let rotated = parse_ts(&status(&tok2).last_rotation_time);
+    assert!(
+        revoke_at.duration_since(rotated).as_secs() >= 5,
+        "revokeAt {revoke_at} is the retention after {rotated}"
+    );
     assert!(
         eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
-        "old token revoked: {:?}",
+        "old token revoked after the retention: {:?}",
         env.sim.live_tokens(&account_id)
     );
     assert_eq!(auth_status(&env, &old).await, 401);

@@ -163,7 +163,7 @@ async fn check_invariants(env: &TestEnv, account_id: &str, seed: u64, seen: &mut
             })
             .map(|p| p.id.clone())
             .collect();
-        let prefix = format!("{NS}.{name}.r");
+        let prefix = format!("{NS}.{name}.");
         let mine: Vec<_> = live
             .iter()
             .filter(|t| t.name.starts_with(&prefix))
@@ -212,7 +212,7 @@ async fn check_after_kill(
                 "seed {seed}, kill {kill}: {name}: the Secret's token is not accepted"
             );
         }
-        let prefix = format!("{NS}.{name}.r");
+        let prefix = format!("{NS}.{name}.");
         let known: BTreeSet<&String> = st
             .token_id
             .iter()

@@ -407,6 +407,13 @@ pub struct SystemAccountTokenStatus {
     /// finding and revoking it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_token_name: Option<String>,
+    /// When pendingTokenName was recorded (RFC 3339, UTC, seconds): only a token created at or after it is
+    /// this object's unfinished one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<String>,
+    /// Konnect id of the system account the pending token is being created in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_account_id: Option<String>,
     /// The konnect-sa.dev/rotate annotation value already acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotate_annotation: Option<String>,

@@ -15,6 +15,8 @@ pub mod reconciler;
 pub mod scopes;
 pub mod snapshot;
 pub mod token;
+#[cfg(test)]
+mod token_model;
 pub mod token_plan;
 
 use std::sync::Arc;

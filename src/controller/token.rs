@@ -16,8 +16,9 @@ use super::context::Context;
 use super::error::ReconcileError;
 use super::reconciler::{mark_ready, object_key, reconcile_with};
 use super::token_plan::{
-    CurrentToken, RotationInputs, RotationReason, SecretView, expiry, next_wakeup, renewal_time,
-    revoke_at, rotation_due, secret_is_newer, token_name, whole_seconds,
+    Found, Issued, Liveness, RotationReason, SecretView, TokenObserved, TokenStep, adopt_secret,
+    clear_pending, expiry, next_wakeup, pending_accounts, plan_token, record_issued, renewal_time,
+    retention_after, set_pending, token_name, whole_seconds,
 };
 use crate::api::common::ROTATE_ANNOTATION;
 use crate::api::{
@@ -43,17 +44,9 @@ fn parse_time(v: &Option<String>) -> Option<Timestamp> {
     v.as_deref().and_then(|s| s.parse().ok())
 }
 
-fn current_of(st: &SystemAccountTokenStatus) -> CurrentToken {
-    CurrentToken {
-        token_id: st.token_id.clone(),
-        account_id: st.account_id.clone(),
-        revision: st.revision.unwrap_or(0),
-        issued_at: parse_time(&st.last_rotation_time),
-        expires_at: parse_time(&st.expires_at),
-        renewal_time: parse_time(&st.renewal_time),
-        last_rotate_annotation: st.last_rotate_annotation.clone(),
-    }
-}
+/// A bound on the steps of one reconcile: each step changes what the next observes, so a plan
+/// that repeats itself is a bug; stopping keeps it from becoming a hot loop.
+const MAX_STEPS: usize = 16;
 
 /// One reconcile's view of the object and its surroundings.
 struct Work<'a> {
@@ -97,15 +90,26 @@ impl Work<'_> {
     }
 }
 
+/// The spec's schedule, parsed once per reconcile.
+#[derive(Clone, Copy)]
+struct Schedule {
+    lifetime: std::time::Duration,
+    renew_before: std::time::Duration,
+    retention: std::time::Duration,
+}
+
 async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     obj.spec.validate().map_err(ReconcileError::InvalidSpec)?;
     let lifetime = obj.spec.duration().map_err(ReconcileError::InvalidSpec)?;
-    let renew_before = obj.spec.renew_before(lifetime);
-    let retention = obj
-        .spec
-        .previous_token_retention()
-        .map_err(ReconcileError::InvalidSpec)?;
+    let schedule = Schedule {
+        lifetime,
+        renew_before: obj.spec.renew_before(lifetime),
+        retention: obj
+            .spec
+            .previous_token_retention()
+            .map_err(ReconcileError::InvalidSpec)?,
+    };
     let ResolvedAccount {
         id: account_id,
         konnect: account_konnect,
@@ -141,42 +145,67 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         secret_name,
         secret_key: obj.spec.secret_key().to_string(),
     };
-
-    heal_newer_secret(&mut w, retention).await?;
-    heal_pending(&mut w).await?;
-
-    let now = Timestamp::now();
-    let current = current_of(w.st());
-    let token_live = check_live(&w, &current, now).await?;
-    let view = w.view();
     let rotate_annotation = obj.annotations().get(ROTATE_ANNOTATION).cloned();
-    let due = rotation_due(&RotationInputs {
-        current: &current,
-        secret: view.as_ref(),
-        account_id: &w.account_id,
-        lifetime,
-        rotate_annotation: rotate_annotation.as_deref(),
-        token_live,
-        now,
-    });
-    if let Some(reason) = due {
-        issue(
-            &mut w,
-            reason,
-            lifetime,
-            renew_before,
-            retention,
-            rotate_annotation,
-        )
-        .await?;
+
+    // Observe, decide (token_plan::plan_token), act; again until there is nothing to do.
+    let mut live = Liveness::Unknown;
+    let mut found: Option<Vec<Found>> = None;
+    for _ in 0..MAX_STEPS {
+        let view = w.view();
+        let status = w.obj.status.clone().unwrap_or_default();
+        let step = plan_token(&TokenObserved {
+            status: &status,
+            secret: view.as_ref(),
+            account_id: &w.account_id,
+            lifetime: schedule.lifetime,
+            rotate_annotation: rotate_annotation.as_deref(),
+            live,
+            found: found.as_deref(),
+            has_restart_targets: !w.obj.spec.rollout_restart_targets.is_empty(),
+            now: Timestamp::now(),
+        });
+        tracing::debug!(?step, "token step");
+        match step {
+            TokenStep::AdoptSecret => {
+                let (Some(view), uid) = (view, w.uid()) else {
+                    break;
+                };
+                let now = whole_seconds(Timestamp::now());
+                let st = w.st();
+                adopt_secret(
+                    st,
+                    &view,
+                    now,
+                    schedule.retention,
+                    schedule.renew_before,
+                    &uid,
+                );
+                if st.pending_token_name.is_none() {
+                    conditions::remove(&mut st.conditions, ISSUING);
+                }
+                tracing::info!(revision = ?view.revision, "adopted the token found in the Secret (written before a restart)");
+                w.save().await?;
+            }
+            TokenStep::FindPending => found = Some(find_pending(&w).await?),
+            TokenStep::RevokePending(ours) => {
+                revoke_pending(&mut w, &ours).await?;
+                found = None;
+            }
+            TokenStep::CheckLive => live = check_live(&w).await?,
+            TokenStep::Issue(reason) => {
+                issue(&mut w, reason, schedule, rotate_annotation.clone()).await?;
+                live = Liveness::Live;
+            }
+            TokenStep::Restart => restart_targets(&mut w).await,
+            TokenStep::Revoke(ids) => revoke(&mut w, &ids).await?,
+            TokenStep::Done => break,
+        }
     }
-    restart_targets_if_due(&mut w).await;
-    revoke_due(&mut w).await?;
 
     // renewBefore(Percentage) may have changed since the token was issued: the schedule follows the spec.
     let seed = format!("{}/{}", w.uid(), w.st().revision.unwrap_or(0));
     if let Some(expires) = parse_time(&w.st().expires_at) {
-        w.st().renewal_time = Some(renewal_time(expires, renew_before, &seed).to_string());
+        w.st().renewal_time = Some(renewal_time(expires, schedule.renew_before, &seed).to_string());
     }
 
     let st = w.st().clone();
@@ -215,44 +244,6 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     )))
 }
 
-/// Crash after the Secret write, before the status write: the Secret's token is the current one.
-async fn heal_newer_secret(
-    w: &mut Work<'_>,
-    retention: std::time::Duration,
-) -> Result<(), ReconcileError> {
-    let Some(view) = w.view() else { return Ok(()) };
-    let current = current_of(w.st());
-    if !secret_is_newer(&current, &view) {
-        return Ok(());
-    }
-    let now = whole_seconds(Timestamp::now());
-    let renew_seed = format!("{}/{}", w.uid(), view.revision.unwrap_or(0));
-    let lifetime = w.obj.spec.duration().map_err(ReconcileError::InvalidSpec)?;
-    let renew_before = w.obj.spec.renew_before(lifetime);
-    let st = w.st();
-    retire_current(st, now, retention);
-    st.token_id = view.token_id.clone();
-    st.token_name = view.token_name.clone();
-    st.account_id = view.account_id.clone();
-    st.revision = view.revision;
-    st.expires_at = view.expires_at.map(|t| t.to_string());
-    st.last_rotation_time = view.issued_at.map(|t| t.to_string());
-    st.renewal_time = view
-        .expires_at
-        .map(|e| renewal_time(e, renew_before, &renew_seed).to_string());
-    // The rotate request this token answered is done: without this, a crash between the Secret
-    // and status writes would rotate a second time for the same request.
-    if view.rotated_for.is_some() {
-        st.last_rotate_annotation = view.rotated_for.clone();
-    }
-    if st.pending_token_name.is_some() && st.pending_token_name == view.token_name {
-        st.pending_token_name = None;
-        conditions::remove(&mut st.conditions, ISSUING);
-    }
-    tracing::info!(revision = ?view.revision, "adopted the token found in the Secret (written before a restart)");
-    w.save().await
-}
-
 /// Whether the current (about to be previous) token still exists in Konnect; errors count as yes,
 /// so an unsure answer keeps the overlap and the revoke happens later.
 async fn old_token_exists(w: &mut Work<'_>) -> bool {
@@ -263,73 +254,72 @@ async fn old_token_exists(w: &mut Work<'_>) -> bool {
     !matches!(w.k.get_access_token(&account, &token).await, Err(e) if e.is_not_found())
 }
 
-/// Moves the current token to `previousTokens`, to be revoked after `keep` (never after its expiry).
-fn retire_current(st: &mut SystemAccountTokenStatus, now: Timestamp, keep: std::time::Duration) {
-    if let Some(old_id) = st.token_id.take() {
-        st.previous_tokens.push(PreviousToken {
-            id: old_id,
-            name: st.token_name.clone().unwrap_or_default(),
-            account_id: st.account_id.clone().unwrap_or_default(),
-            revoke_at: revoke_at(now, keep, parse_time(&st.expires_at)).to_string(),
-        });
-    }
-}
-
-/// Crash (or lost response) between recording pendingTokenName and writing the Secret: find the
-/// token by name and revoke it before issuing again, so no token leaks.
-async fn heal_pending(w: &mut Work<'_>) -> Result<(), ReconcileError> {
-    let Some(pending) = w.st().pending_token_name.clone() else {
-        return Ok(());
-    };
-    let mut accounts = vec![w.account_id.clone()];
-    if let Some(a) = w.st().account_id.clone()
-        && !accounts.contains(&a)
-    {
-        accounts.push(a);
-    }
-    for account in &accounts {
-        let found = match w.k.list_access_tokens(account, Some(&pending)).await {
-            Ok(found) => found,
+/// Lists the tokens named `pending` in `accounts` (an account that is gone has none).
+async fn list_pending(
+    k: &KonnectClient,
+    accounts: &[String],
+    pending: &str,
+) -> Result<Vec<Found>, ReconcileError> {
+    let mut out = Vec::new();
+    for account in accounts {
+        let listed = match k.list_access_tokens(account, Some(pending)).await {
+            Ok(listed) => listed,
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(ReconcileError::konnect("looking up an unfinished token")(e)),
         };
-        for t in found.iter().filter(|t| t.name == pending) {
-            w.k.delete_access_token(account, &t.id)
-                .await
-                .ignore_not_found()
-                .map_err(ReconcileError::konnect("revoking an unfinished token"))?;
-            tracing::info!(token_name = %pending, "revoked a token whose value never reached the Secret");
-        }
+        out.extend(
+            listed
+                .into_iter()
+                .filter(|t| t.name == pending)
+                .map(|t| Found {
+                    created_at: parse_time(&t.created_at),
+                    id: t.id,
+                    name: t.name,
+                    account_id: account.clone(),
+                }),
+        );
+    }
+    Ok(out)
+}
+
+async fn find_pending(w: &Work<'_>) -> Result<Vec<Found>, ReconcileError> {
+    let st = w.obj.status.clone().unwrap_or_default();
+    let Some(pending) = st.pending_token_name.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let accounts = pending_accounts(&st, Some(&w.account_id));
+    list_pending(&w.k, &accounts, pending).await
+}
+
+/// Crash (or lost response) between recording pendingTokenName and writing the Secret: the token
+/// found under that name never reached anyone; revoke it before issuing again, so none leaks.
+async fn revoke_pending(w: &mut Work<'_>, ours: &[Found]) -> Result<(), ReconcileError> {
+    for t in ours {
+        w.k.delete_access_token(&t.account_id, &t.id)
+            .await
+            .ignore_not_found()
+            .map_err(ReconcileError::konnect("revoking an unfinished token"))?;
+        tracing::info!(token_name = %t.name, "revoked a token whose value never reached the Secret");
     }
     let st = w.st();
-    st.pending_token_name = None;
+    clear_pending(st);
     conditions::remove(&mut st.conditions, ISSUING);
     w.save().await
 }
 
-/// Whether the current token still exists in Konnect (None when there is nothing to check).
-async fn check_live(
-    w: &Work<'_>,
-    current: &CurrentToken,
-    now: Timestamp,
-) -> Result<Option<bool>, ReconcileError> {
-    let (Some(token_id), Some(account_id)) =
-        (current.token_id.as_deref(), current.account_id.as_deref())
+/// Whether the current token still exists in Konnect. A token confirmed less than a resync period
+/// ago costs nothing; a drift check of an unchanged token is paced by the background budget.
+async fn check_live(w: &Work<'_>) -> Result<Liveness, ReconcileError> {
+    let st = w.obj.status.clone().unwrap_or_default();
+    let (Some(token_id), Some(account_id)) = (st.token_id.as_deref(), st.account_id.as_deref())
     else {
-        return Ok(None);
+        return Ok(Liveness::Unknown);
     };
-    if account_id != w.account_id {
-        return Ok(None);
-    }
-    if current.expires_at.is_some_and(|e| e <= now) {
-        return Ok(Some(false));
-    }
-    // Confirmed less than a resync period ago (issued, or checked): events in between cost nothing.
     let key = verified_key(&w.obj);
     if w.ctx.recently_verified(&key, token_id) {
-        return Ok(Some(true));
+        return Ok(Liveness::Live);
     }
-    let st = w.obj.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
     let renewal_due = parse_time(&st.renewal_time).is_none_or(|r| r <= now);
     if st.observed_generation == w.obj.metadata.generation
         && conditions::is_ready(&st.conditions, w.obj.metadata.generation)
@@ -340,16 +330,16 @@ async fn check_live(
         // would hold a reconcile slot that changes and due renewals need).
         if w.ctx.budget.try_acquire(1).is_err() {
             w.ctx.metrics.drift_check_deferred("SystemAccountToken");
-            return Ok(None);
+            return Ok(Liveness::Deferred);
         }
         w.ctx.metrics.drift_check("SystemAccountToken");
     }
     match w.k.get_access_token(account_id, token_id).await {
         Ok(_) => {
             w.ctx.mark_verified(&key, token_id);
-            Ok(Some(true))
+            Ok(Liveness::Live)
         }
-        Err(e) if e.is_not_found() => Ok(Some(false)),
+        Err(e) if e.is_not_found() => Ok(Liveness::Gone),
         Err(e) => Err(ReconcileError::konnect("checking the current token")(e)),
     }
 }
@@ -367,15 +357,14 @@ fn owner_ref(obj: &SystemAccountToken) -> OwnerReference {
 async fn issue(
     w: &mut Work<'_>,
     reason: RotationReason,
-    lifetime: std::time::Duration,
-    renew_before: std::time::Duration,
-    retention: std::time::Duration,
+    schedule: Schedule,
     rotate_annotation: Option<String>,
 ) -> Result<(), ReconcileError> {
     let ns = w.obj.namespace().unwrap_or_default();
     let name = w.obj.name_any();
+    let uid = w.uid();
     let revision = w.st().revision.unwrap_or(0) + 1;
-    let token_name = token_name(&ns, &name, revision);
+    let token_name = token_name(&ns, &name, &uid, revision);
     let template = w.obj.spec.secret_template.clone().unwrap_or_default();
     let (secret_name, secret_key) = (w.secret_name.clone(), w.secret_key.clone());
     let target = SecretTarget {
@@ -405,8 +394,9 @@ async fn issue(
     // 1. Record the name before the create: if the response is lost or we crash, the next
     //    reconcile finds this token by name and revokes it.
     let generation = w.obj.metadata.generation;
+    let account_id = w.account_id.clone();
     let st = w.st();
-    st.pending_token_name = Some(token_name.clone());
+    set_pending(st, &token_name, &account_id, Timestamp::now());
     conditions::set(
         &mut st.conditions,
         ISSUING,
@@ -420,7 +410,7 @@ async fn issue(
 
     // 2. Create. Never retried blindly by the client: a lost value cannot be recovered.
     let issued_at = whole_seconds(Timestamp::now());
-    let expires_at = expiry(issued_at, lifetime);
+    let expires_at = expiry(issued_at, schedule.lifetime);
     let body = CreateAccessToken {
         name: token_name.clone(),
         expires_at: expires_at.to_string(),
@@ -431,13 +421,21 @@ async fn issue(
             w.ctx.metrics.token_rotation_failures.inc();
             if nothing_was_created(&e) {
                 let st = w.st();
-                st.pending_token_name = None;
+                clear_pending(st);
                 conditions::remove(&mut st.conditions, ISSUING);
                 let _ = w.save().await;
             }
             return Err(ReconcileError::konnect("issuing a token")(e));
         }
     };
+
+    // Konnect's answer is the truth about the expiry (it may round or cap what was asked).
+    let expires_at = created
+        .meta
+        .expires_at
+        .parse::<Timestamp>()
+        .map(whole_seconds)
+        .unwrap_or(expires_at);
 
     // 3. Write the Secret: from here on consumers have the new token.
     let token = IssuedToken {
@@ -474,7 +472,7 @@ async fn issue(
                 .is_ok()
             {
                 let st = w.st();
-                st.pending_token_name = None;
+                clear_pending(st);
                 conditions::remove(&mut st.conditions, ISSUING);
                 let _ = w.save().await;
             }
@@ -491,27 +489,20 @@ async fn issue(
     //    After an account change consumers still hold the old token until they reload: it keeps
     //    the retention (an old token of a recreated account is gone already; its revoke is a 404).
     let now = whole_seconds(Timestamp::now());
-    let keep = match reason {
-        RotationReason::SecretLost | RotationReason::TokenRevoked => std::time::Duration::ZERO,
-        // A moved reference keeps the overlap; a recreated account took its old token with it.
-        RotationReason::AccountChanged if !old_token_exists(w).await => std::time::Duration::ZERO,
-        _ => retention,
-    };
-    let seed = format!("{}/{revision}", w.uid());
+    let old_exists = reason != RotationReason::AccountChanged || old_token_exists(w).await;
+    let keep = retention_after(reason, schedule.retention, old_exists);
     let account_id = w.account_id.clone();
+    let issued = Issued {
+        id: &created.meta.id,
+        name: &token_name,
+        account_id: &account_id,
+        revision,
+        issued_at,
+        expires_at,
+        rotated_for: rotate_annotation.as_deref(),
+    };
     let st = w.st();
-    retire_current(st, now, keep);
-    st.token_id = Some(created.meta.id.clone());
-    st.token_name = Some(token_name.clone());
-    st.account_id = Some(account_id);
-    st.revision = Some(revision);
-    st.expires_at = Some(expires_at.to_string());
-    st.renewal_time = Some(renewal_time(expires_at, renew_before, &seed).to_string());
-    st.last_rotation_time = Some(issued_at.to_string());
-    st.pending_token_name = None;
-    if reason == RotationReason::Initial || rotate_annotation.is_some() {
-        st.last_rotate_annotation = rotate_annotation;
-    }
+    record_issued(st, &issued, now, keep, schedule.renew_before, &uid);
     conditions::remove(&mut st.conditions, ISSUING);
     w.ctx.mark_verified(&verified_key(&w.obj), &created.meta.id);
     w.ctx
@@ -529,7 +520,6 @@ async fn issue(
     );
     tracing::info!(revision, reason = reason.as_str(), %expires_at, "token issued");
     events::publish(&w.ctx.events, &w.obj, false, verb, "Rotate", note).await;
-    restart_targets_if_due(w).await;
     w.save().await
 }
 
@@ -549,7 +539,7 @@ fn nothing_was_created(e: &KonnectError) -> bool {
 /// Restarts the targets once per revision. The stamp is the revision's issue time and number (two
 /// rotations within one second still differ), so repeating the patch (after a crash) changes
 /// nothing and triggers no second rollout.
-async fn restart_targets_if_due(w: &mut Work<'_>) {
+async fn restart_targets(w: &mut Work<'_>) {
     let targets = w.obj.spec.rollout_restart_targets.clone();
     let st = w.st().clone();
     let revision = st.revision.unwrap_or(0);
@@ -610,23 +600,15 @@ async fn restart_targets_if_due(w: &mut Work<'_>) {
     }
 }
 
-/// Revokes the previous tokens whose revokeAt has come.
-async fn revoke_due(w: &mut Work<'_>) -> Result<(), ReconcileError> {
-    let now = Timestamp::now();
+/// Revokes the previous tokens `ids` (their revokeAt has come).
+async fn revoke(w: &mut Work<'_>, ids: &[String]) -> Result<(), ReconcileError> {
     let due: Vec<PreviousToken> = w
         .st()
         .previous_tokens
         .iter()
-        .filter(|p| {
-            p.revoke_at
-                .parse::<Timestamp>()
-                .map_or(true, |at| at <= now)
-        })
+        .filter(|p| ids.contains(&p.id))
         .cloned()
         .collect();
-    if due.is_empty() {
-        return Ok(());
-    }
     for p in &due {
         let account = if p.account_id.is_empty() {
             w.account_id.clone()
@@ -720,23 +702,15 @@ async fn cleanup(
             .map_err(ReconcileError::konnect("revoking a token"))?;
     }
     if let Some(pending) = &st.pending_token_name {
-        let mut accounts: Vec<String> = st.account_id.iter().cloned().collect();
-        if let Ok(a) = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref) {
-            accounts.push(a.id);
-        }
-        accounts.dedup();
-        for account in accounts {
-            let found = match k.list_access_tokens(&account, Some(pending)).await {
-                Ok(f) => f,
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(ReconcileError::konnect("looking up an unfinished token")(e)),
-            };
-            for t in found.iter().filter(|t| &t.name == pending) {
-                k.delete_access_token(&account, &t.id)
-                    .await
-                    .ignore_not_found()
-                    .map_err(ReconcileError::konnect("revoking a token"))?;
-            }
+        let spec_account = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
+            .ok()
+            .map(|a| a.id);
+        let accounts = pending_accounts(&st, spec_account.as_deref());
+        for t in list_pending(&k, &accounts, pending).await? {
+            k.delete_access_token(&t.account_id, &t.id)
+                .await
+                .ignore_not_found()
+                .map_err(ReconcileError::konnect("revoking a token"))?;
         }
     }
     events::publish(

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use crate::api::{PreviousToken, SystemAccountTokenStatus};
+
 /// Why a new token is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RotationReason {
@@ -100,11 +102,14 @@ pub fn rotation_due(i: &RotationInputs) -> Option<RotationReason> {
     if i.token_live == Some(false) {
         return Some(RotationReason::TokenRevoked);
     }
-    let wanted_lifetime = SignedDuration::try_from(i.lifetime).unwrap_or(SignedDuration::MAX);
-    if let (Some(issued), Some(expires)) = (i.current.issued_at, i.current.expires_at)
-        && expires.duration_since(issued) != wanted_lifetime
-    {
-        return Some(RotationReason::DurationChanged);
+    // Whole seconds on both sides (Konnect keeps seconds; "24h0.5s" is 24h), and a second of slack
+    // for Konnect's own rounding of the expiry it returns: never a rotation loop on a fraction.
+    if let (Some(issued), Some(expires)) = (i.current.issued_at, i.current.expires_at) {
+        let issued_for = expires.as_second().saturating_sub(issued.as_second());
+        let wanted = i64::try_from(i.lifetime.as_secs()).unwrap_or(i64::MAX);
+        if issued_for.abs_diff(wanted) > 1 {
+            return Some(RotationReason::DurationChanged);
+        }
     }
     if let Some(wanted) = i.rotate_annotation
         && i.current.last_rotate_annotation.as_deref() != Some(wanted)
@@ -124,6 +129,8 @@ pub fn secret_is_newer(current: &CurrentToken, secret: &SecretView) -> bool {
     secret.owned
         && secret.has_value
         && secret.token_id.is_some()
+        && secret.issued_at.is_some()
+        && secret.expires_at.is_some()
         && secret.revision.unwrap_or(0) > current.revision
         && secret.token_id != current.token_id
 }
@@ -167,14 +174,18 @@ pub fn revoke_at(
     }
 }
 
-/// The Konnect-side token name: unique per CR and revision, at most 256 characters (PATName).
-pub fn token_name(namespace: &str, name: &str, revision: i64) -> String {
+/// The Konnect-side token name: `<namespace>.<name>.<uid prefix>.r<revision>`, at most 256 characters
+/// (PATName). The uid makes it unique per object: the same name in a second cluster, or an object
+/// recreated after `deletionPolicy: Orphan`, never names (and so never heals away) another's token.
+pub fn token_name(namespace: &str, name: &str, uid: &str, revision: i64) -> String {
+    let uid: String = uid.chars().filter(|c| *c != '-').take(8).collect();
+    let name = format!("{name}.{uid}");
     let full = format!("{namespace}.{name}.r{revision}");
     if full.len() <= 256 {
         return full;
     }
     let mut h = DefaultHasher::new();
-    (namespace, name).hash(&mut h);
+    (namespace, &name).hash(&mut h);
     let suffix = format!("-{:016x}.r{revision}", h.finish());
     let keep = 256 - suffix.len();
     let prefix: String = format!("{namespace}.{name}").chars().take(keep).collect();
@@ -193,6 +204,303 @@ pub fn next_wakeup(
         .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO))
         .min()
         .map_or(max, |d| d.min(max))
+}
+
+/// Whether the current token still exists in Konnect, as far as this reconcile knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Not asked yet.
+    Unknown,
+    Live,
+    /// Revoked out of band, or expired.
+    Gone,
+    /// Not asked: the background budget had no permit (a drift check waits for the next resync).
+    Deferred,
+}
+
+/// A token Konnect lists under the pending name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub id: String,
+    pub name: String,
+    /// The account it was found in.
+    pub account_id: String,
+    pub created_at: Option<Timestamp>,
+}
+
+/// Everything the decision needs, read by the controller; no I/O in here.
+#[derive(Debug, Clone)]
+pub struct TokenObserved<'a> {
+    pub status: &'a SystemAccountTokenStatus,
+    /// None: no Secret at spec.secretName.
+    pub secret: Option<&'a SecretView>,
+    /// The Konnect id of the account the spec points to.
+    pub account_id: &'a str,
+    pub lifetime: Duration,
+    pub rotate_annotation: Option<&'a str>,
+    pub live: Liveness,
+    /// Tokens found under `status.pendingTokenName` (None: not looked up yet this reconcile).
+    pub found: Option<&'a [Found]>,
+    /// `rolloutRestartTargets` is not empty.
+    pub has_restart_targets: bool,
+    pub now: Timestamp,
+}
+
+/// The next thing the token controller does. The controller executes it, observes again and asks
+/// again, until [`TokenStep::Done`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenStep {
+    /// The Secret holds a newer token than the status (a crash after the Secret write): record it.
+    AdoptSecret,
+    /// A create may have happened whose value never reached the Secret: list tokens by the pending name.
+    FindPending,
+    /// Revoke these unfinished tokens (their value reached no one), then clear the pending marker.
+    RevokePending(Vec<Found>),
+    /// Ask Konnect whether the current token still exists.
+    CheckLive,
+    /// Create a token, write it to the Secret, record it (the old one goes to previousTokens).
+    Issue(RotationReason),
+    /// Restart rolloutRestartTargets for the current revision.
+    Restart,
+    /// Revoke the previous tokens with these ids: their revokeAt has come.
+    Revoke(Vec<String>),
+    /// Nothing more to do now.
+    Done,
+}
+
+fn parse(v: &Option<String>) -> Option<Timestamp> {
+    v.as_deref().and_then(|s| s.parse().ok())
+}
+
+/// The current token as the status records it.
+pub fn current_of(st: &SystemAccountTokenStatus) -> CurrentToken {
+    CurrentToken {
+        token_id: st.token_id.clone(),
+        account_id: st.account_id.clone(),
+        revision: st.revision.unwrap_or(0),
+        issued_at: parse(&st.last_rotation_time),
+        expires_at: parse(&st.expires_at),
+        renewal_time: parse(&st.renewal_time),
+        last_rotate_annotation: st.last_rotate_annotation.clone(),
+    }
+}
+
+/// The one decision of the token controller: given what was observed, the next step. Every heal and
+/// retention rule is here, in order: heal a crash after the Secret write, heal a crash before it,
+/// issue when due (asking Konnect about the current token first when that could decide), restart
+/// consumers, revoke what is due.
+pub fn plan_token(o: &TokenObserved) -> TokenStep {
+    let st = o.status;
+    let current = current_of(st);
+    if o.secret.is_some_and(|s| secret_is_newer(&current, s)) {
+        return TokenStep::AdoptSecret;
+    }
+    if let Some(pending) = st.pending_token_name.as_deref() {
+        let Some(found) = o.found else {
+            return TokenStep::FindPending;
+        };
+        let since = parse(&st.pending_since);
+        let ours = found
+            .iter()
+            .filter(|t| t.name == pending)
+            // Only what was created at or after the marker (a second of clock slack) is ours.
+            .filter(|t| match (since, t.created_at) {
+                (Some(since), Some(created)) => created.as_second() >= since.as_second() - 1,
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        return TokenStep::RevokePending(ours);
+    }
+    let live = match o.live {
+        _ if current.expires_at.is_some_and(|e| e <= o.now) => Some(false),
+        Liveness::Live => Some(true),
+        Liveness::Gone => Some(false),
+        Liveness::Unknown | Liveness::Deferred => None,
+    };
+    let inputs = RotationInputs {
+        current: &current,
+        secret: o.secret,
+        account_id: o.account_id,
+        lifetime: o.lifetime,
+        rotate_annotation: o.rotate_annotation,
+        token_live: live,
+        now: o.now,
+    };
+    match rotation_due(&inputs) {
+        // Whether the token still exists cannot change these.
+        Some(
+            reason @ (RotationReason::Initial
+            | RotationReason::SecretLost
+            | RotationReason::AccountChanged),
+        ) => {
+            return TokenStep::Issue(reason);
+        }
+        _ if live.is_none() && o.live == Liveness::Unknown => return TokenStep::CheckLive,
+        Some(reason) => return TokenStep::Issue(reason),
+        None => {}
+    }
+    let revision = st.revision.unwrap_or(0);
+    if o.has_restart_targets && revision > 0 && st.last_restart_revision.unwrap_or(0) < revision {
+        return TokenStep::Restart;
+    }
+    let due: Vec<String> = st
+        .previous_tokens
+        .iter()
+        .filter(|p| {
+            p.revoke_at
+                .parse::<Timestamp>()
+                .map_or(true, |at| at <= o.now)
+        })
+        .map(|p| p.id.clone())
+        .collect();
+    if !due.is_empty() {
+        return TokenStep::Revoke(due);
+    }
+    TokenStep::Done
+}
+
+/// Moves the current token to `previousTokens`, to be revoked after `keep` (never after its expiry).
+pub fn retire_current(st: &mut SystemAccountTokenStatus, now: Timestamp, keep: Duration) {
+    if let Some(old_id) = st.token_id.take() {
+        st.previous_tokens.push(PreviousToken {
+            id: old_id,
+            name: st.token_name.clone().unwrap_or_default(),
+            account_id: st.account_id.clone().unwrap_or_default(),
+            revoke_at: revoke_at(now, keep, parse(&st.expires_at)).to_string(),
+        });
+    }
+}
+
+/// How long the replaced token stays valid after a rotation for `reason`: the retention, whatever
+/// happened to the Secret (a consumer that read the old value before the Secret was deleted, emptied
+/// or moved keeps working until then, as cert-manager never takes a working credential away before
+/// its successor is in place). Revoked at once only when it is gone anyway: Konnect no longer has it,
+/// or its account was recreated (`old_exists` false).
+pub fn retention_after(reason: RotationReason, retention: Duration, old_exists: bool) -> Duration {
+    match reason {
+        RotationReason::TokenRevoked => Duration::ZERO,
+        RotationReason::AccountChanged if !old_exists => Duration::ZERO,
+        _ => retention,
+    }
+}
+
+/// Records, before a create, the name and account of the token about to exist: after a crash or a
+/// lost answer the next reconcile looks for it there (even if the spec moved to another account).
+pub fn set_pending(
+    st: &mut SystemAccountTokenStatus,
+    name: &str,
+    account_id: &str,
+    now: Timestamp,
+) {
+    st.pending_token_name = Some(name.to_string());
+    st.pending_since = Some(whole_seconds(now).to_string());
+    st.pending_account_id = Some(account_id.to_string());
+}
+
+pub fn clear_pending(st: &mut SystemAccountTokenStatus) {
+    st.pending_token_name = None;
+    st.pending_since = None;
+    st.pending_account_id = None;
+}
+
+/// The accounts an unfinished token can be in: where it was being created, the spec's, the current
+/// token's.
+pub fn pending_accounts(st: &SystemAccountTokenStatus, spec_account: Option<&str>) -> Vec<String> {
+    let mut accounts: Vec<String> = Vec::new();
+    for a in [
+        st.pending_account_id.as_deref(),
+        spec_account,
+        st.account_id.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !accounts.iter().any(|x| x == a) {
+            accounts.push(a.to_string());
+        }
+    }
+    accounts
+}
+
+/// A token as issued (and written to the Secret): what the status records of it.
+#[derive(Debug, Clone)]
+pub struct Issued<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub account_id: &'a str,
+    pub revision: i64,
+    pub issued_at: Timestamp,
+    /// What Konnect answered (the truth), or what was asked for when the answer had none.
+    pub expires_at: Timestamp,
+    pub rotated_for: Option<&'a str>,
+}
+
+/// Records `t` as the current token: the old one retires with `keep`, the pending marker clears,
+/// the schedule follows the spec (`renew_before`, jitter seeded by `uid` and revision).
+pub fn record_issued(
+    st: &mut SystemAccountTokenStatus,
+    t: &Issued,
+    now: Timestamp,
+    keep: Duration,
+    renew_before: Duration,
+    uid: &str,
+) {
+    retire_current(st, now, keep);
+    st.token_id = Some(t.id.to_string());
+    st.token_name = Some(t.name.to_string());
+    st.account_id = Some(t.account_id.to_string());
+    st.revision = Some(t.revision);
+    st.expires_at = Some(t.expires_at.to_string());
+    let seed = format!("{uid}/{}", t.revision);
+    st.renewal_time = Some(renewal_time(t.expires_at, renew_before, &seed).to_string());
+    st.last_rotation_time = Some(t.issued_at.to_string());
+    if t.rotated_for.is_some() {
+        st.last_rotate_annotation = t.rotated_for.map(str::to_string);
+    }
+    clear_pending(st);
+}
+
+/// Records the token a Secret holds (written before a crash that lost the status write) as current.
+pub fn adopt_secret(
+    st: &mut SystemAccountTokenStatus,
+    view: &SecretView,
+    now: Timestamp,
+    retention: Duration,
+    renew_before: Duration,
+    uid: &str,
+) {
+    let (Some(id), Some(issued_at), Some(expires_at)) =
+        (view.token_id.as_deref(), view.issued_at, view.expires_at)
+    else {
+        return;
+    };
+    let pending_was_this =
+        st.pending_token_name.is_some() && st.pending_token_name == view.token_name;
+    let issued = Issued {
+        id,
+        name: view.token_name.as_deref().unwrap_or_default(),
+        account_id: view.account_id.as_deref().unwrap_or_default(),
+        revision: view.revision.unwrap_or(0),
+        issued_at,
+        expires_at,
+        // The rotate request this token answered is done: without this, a crash between the
+        // Secret and status writes would rotate a second time for the same request.
+        rotated_for: view.rotated_for.as_deref(),
+    };
+    let pending = (
+        st.pending_token_name.take(),
+        st.pending_since.take(),
+        st.pending_account_id.take(),
+    );
+    record_issued(st, &issued, now, retention, renew_before, uid);
+    if !pending_was_this {
+        (
+            st.pending_token_name,
+            st.pending_since,
+            st.pending_account_id,
+        ) = pending;
+    }
 }
 
 #[cfg(test)]
@@ -314,9 +622,17 @@ mod tests {
         let newer = SecretView {
             token_id: Some("t2".into()),
             revision: Some(2),
+            issued_at: Some(ts(1050)),
+            expires_at: Some(ts(1140)),
             ..secret()
         };
         assert!(secret_is_newer(&c, &newer));
+        // Without the times it records, a Secret cannot be adopted (its token is replaced instead).
+        let bare = SecretView {
+            expires_at: None,
+            ..newer.clone()
+        };
+        assert!(!secret_is_newer(&c, &bare));
         assert!(!secret_is_newer(&c, &secret()));
         let foreign = SecretView {
             owned: false,
@@ -351,14 +667,19 @@ mod tests {
     }
 
     #[test]
-    fn token_names_are_unique_per_revision_and_bounded() {
+    fn token_names_are_unique_per_object_and_revision_and_bounded() {
         assert_eq!(
-            token_name("platform", "ci-bot-token", 3),
-            "platform.ci-bot-token.r3"
+            token_name("platform", "ci-bot-token", "0a1b2c3d-4e5f-6789", 3),
+            "platform.ci-bot-token.0a1b2c3d.r3"
         );
-        let long = token_name(&"n".repeat(63), &"x".repeat(253), 12);
+        // The same namespace and name, another object (another cluster, or recreated): another name.
+        assert_ne!(
+            token_name("platform", "ci-bot-token", "0a1b2c3d-4e5f-6789", 3),
+            token_name("platform", "ci-bot-token", "99999999-4e5f-6789", 3)
+        );
+        let long = token_name(&"n".repeat(63), &"x".repeat(253), "u", 12);
         assert!(long.len() <= 256 && long.ends_with(".r12"));
-        assert_ne!(long, token_name(&"n".repeat(63), &"x".repeat(252), 12));
+        assert_ne!(long, token_name(&"n".repeat(63), &"x".repeat(252), "u", 12));
     }
 
     #[test]
