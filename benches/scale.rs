@@ -1,6 +1,7 @@
 //! Scale benchmark: N SystemAccounts (one team each), N SystemAccountTokens and N RoleBindings
 //! against the Kubernetes API stand-in and the Konnect simulator (with latency), with the real
-//! operator binary. Prints a table and, last, one JSON line.
+//! operator binary. Prints a table and, last, one JSON line. Also times a new account and token from apply
+//! to Ready on the idle operator and, every 5 s, during the drift window (the budget must not delay it).
 //!
 //!   cargo bench --bench scale -- --accounts 1000 --latency-ms 20 --concurrency 16 --resync 30
 //!   cargo bench --bench scale -- --curve            (N = 100, 1000, 3000)
@@ -74,6 +75,11 @@ struct Figures {
     binary_mib: f64,
     ready_s: f64,
     errors: u64,
+    /// A new account and its token, from apply to the token Ready: on the idle operator (before
+    /// the N objects), and the median and worst of several during the steady-state drift window.
+    new_object_idle_s: f64,
+    new_object_busy_median_s: f64,
+    new_object_busy_max_s: f64,
 }
 
 fn proc_status(pid: u32, key: &str) -> Option<f64> {
@@ -112,6 +118,31 @@ async fn metric_sum(url: &str, name: &str) -> u64 {
     })
 }
 
+/// Applies a new account and token `probe-{k}` and returns the seconds until the token is Ready.
+async fn new_object_latency(env: &TestEnv, k: usize) -> f64 {
+    let t0 = Instant::now();
+    env.apply(&format!(
+        "apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {{name: probe-{k}}}\nspec: {{}}\n---\n\
+         apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccountToken\nmetadata: {{name: probe-{k}-token}}\nspec:\n  systemAccountRef: {{name: probe-{k}}}\n"
+    ));
+    loop {
+        if let Some(t) = env.kube.get(
+            "konnect-sa.dev",
+            "v1alpha1",
+            "systemaccounttokens",
+            NS,
+            &format!("probe-{k}-token"),
+        ) && is_ready(&t)
+        {
+            return t0.elapsed().as_secs_f64();
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            return f64::NAN;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Ready=True for the object's current generation.
 fn is_ready(o: &Value) -> bool {
     let generation = o["metadata"]["generation"].as_i64();
@@ -124,9 +155,18 @@ fn is_ready(o: &Value) -> bool {
     })
 }
 
+/// Ready objects of the workload (the `probe-` objects of the latency probes not counted).
 fn ready_count(env: &TestEnv, plural: &str) -> usize {
     env.kube
-        .count("konnect-sa.dev", "v1alpha1", plural, Some(NS), is_ready)
+        .count("konnect-sa.dev", "v1alpha1", plural, Some(NS), |o| {
+            is_ready(o) && !is_probe(o)
+        })
+}
+
+fn is_probe(o: &Value) -> bool {
+    o["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("probe-"))
 }
 
 fn all_ready(env: &TestEnv) -> usize {
@@ -157,6 +197,7 @@ fn track_ready(env: &TestEnv) -> Arc<AtomicUsize> {
             if !object["apiVersion"]
                 .as_str()
                 .is_some_and(|v| v.starts_with("konnect-sa.dev/"))
+                || is_probe(object)
             {
                 continue;
             }
@@ -233,6 +274,8 @@ async fn run_once(args: &Args) -> Figures {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    // A new object on the idle operator (its own objects are not counted below).
+    let new_object_idle_s = new_object_latency(&env, 0).await;
     env.sim.reset_counts();
     env.kube.reset_request_counts();
 
@@ -305,10 +348,19 @@ async fn run_once(args: &Args) -> Figures {
     };
     let before = checks("SystemAccountToken").await + checks("RoleBinding").await;
     env.sim.reset_counts();
-    tokio::time::sleep(Duration::from_secs(
-        args.resync * u64::from(args.sweeps) + args.resync / 2,
-    ))
-    .await;
+    // New objects arrive during the drift window (every ~5 s), while sweeps run and the budget
+    // puts checks off: each must not wait behind them.
+    let window = Duration::from_secs(args.resync * u64::from(args.sweeps) + args.resync / 2);
+    let window_start = Instant::now();
+    let mut busy = Vec::new();
+    while window_start.elapsed() + Duration::from_secs(5) < window {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        busy.push(new_object_latency(&env, busy.len() + 1).await);
+    }
+    tokio::time::sleep(window.saturating_sub(window_start.elapsed())).await;
+    busy.sort_by(|a, b| a.total_cmp(b));
+    let new_object_busy_median_s = busy.get(busy.len() / 2).copied().unwrap_or(f64::NAN);
+    let new_object_busy_max_s = busy.last().copied().unwrap_or(f64::NAN);
     let steady = env.sim.counts_detail();
     let after = checks("SystemAccountToken").await + checks("RoleBinding").await;
     let sweeps = (after - before) as f64 / (2.0 * n as f64);
@@ -372,6 +424,9 @@ async fn run_once(args: &Args) -> Figures {
         binary_mib,
         ready_s,
         errors,
+        new_object_idle_s,
+        new_object_busy_median_s,
+        new_object_busy_max_s,
     }
 }
 
@@ -409,6 +464,17 @@ fn table(f: &Figures) {
         ),
         ("binary size (MiB)", format!("{:.1}", f.binary_mib)),
         ("start to /readyz 200 (s)", format!("{:.3}", f.ready_s)),
+        (
+            "new object to Ready, idle operator (s)",
+            format!("{:.3}", f.new_object_idle_s),
+        ),
+        (
+            "new object to Ready during sweeps, median/max (s)",
+            format!(
+                "{:.3} / {:.3}",
+                f.new_object_busy_median_s, f.new_object_busy_max_s
+            ),
+        ),
         ("errors", format!("{}", f.errors)),
     ];
     for (k, v) in rows {

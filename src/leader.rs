@@ -62,9 +62,13 @@ impl LeaseConfig {
         }
     }
 
-    /// Upper bound of one read-and-write of the Lease.
+    /// Upper bound of one read-and-write of the Lease: a retry period (at least a second, so a
+    /// slow API server is not mistaken for a dead one), and at most half the renew deadline, so a
+    /// hung call leaves time for another attempt.
     pub fn attempt_timeout(&self) -> Duration {
-        self.retry_period.max(self.renew_deadline / 2)
+        self.retry_period
+            .max(Duration::from_secs(1))
+            .min(self.renew_deadline / 2)
     }
 }
 
@@ -255,12 +259,14 @@ impl LeaderElector {
     /// Renews until the Lease is lost; then the fence is closed and the reason returned. Returns
     /// at the fence deadline at the latest, whatever a hung call does.
     pub async fn hold(&self) -> LostLease {
+        // After a success wait a retry period; after a failure try again sooner.
+        let mut pause = self.config.retry_period;
         loop {
             let Some(deadline) = self.fence.deadline() else {
                 return LostLease::RenewDeadline;
             };
             let renewed = async {
-                tokio::time::sleep(self.config.retry_period).await;
+                tokio::time::sleep(pause).await;
                 self.try_acquire_or_renew().await
             };
             match tokio::time::timeout_at(deadline, renewed).await {
@@ -269,13 +275,16 @@ impl LeaderElector {
                     tracing::error!(lease = %self.config.name, "could not renew the leader lease in time");
                     return LostLease::RenewDeadline;
                 }
-                Ok(Ok(true)) => {}
+                Ok(Ok(true)) => pause = self.config.retry_period,
                 Ok(Ok(false)) => {
                     self.fence.close();
                     tracing::error!(lease = %self.config.name, "lost the leader lease to another replica");
                     return LostLease::TakenOver;
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the leader lease"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not renew the leader lease");
+                    pause = self.config.retry_period / 4;
+                }
             }
         }
     }
@@ -366,6 +375,9 @@ mod tests {
         let c = LeaseConfig::new("ns", "l", "me", Duration::from_secs(15));
         assert_eq!(c.renew_deadline, Duration::from_secs(10));
         assert_eq!(c.retry_period, Duration::from_secs(3));
-        assert!(c.attempt_timeout() < c.renew_deadline);
+        // A hung call leaves room for at least two more attempts before the deadline.
+        assert_eq!(c.attempt_timeout(), Duration::from_secs(3));
+        let short = LeaseConfig::new("ns", "l", "me", Duration::from_secs(3));
+        assert_eq!(short.attempt_timeout(), Duration::from_secs(1));
     }
 }

@@ -733,3 +733,65 @@ fn the_manifests_strategy_completes_a_rolling_update_with_one_replica_and_with_t
         }
     }
 }
+
+/// The fence itself, on both clients: closed, a write is refused before it leaves the process (the
+/// stand-in and the simulator never see it) and a read goes through; open, both go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_fence_refuses_kubernetes_and_konnect_writes_and_lets_reads_through() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use konnect_sa_operator::fence::{Fence, fenced_client};
+    use konnect_sa_operator::konnect::{
+        AccountFilter, ClientConfig, CreateSystemAccount, KonnectClient,
+    };
+
+    let env = TestEnv::start().await;
+    let fence = Fence::closed();
+    let maps: Api<ConfigMap> = Api::namespaced(fenced_client(env.client(), fence.clone()), NS);
+    let mut config = ClientConfig::new(env.sim.base_url(), env.sim.admin_token());
+    config.write_gate = Some(std::sync::Arc::new(fence.clone()));
+    let konnect = KonnectClient::new(config).unwrap();
+    let map = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("fenced".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let account = CreateSystemAccount {
+        name: "fenced".into(),
+        description: "fence test".into(),
+        konnect_managed: None,
+    };
+    env.kube.reset_request_counts();
+    env.sim.reset_counts();
+
+    let refused = maps.create(&PostParams::default(), &map).await;
+    assert!(refused.is_err(), "a Kubernetes write with the fence closed");
+    assert_eq!(env.kube.request_count("create"), 0, "never sent");
+    assert!(maps.list(&Default::default()).await.is_ok(), "reads pass");
+    let refused = konnect.create_system_account(&account).await;
+    assert!(
+        matches!(
+            refused,
+            Err(konnect_sa_operator::konnect::KonnectError::Fenced(_))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        env.sim.counts().get("post-system-accounts"),
+        None,
+        "never sent"
+    );
+    assert!(
+        konnect
+            .list_system_accounts(&AccountFilter::default())
+            .await
+            .is_ok()
+    );
+
+    fence.extend_to(Instant::now() + Duration::from_secs(60));
+    maps.create(&PostParams::default(), &map).await.unwrap();
+    konnect.create_system_account(&account).await.unwrap();
+    assert_eq!(env.kube.request_count("create"), 1);
+    assert_eq!(env.sim.counts().get("post-system-accounts"), Some(&1));
+}

@@ -68,9 +68,9 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     let wanted_teams = resolve_teams(&ctx, &conn, &obj, &old_status, background).await?;
     let mut observed = match observe(&ctx, &conn, &desired, &old_status, background).await? {
         Paced::Done(observed) => observed,
-        Paced::NoPermit => {
+        Paced::Later(wait) => {
             ctx.metrics.drift_check_deferred("SystemAccount");
-            return Ok(Action::requeue(ctx.resync_with_jitter()));
+            return Ok(Action::requeue(wait));
         }
     };
     if background {
@@ -256,7 +256,7 @@ async fn observe(
                     .map_err(ReconcileError::konnect("listing system accounts"))?
                 {
                     Paced::Done(seen) => seen,
-                    Paced::NoPermit => return Ok(Paced::NoPermit),
+                    Paced::Later(wait) => return Ok(Paced::Later(wait)),
                 }
             } else {
                 None
@@ -264,8 +264,8 @@ async fn observe(
             match seen {
                 Some(a) => Some(a),
                 None => {
-                    if background && ctx.budget.try_acquire(1).is_err() {
-                        return Ok(Paced::NoPermit);
+                    if background && let Err(wait) = ctx.budget.admit(&format!("account/{id}"), 1) {
+                        return Ok(Paced::Later(wait));
                     }
                     match k.get_system_account(id).await {
                         Ok(a) => Some(a),
@@ -408,8 +408,8 @@ async fn converge_teams(
             {
                 Paced::Done(true) => ids.push(id.clone()),
                 Paced::Done(false) => {}
-                // No permit for a member list: the teams are compared at a later resync.
-                Paced::NoPermit => {
+                // No permit for a member list: the teams are compared at a later sweep.
+                Paced::Later(_) => {
                     ctx.metrics.drift_check_deferred("SystemAccount");
                     return Ok(old.teams.clone());
                 }

@@ -117,9 +117,9 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     };
     let assigned = match listed.map_err(ReconcileError::konnect("listing assigned roles"))? {
         Paced::Done(list) => list,
-        Paced::NoPermit => {
+        Paced::Later(wait) => {
             ctx.metrics.drift_check_deferred("RoleBinding");
-            return Ok(Action::requeue(ctx.resync_with_jitter()));
+            return Ok(Action::requeue(wait));
         }
     };
     if background {

@@ -1,59 +1,90 @@
 //! The background drift budget (`--konnect-budget`, requests per minute). Drift checks of objects
-//! nobody changed take a permit per Konnect call. Without one the check is put off (the object
-//! requeues for its next resync), never waited for: a waiting check would hold one of the
-//! `--max-concurrent-reconciles` slots that changes, deleted Secrets and due renewals need. So
-//! sweeps stretch instead of eating the organisation's rate limit. Work caused by a change, and a
-//! due renewal, never asks.
+//! nobody changed take a permit per Konnect call. A check that finds none is not waited for (a
+//! waiting check would hold one of the `--max-concurrent-reconciles` slots that changes, deleted
+//! Secrets and due renewals need): it gets a reservation, the next free slot of the budget's
+//! schedule, and its object requeues for that moment, when the permit is its own. Reservations
+//! follow each other at the budget's rate, so sweeps stretch evenly instead of eating the
+//! organisation's rate limit, and nobody asks twice for the same turn. Work caused by a change,
+//! and a due renewal, never asks.
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 pub struct DriftBudget {
-    per_minute: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
+    /// Time per permit (None: unlimited).
+    interval: Option<Duration>,
+    /// How far the schedule may run ahead of now: the burst.
+    tolerance: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The theoretical arrival time of the schedule (GCRA): permits are spent up to here.
+    tat: Instant,
+    /// Reserved turns by key (an object, or a shared list).
+    reservations: HashMap<String, Instant>,
+    admitted: u64,
 }
 
 impl DriftBudget {
     /// `per_minute` = 0 disables the limit.
     pub fn new(per_minute: u32) -> Self {
         let budget = f64::from(per_minute);
-        // One second's worth may go at once. The refill leaves room for that burst and for the
+        // One second's worth may go at once. The rate leaves room for that burst and for the
         // once-a-minute readiness probe, so no wall-clock minute sees more than the budget.
         let burst = (budget / 60.0).floor().max(1.0);
-        let per_minute = if budget > 0.0 {
-            (budget - burst - 1.0).max(1.0)
-        } else {
-            0.0
-        };
+        let rate = (budget - burst - 1.0).max(1.0);
+        let interval = (per_minute > 0).then(|| Duration::from_secs_f64(60.0 / rate));
         Self {
-            per_minute,
-            burst,
-            state: Mutex::new((burst, Instant::now())),
+            interval,
+            tolerance: interval.map_or(Duration::ZERO, |i| i.mul_f64(burst)),
+            state: Mutex::new(State {
+                tat: Instant::now(),
+                reservations: HashMap::new(),
+                admitted: 0,
+            }),
         }
     }
 
-    /// Takes `n` permits if there are that many now; otherwise takes none and returns how long
-    /// until there would be.
-    pub fn try_acquire(&self, n: u32) -> Result<(), Duration> {
-        if self.per_minute <= 0.0 || n == 0 {
+    /// `n` permits for `key`: Ok to go now (a reservation of `key` that has come due, or free
+    /// permits); else `key` holds the next free turn, this long from now (asking again before
+    /// then answers the same turn).
+    pub fn admit(&self, key: &str, n: u32) -> Result<(), Duration> {
+        let Some(interval) = self.interval.filter(|_| n > 0) else {
             return Ok(());
-        }
-        let need = f64::from(n);
+        };
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let refill = now.duration_since(s.1).as_secs_f64() * self.per_minute / 60.0;
-        s.0 = (s.0 + refill).min(self.burst.max(need));
-        s.1 = now;
-        if s.0 >= need {
-            s.0 -= need;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64(
-                (need - s.0) * 60.0 / self.per_minute,
-            ))
+        s.admitted += 1;
+        if s.admitted.is_multiple_of(1024) {
+            // Turns of objects deleted before they came.
+            let stale = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+            s.reservations.retain(|_, at| *at > stale);
         }
+        if let Some(at) = s.reservations.get(key).copied() {
+            if at <= now {
+                s.reservations.remove(key);
+                return Ok(());
+            }
+            return Err(at - now);
+        }
+        let tat = s.tat.max(now) + interval * n;
+        s.tat = tat;
+        let at = tat.checked_sub(self.tolerance).unwrap_or(now);
+        if at <= now {
+            return Ok(());
+        }
+        s.reservations.insert(key.to_string(), at);
+        Err(at - now)
+    }
+
+    /// How long until `key`'s reserved turn (None: it holds none): when to look again.
+    pub fn reserved_in(&self, key: &str) -> Option<Duration> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let at = *s.reservations.get(key)?;
+        Some(at.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -61,8 +92,8 @@ impl DriftBudget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Paced<T> {
     Done(T),
-    /// No permit: skip the check and look again at the next resync.
-    NoPermit,
+    /// No permit now: the turn reserved for it comes this long from now; requeue for then.
+    Later(Duration),
 }
 
 #[cfg(test)]
@@ -70,30 +101,36 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn beyond_the_burst_a_check_is_refused_at_once_until_the_rate_refills() {
-        let b = DriftBudget::new(6000); // burst 100, refill ~98 per second
-        for _ in 0..100 {
-            assert_eq!(b.try_acquire(1), Ok(()));
+    async fn beyond_the_burst_checks_get_turns_spaced_at_the_rate_and_never_wait() {
+        let b = DriftBudget::new(6000); // burst 100, ~98 per second: a turn every ~10 ms
+        for i in 0..100 {
+            assert_eq!(b.admit(&format!("o{i}"), 1), Ok(()), "the burst");
         }
-        let wait = b
-            .try_acquire(1)
-            .expect_err("the burst is spent: refused, not waited for");
-        assert!(
-            wait > Duration::ZERO && wait < Duration::from_millis(20),
-            "{wait:?}"
-        );
-        tokio::time::sleep(wait + Duration::from_millis(5)).await;
-        assert_eq!(b.try_acquire(1), Ok(()), "one permit refilled");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(b.try_acquire(100), Ok(()), "refills up to the burst");
-        assert!(b.try_acquire(50).is_err(), "not beyond it");
+        let turns: Vec<Duration> = (100..110)
+            .map(|i| b.admit(&format!("o{i}"), 1).expect_err("refused at once"))
+            .collect();
+        for pair in turns.windows(2) {
+            let gap = pair[1].saturating_sub(pair[0]);
+            assert!(
+                gap >= Duration::from_millis(9) && gap <= Duration::from_millis(12),
+                "turns follow each other at the rate: {turns:?}"
+            );
+        }
+        // Asking again before the turn gets the same turn (and spends nothing more).
+        let again = b.admit("o105", 1).unwrap_err();
+        assert!(again <= turns[5] && again + Duration::from_millis(5) >= turns[5]);
+        assert_eq!(b.reserved_in("o105").map(|d| d <= turns[5]), Some(true));
+        assert_eq!(b.reserved_in("o1"), None);
+        tokio::time::sleep(turns[9]).await;
+        assert_eq!(b.admit("o109", 1), Ok(()), "its turn has come");
+        assert_eq!(b.reserved_in("o109"), None, "a turn is used once");
     }
 
     #[test]
     fn zero_means_unlimited() {
         let b = DriftBudget::new(0);
-        for _ in 0..10_000 {
-            assert_eq!(b.try_acquire(1), Ok(()));
+        for i in 0..10_000 {
+            assert_eq!(b.admit(&format!("o{i}"), 1), Ok(()));
         }
     }
 }

@@ -67,11 +67,11 @@ impl KonnectCache {
     ) -> Result<Arc<Vec<AssignedRole>>> {
         match self.fetch_assignments(conn, account_id, None).await? {
             Paced::Done(v) => Ok(v),
-            Paced::NoPermit => unreachable!("no budget, no refusal"),
+            Paced::Later(_) => unreachable!("no budget, no refusal"),
         }
     }
 
-    /// `assignments` for a background check: a cache miss without a permit is `NoPermit`.
+    /// `assignments` for a background check: a cache miss without a permit is `Later`.
     pub async fn assignments_paced(
         &self,
         conn: &Connection,
@@ -103,8 +103,10 @@ impl KonnectCache {
         if let Some(v) = Self::fresh(&self.assignments, &key, self.assignments_ttl) {
             return Ok(Paced::Done(v));
         }
-        if budget.is_some_and(|b| b.try_acquire(1).is_err()) {
-            return Ok(Paced::NoPermit);
+        if let Some(b) = budget
+            && let Err(wait) = b.admit(&format!("assignments/{:?}/{account_id}", conn.key), 1)
+        {
+            return Ok(Paced::Later(wait));
         }
         let v = Arc::new(conn.client.list_assigned_roles(account_id).await?);
         self.assignments

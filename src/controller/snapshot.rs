@@ -57,7 +57,7 @@ impl Snapshot {
 
     /// The account with `id` as of the snapshot (None: not listed). One refresh at a time per
     /// connection; concurrent callers wait for it and share the result. A refresh the budget
-    /// has no permits for is not made (`NoPermit`).
+    /// has no permits for is not made (`Later`).
     pub async fn account(
         &self,
         conn: &Connection,
@@ -68,8 +68,8 @@ impl Snapshot {
         let mut s = slot.lock().await;
         if stale(s.fetched, self.ttl) {
             let pages = s.by_id.len() as u32 / crate::konnect::client::PAGE_SIZE as u32 + 1;
-            if budget.try_acquire(pages).is_err() {
-                return Ok(Paced::NoPermit);
+            if let Err(wait) = budget.admit(&format!("accounts/{:?}", conn.key), pages) {
+                return Ok(Paced::Later(wait));
             }
             let all = conn
                 .client
@@ -93,8 +93,8 @@ impl Snapshot {
         let mut s = slot.lock().await;
         if stale(s.fetched, self.ttl) {
             let pages = s.ids.len() as u32 / crate::konnect::client::PAGE_SIZE as u32 + 1;
-            if budget.try_acquire(pages).is_err() {
-                return Ok(Paced::NoPermit);
+            if let Err(wait) = budget.admit(&format!("members/{:?}/{team_id}", conn.key), pages) {
+                return Ok(Paced::Later(wait));
             }
             let members = conn.client.list_team_accounts(team_id).await?;
             s.ids = members.into_iter().map(|a| a.id).collect();

@@ -237,10 +237,15 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         .previous_tokens
         .iter()
         .filter_map(|p| p.revoke_at.parse::<Timestamp>().ok());
+    // A drift check put off by the budget comes back at its reserved turn.
+    let check = ctx
+        .budget
+        .reserved_in(&verified_key(&obj))
+        .unwrap_or_else(|| ctx.resync_with_jitter());
     Ok(Action::requeue(next_wakeup(
         Timestamp::now(),
         std::iter::once(renewal).chain(revokes),
-        ctx.resync_with_jitter(),
+        check,
     )))
 }
 
@@ -326,9 +331,10 @@ async fn check_live(w: &Work<'_>) -> Result<Liveness, ReconcileError> {
         && !renewal_due
     {
         // A drift check of an unchanged token (a due renewal is not one): paced by the background
-        // budget. Without a permit it is put off to the next resync, never waited for (a wait
-        // would hold a reconcile slot that changes and due renewals need).
-        if w.ctx.budget.try_acquire(1).is_err() {
+        // budget. Without a permit it is put off to the turn the budget reserves for it (the
+        // requeue below), never waited for: a wait would hold a reconcile slot that changes and
+        // due renewals need.
+        if w.ctx.budget.admit(&key, 1).is_err() {
             w.ctx.metrics.drift_check_deferred("SystemAccountToken");
             return Ok(Liveness::Deferred);
         }
