@@ -1326,3 +1326,45 @@ async fn an_immutable_secret_blocks_rotation_without_issuing_and_says_what_to_do
     assert_no_token_value_exposed(&env);
     op.stop().await;
 }
+
+/// Issue: rotation stopped whenever the SystemAccount was not Ready for reasons unrelated to its
+/// identity (here: a team name that matches no team). A token needs the account's Konnect id, not its
+/// Ready condition: it keeps rotating and stays Ready itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_keeps_rotating_while_its_account_is_not_ready_for_another_reason() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    let account_id = ready_account(&env, "busy").await;
+    env.apply(&token_yaml("busy-token", "busy", ""));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "busy-token", T, |t| ready_at(t, 1)).await;
+
+    // The account's spec asks for a team that does not exist: it is InvalidSpec, with its id.
+    merge_patch(
+        &env.api::<SystemAccount>(),
+        "busy",
+        json!({"spec": {"teams": [{"name": "no-such-team"}]}}),
+    )
+    .await;
+    wait_for(&env.api::<SystemAccount>(), "busy", T, |a| {
+        let s = a.status.clone().unwrap_or_default();
+        ready_of(&s.conditions).is_some_and(|(st, r, _)| st == "False" && r == "InvalidSpec")
+            && s.observed_generation == a.metadata.generation
+    })
+    .await;
+
+    merge_patch(
+        &api,
+        "busy-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "now"}}}),
+    )
+    .await;
+    let tok = wait_for(&api, "busy-token", T, |t| ready_at(t, 2)).await;
+    let value = value_of(&secret(&env, "busy-token").await.unwrap());
+    assert_eq!(auth_status(&env, &value).await, 200);
+    assert_eq!(
+        status(&tok).account_id.as_deref(),
+        Some(account_id.as_str())
+    );
+    op.stop().await;
+}

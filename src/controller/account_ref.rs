@@ -33,6 +33,34 @@ pub fn resolve(
     }
 }
 
+/// The Konnect account id a token's reference points at. A token needs the account's id, not its
+/// Ready condition: an account that is not Ready for a reason unrelated to its identity (a team
+/// name matching two teams, a transient Konnect error on its drift check, an edit in flight) keeps
+/// its id, and its tokens keep rotating and revoking on schedule. Only an account without an id
+/// (not created yet) or being deleted is waited for.
+pub fn resolve_identity(
+    ctx: &Context,
+    namespace: &str,
+    r: &SystemAccountRef,
+) -> Result<ResolvedAccount, ReconcileError> {
+    let RefTarget::Name(name) = r.target().map_err(ReconcileError::InvalidSpec)? else {
+        return resolve(ctx, namespace, r);
+    };
+    let account = ctx.accounts.get(&ObjectRef::new(name).within(namespace));
+    match account.as_deref() {
+        Some(a) if a.meta().deletion_timestamp.is_none() => {
+            match a.status.as_ref().and_then(|s| s.id.clone()) {
+                Some(id) => Ok(ResolvedAccount {
+                    id,
+                    konnect: a.spec.konnect.clone(),
+                }),
+                None => from_account(namespace, name, Some(a)),
+            }
+        }
+        other => from_account(namespace, name, other),
+    }
+}
+
 fn from_account(
     namespace: &str,
     name: &str,

@@ -113,7 +113,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let ResolvedAccount {
         id: account_id,
         konnect: account_konnect,
-    } = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
+    } = account_ref::resolve_identity(&ctx, &ns, &obj.spec.system_account_ref)?;
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
     let conn = ctx.connections.for_object(&ns, auth).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
@@ -672,7 +672,7 @@ async fn cleanup(
         return Ok(Action::await_change());
     }
     // The account's connection may be gone with the account: fall back to the token's own.
-    let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
+    let account_konnect = account_ref::resolve_identity(&ctx, &ns, &obj.spec.system_account_ref)
         .ok()
         .and_then(|a| a.konnect);
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
@@ -708,7 +708,7 @@ async fn cleanup(
             .map_err(ReconcileError::konnect("revoking a token"))?;
     }
     if let Some(pending) = &st.pending_token_name {
-        let spec_account = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
+        let spec_account = account_ref::resolve_identity(&ctx, &ns, &obj.spec.system_account_ref)
             .ok()
             .map(|a| a.id);
         let accounts = pending_accounts(&st, spec_account.as_deref());
