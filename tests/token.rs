@@ -1368,3 +1368,105 @@ async fn a_token_keeps_rotating_while_its_account_is_not_ready_for_another_reaso
     );
     op.stop().await;
 }
+
+/// Issue: `secretTemplate` and the Secret's metadata were only written at rotation (up to two months
+/// later). Now a template edit reaches the Secret at once, without a rotation; a label another tool put
+/// on the Secret survives rotations; a label dropped from the template is removed; a stripped
+/// managed-by label comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secret_metadata_follows_the_template_without_rotating_and_keeps_other_tools_keys() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    ready_account(&env, "meta").await;
+    env.apply(&token_yaml("meta-token", "meta", ""));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "meta-token", T, |t| ready_at(t, 1)).await;
+    let secrets = env.api::<Secret>();
+    // Another tool labels the Secret.
+    merge_patch(
+        &secrets,
+        "meta-token",
+        json!({"metadata": {"labels": {"backup.example.com/include": "true"}}}),
+    )
+    .await;
+
+    merge_patch(
+        &api,
+        "meta-token",
+        json!({"spec": {"secretTemplate": {"labels": {"konghq.com/credential": "konnect"}}}}),
+    )
+    .await;
+    let label = |s: &Secret, k: &str| {
+        s.metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .get(k)
+            .cloned()
+    };
+    assert!(
+        eventually_async(T, || async {
+            secret(&env, "meta-token")
+                .await
+                .is_some_and(|s| label(&s, "konghq.com/credential").as_deref() == Some("konnect"))
+        })
+        .await,
+        "the template label reaches the Secret"
+    );
+    let tok = wait_for(&api, "meta-token", T, ready).await;
+    assert_eq!(
+        status(&tok).revision,
+        Some(1),
+        "no rotation for a metadata edit"
+    );
+
+    // A rotation keeps the other tool's label and the template's.
+    merge_patch(
+        &api,
+        "meta-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "1"}}}),
+    )
+    .await;
+    wait_for(&api, "meta-token", T, |t| ready_at(t, 2)).await;
+    let s = secret(&env, "meta-token").await.unwrap();
+    assert_eq!(
+        label(&s, "backup.example.com/include").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        label(&s, "konghq.com/credential").as_deref(),
+        Some("konnect")
+    );
+
+    // Dropped from the template: removed; stripped managed-by: restored. The other tool's stays.
+    merge_patch(
+        &api,
+        "meta-token",
+        json!({"spec": {"secretTemplate": null}}),
+    )
+    .await;
+    merge_patch(
+        &secrets,
+        "meta-token",
+        json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}}),
+    )
+    .await;
+    assert!(
+        eventually_async(T, || async {
+            secret(&env, "meta-token").await.is_some_and(|s| {
+                label(&s, "konghq.com/credential").is_none()
+                    && label(&s, "app.kubernetes.io/managed-by").as_deref()
+                        == Some("konnect-sa-operator")
+                    && label(&s, "backup.example.com/include").as_deref() == Some("true")
+            })
+        })
+        .await,
+        "{:?}",
+        secret(&env, "meta-token").await.map(|s| s.metadata.labels)
+    );
+    assert_eq!(
+        status(&api.get("meta-token").await.unwrap()).revision,
+        Some(2)
+    );
+    op.stop().await;
+}

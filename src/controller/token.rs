@@ -202,6 +202,8 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         }
     }
 
+    sync_secret_metadata(&mut w).await?;
+
     // renewBefore(Percentage) may have changed since the token was issued: the schedule follows the spec.
     let seed = format!("{}/{}", w.uid(), w.st().revision.unwrap_or(0));
     if let Some(expires) = parse_time(&w.st().expires_at) {
@@ -247,6 +249,34 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         std::iter::once(renewal).chain(revokes),
         check,
     )))
+}
+
+/// The Secret's labels and template annotations follow the spec on every pass, not only at the next
+/// rotation (a template edit applies at once; a stripped managed-by label comes back).
+async fn sync_secret_metadata(w: &mut Work<'_>) -> Result<(), ReconcileError> {
+    let Some(existing) = w.secret.clone() else {
+        return Ok(());
+    };
+    let ns = w.obj.namespace().unwrap_or_default();
+    let template = w.obj.spec.secret_template.clone().unwrap_or_default();
+    let target = SecretTarget {
+        namespace: &ns,
+        name: &w.secret_name,
+        key: &w.secret_key,
+        labels: &template.labels,
+        annotations: &template.annotations,
+        owner: owner_ref(&w.obj),
+    };
+    if let Some(updated) = secret::sync_metadata(&w.secrets, &existing, &target)
+        .await
+        .map_err(ReconcileError::kube(format!(
+            "updating the labels and annotations of Secret {}",
+            w.secret_name
+        )))?
+    {
+        w.secret = Some(updated);
+    }
+    Ok(())
 }
 
 /// Whether the current (about to be previous) token still exists in Konnect; errors count as yes,

@@ -44,11 +44,65 @@ pub struct SecretTarget<'a> {
     pub owner: OwnerReference,
 }
 
-/// The Secret for `token`, built fresh (so a stale key or annotation never survives a rotation).
-pub fn build(target: &SecretTarget, token: &IssuedToken) -> Secret {
+/// The template keys the operator last put on the Secret (`l:<label>` and `a:<annotation>`, comma
+/// separated): a key dropped from the template is removed from the Secret, and nothing else that
+/// another tool put there is touched.
+pub const ANN_TEMPLATE_KEYS: &str = "konnect-sa.dev/template-keys";
+
+fn template_keys(target: &SecretTarget) -> String {
+    let labels = target.labels.keys().map(|k| format!("l:{k}"));
+    let annotations = target.annotations.keys().map(|k| format!("a:{k}"));
+    labels.chain(annotations).collect::<Vec<_>>().join(",")
+}
+
+/// Metadata of `existing` that is neither ours nor put there by an earlier template: another tool's
+/// (Argo CD's tracking annotation, a backup label), kept across rotations.
+fn foreign_metadata(
+    existing: Option<&Secret>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let Some(s) = existing else {
+        return Default::default();
+    };
+    let annotations = s.metadata.annotations.clone().unwrap_or_default();
+    let applied = annotations
+        .get(ANN_TEMPLATE_KEYS)
+        .cloned()
+        .unwrap_or_default();
+    let applied: Vec<&str> = applied.split(',').collect();
+    let labels = s
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != MANAGED_BY_LABEL && !applied.contains(&format!("l:{k}").as_str()))
+        .collect();
+    let annotations = annotations
+        .into_iter()
+        .filter(|(k, _)| {
+            !k.starts_with(crate::api::metadata::RESERVED_PREFIX)
+                && !applied.contains(&format!("a:{k}").as_str())
+        })
+        .collect();
+    (labels, annotations)
+}
+
+/// The labels and the non-token annotations the operator wants on the Secret.
+fn wanted_metadata(target: &SecretTarget) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let mut labels = target.labels.clone();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     let mut annotations = target.annotations.clone();
+    annotations.insert(ANN_TEMPLATE_KEYS.into(), template_keys(target));
+    (labels, annotations)
+}
+
+/// The Secret for `token`: value, our annotations and the template fresh (so a stale key or
+/// annotation of ours never survives a rotation); what other tools put on `existing` is kept.
+pub fn build(target: &SecretTarget, token: &IssuedToken, existing: Option<&Secret>) -> Secret {
+    let (mut labels, mut annotations) = foreign_metadata(existing);
+    let (wanted_labels, wanted_annotations) = wanted_metadata(target);
+    labels.extend(wanted_labels);
+    annotations.extend(wanted_annotations);
     for (k, v) in [
         (ANN_TOKEN_ID, token.token_id.to_string()),
         (ANN_TOKEN_NAME, token.token_name.to_string()),
@@ -89,7 +143,70 @@ pub async fn write(
     target: &SecretTarget<'_>,
     token: &IssuedToken<'_>,
 ) -> Result<Secret, kube::Error> {
-    put(api, existing, build(target, token), false).await
+    put(api, existing, build(target, token, existing), false).await
+}
+
+/// A merge patch that brings `existing`'s labels and template annotations to what the spec asks,
+/// without a rotation: template keys added or changed, keys the template dropped removed, our
+/// managed-by label restored. None when nothing differs (a quiet pass writes nothing). Guarded by
+/// the resourceVersion, and touching no key another tool put there.
+pub fn metadata_patch(existing: &Secret, target: &SecretTarget) -> Option<serde_json::Value> {
+    let (wanted_labels, wanted_annotations) = wanted_metadata(target);
+    let labels = existing.metadata.labels.clone().unwrap_or_default();
+    let annotations = existing.metadata.annotations.clone().unwrap_or_default();
+    let applied = annotations
+        .get(ANN_TEMPLATE_KEYS)
+        .cloned()
+        .unwrap_or_default();
+    let mut label_patch = serde_json::Map::new();
+    let mut annotation_patch = serde_json::Map::new();
+    for (k, v) in &wanted_labels {
+        if labels.get(k) != Some(v) {
+            label_patch.insert(k.clone(), v.clone().into());
+        }
+    }
+    for (k, v) in &wanted_annotations {
+        if annotations.get(k) != Some(v) {
+            annotation_patch.insert(k.clone(), v.clone().into());
+        }
+    }
+    for key in applied.split(',').filter(|k| !k.is_empty()) {
+        match key.split_once(':') {
+            Some(("l", k)) if !wanted_labels.contains_key(k) && labels.contains_key(k) => {
+                label_patch.insert(k.to_string(), serde_json::Value::Null);
+            }
+            Some(("a", k))
+                if !wanted_annotations.contains_key(k) && annotations.contains_key(k) =>
+            {
+                annotation_patch.insert(k.to_string(), serde_json::Value::Null);
+            }
+            _ => {}
+        }
+    }
+    if label_patch.is_empty() && annotation_patch.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({
+        "metadata": {
+            "resourceVersion": existing.metadata.resource_version,
+            "labels": label_patch,
+            "annotations": annotation_patch,
+        }
+    }))
+}
+
+/// Applies [`metadata_patch`] to `existing`, when there is anything to change.
+pub async fn sync_metadata(
+    api: &Api<Secret>,
+    existing: &Secret,
+    target: &SecretTarget<'_>,
+) -> Result<Option<Secret>, kube::Error> {
+    let Some(patch) = metadata_patch(existing, target) else {
+        return Ok(None);
+    };
+    api.patch(target.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(Some)
 }
 
 /// Asks the API server (dry run: nothing is stored) whether it would take the Secret for the next
@@ -110,7 +227,7 @@ pub async fn probe(
         expires_at: Timestamp::UNIX_EPOCH,
         rotated_for: None,
     };
-    put(api, existing, build(target, &token), true)
+    put(api, existing, build(target, &token, existing), true)
         .await
         .map(|_| ())
 }
@@ -234,6 +351,88 @@ mod tests {
     }
 
     #[test]
+    fn template_follows_the_spec_without_touching_other_tools_metadata() {
+        let owner = owner();
+        let value = TokenValue::new("spat_abc");
+        let token = IssuedToken {
+            value: &value,
+            token_id: "tok-1",
+            token_name: "ns.t.u.r1",
+            account_id: "acc-1",
+            revision: 1,
+            issued_at: Timestamp::from_second(1000).unwrap(),
+            expires_at: Timestamp::from_second(1090).unwrap(),
+            rotated_for: None,
+        };
+        let none = BTreeMap::new();
+        let first = SecretTarget {
+            namespace: "ns",
+            name: "s",
+            key: "token",
+            labels: &none,
+            annotations: &none,
+            owner: owner.clone(),
+        };
+        let mut s = build(&first, &token, None);
+        assert_eq!(
+            metadata_patch(&s, &first),
+            None,
+            "a quiet pass writes nothing"
+        );
+        // Another tool annotates the Secret; the spec gains a template label.
+        s.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("argocd.argoproj.io/tracking-id".into(), "x".into());
+        let labels = BTreeMap::from([("konghq.com/credential".to_string(), "konnect".to_string())]);
+        let second = SecretTarget {
+            labels: &labels,
+            owner: owner.clone(),
+            ..first
+        };
+        let patch = metadata_patch(&s, &second).expect("the new label is applied");
+        assert_eq!(
+            patch["metadata"]["labels"]["konghq.com/credential"],
+            "konnect"
+        );
+        assert!(
+            patch["metadata"]["annotations"]
+                .get("argocd.argoproj.io/tracking-id")
+                .is_none()
+        );
+        // After it landed (and at the next rotation) the foreign annotation is still there.
+        let mut s2 = build(&second, &token, Some(&s));
+        assert_eq!(
+            s2.metadata.annotations.as_ref().unwrap()["argocd.argoproj.io/tracking-id"],
+            "x"
+        );
+        assert_eq!(metadata_patch(&s2, &second), None);
+        // The label leaves the template: it is removed, the foreign annotation stays.
+        let third = SecretTarget {
+            labels: &none,
+            owner: owner.clone(),
+            ..second
+        };
+        let patch = metadata_patch(&s2, &third).expect("the dropped label is removed");
+        assert_eq!(
+            patch["metadata"]["labels"]["konghq.com/credential"],
+            serde_json::Value::Null
+        );
+        // A stripped managed-by label comes back.
+        s2.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(MANAGED_BY_LABEL);
+        let patch = metadata_patch(&s2, &second).unwrap();
+        assert_eq!(
+            patch["metadata"]["labels"][MANAGED_BY_LABEL],
+            MANAGED_BY_VALUE
+        );
+    }
+
+    #[test]
     fn built_secret_carries_value_annotations_labels_and_owner() {
         let labels = BTreeMap::from([("konghq.com/credential".to_string(), "konnect".to_string())]);
         let annotations = BTreeMap::from([(ANN_REVISION.to_string(), "999".to_string())]);
@@ -256,7 +455,7 @@ mod tests {
             expires_at: Timestamp::from_second(1090).unwrap(),
             rotated_for: Some("now"),
         };
-        let s = build(&target, &token);
+        let s = build(&target, &token, None);
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
         assert_eq!(s.data.as_ref().unwrap()["token"].0, b"spat_abc");
         let labels = s.metadata.labels.as_ref().unwrap();
