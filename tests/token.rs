@@ -1470,3 +1470,102 @@ async fn secret_metadata_follows_the_template_without_rotating_and_keeps_other_t
     );
     op.stop().await;
 }
+
+/// Issue: `deletionPolicy: Orphan` was unreliable: with foreground deletion (Argo CD's prune) the garbage
+/// collector could delete the Secret before the finalizer released it, and previous tokens were left
+/// live. Now the Secret carries no ownerReference for as long as the spec says Orphan (no garbage
+/// collection mode can take it), still wakes its token when it changes, and deleting the object revokes
+/// the replaced tokens while keeping the current one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphan_policy_keeps_the_secret_out_of_garbage_collection_and_revokes_replaced_tokens() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    let account_id = ready_account(&env, "orph").await;
+    env.apply(&token_yaml(
+        "orph-token",
+        "orph",
+        "  deletionPolicy: Orphan\n  previousTokenRetention: 1h",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "orph-token", T, |t| ready_at(t, 1)).await;
+    let uid = tok.metadata.uid.clone().unwrap();
+    let owned_by_us = |s: &Secret| {
+        s.metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.uid == uid)
+    };
+    let s = secret(&env, "orph-token").await.unwrap();
+    assert!(
+        !owned_by_us(&s),
+        "no ownerReference under Orphan: {:?}",
+        s.metadata.owner_references
+    );
+
+    // Still this object's Secret: deleting it wakes the token at once (resync is 10 min).
+    delete(&env.api::<Secret>(), "orph-token").await;
+    wait_for(&api, "orph-token", T, |t| ready_at(t, 2)).await;
+    assert_eq!(
+        env.sim.live_tokens(&account_id).len(),
+        2,
+        "r1 keeps its overlap"
+    );
+
+    // Delete -> ownerReference back; Orphan again -> gone again.
+    merge_patch(
+        &api,
+        "orph-token",
+        json!({"spec": {"deletionPolicy": "Delete"}}),
+    )
+    .await;
+    assert!(
+        eventually_async(T, || async {
+            secret(&env, "orph-token")
+                .await
+                .is_some_and(|s| owned_by_us(&s))
+        })
+        .await
+    );
+    merge_patch(
+        &api,
+        "orph-token",
+        json!({"spec": {"deletionPolicy": "Orphan"}}),
+    )
+    .await;
+    assert!(
+        eventually_async(T, || async {
+            secret(&env, "orph-token")
+                .await
+                .is_some_and(|s| !owned_by_us(&s))
+        })
+        .await
+    );
+
+    // Deleting the object: the current token and its Secret stay; the replaced r1 is revoked.
+    let current = status(&api.get("orph-token").await.unwrap())
+        .token_id
+        .clone();
+    delete(&api, "orph-token").await;
+    assert!(
+        eventually(T, || env
+            .kube
+            .get(
+                "konnect-sa.dev",
+                "v1alpha1",
+                "systemaccounttokens",
+                NS,
+                "orph-token"
+            )
+            .is_none())
+        .await
+    );
+    let live = env.sim.live_tokens(&account_id);
+    assert_eq!(live.len(), 1, "only the current token stays: {live:?}");
+    assert_eq!(Some(live[0].id.clone()), current);
+    let s = secret(&env, "orph-token").await.expect("Secret kept");
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}

@@ -111,7 +111,16 @@ pub async fn run(rt: Runtime, shutdown: impl std::future::Future<Output = ()> + 
     let managed_secrets =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let tokens = tokens
-        .owns_stream(scopes::touched::<Secret>(&kube, ns, managed_secrets))
+        // A managed Secret wakes its token: by its controller ownerReference, or by the owner
+        // annotation of a Secret kept free of ownerReferences (deletionPolicy: Orphan).
+        .watches_stream(
+            scopes::touched::<Secret>(&kube, ns, managed_secrets),
+            |s: Secret| {
+                let ns = s.metadata.namespace.clone().unwrap_or_default();
+                crate::k8s::secret::owner_name(&s)
+                    .map(|name| reflector::ObjectRef::new(&name).within(&ns))
+            },
+        )
         .watches_shared_stream(token_wakes, move |sa| {
             account_ref::dependents_of(&token_store, &sa, |t: &SystemAccountToken| {
                 &t.spec.system_account_ref

@@ -18,7 +18,7 @@ use super::reconciler::{mark_ready, object_key, reconcile_with};
 use super::token_plan::{
     Found, Issued, Liveness, RotationReason, SecretView, TokenObserved, TokenStep, adopt_secret,
     clear_pending, expiry, next_wakeup, pending_accounts, plan_token, record_issued, renewal_time,
-    retention_after, set_pending, token_name, whole_seconds,
+    retention_after, set_pending, token_name, unfinished_ours, whole_seconds,
 };
 use crate::api::common::ROTATE_ANNOTATION;
 use crate::api::{
@@ -266,6 +266,7 @@ async fn sync_secret_metadata(w: &mut Work<'_>) -> Result<(), ReconcileError> {
         labels: &template.labels,
         annotations: &template.annotations,
         owner: owner_ref(&w.obj),
+        orphan: w.obj.spec.deletion_policy() == DeletionPolicy::Orphan,
     };
     if let Some(updated) = secret::sync_metadata(&w.secrets, &existing, &target)
         .await
@@ -410,6 +411,7 @@ async fn issue(
         labels: &template.labels,
         annotations: &template.annotations,
         owner: owner_ref(&w.obj),
+        orphan: w.obj.spec.deletion_policy() == DeletionPolicy::Orphan,
     };
 
     // 0. A token is created only for a Secret that can take it: a refused write would otherwise
@@ -684,22 +686,15 @@ async fn cleanup(
         .map_err(ReconcileError::kube("reading the Secret"))?;
     let secret = secret.filter(|s| secret::is_controlled_by(s, &uid));
     ctx.metrics.forget_token(&ns, &obj.name_any());
-    if obj.spec.deletion_policy() == DeletionPolicy::Orphan {
-        if let Some(s) = &secret {
-            secret::release(&secrets, s, &uid)
-                .await
-                .map_err(ReconcileError::kube("releasing the Secret"))?;
-        }
-        events::publish(
-            &ctx.events,
-            &*obj,
-            false,
-            "Orphaned",
-            "Delete",
-            "deletionPolicy is Orphan: the token and its Secret are kept",
-        )
-        .await;
-        return Ok(Action::await_change());
+    // Orphan keeps the current token and its Secret; replaced and unfinished tokens are revoked all
+    // the same (nobody would ever revoke them otherwise). The Secret carries no ownerReference under
+    // this policy already (written so), so no garbage collection mode takes it; an older one is
+    // released here.
+    let orphan = obj.spec.deletion_policy() == DeletionPolicy::Orphan;
+    if orphan && let Some(s) = &secret {
+        secret::release(&secrets, s, &uid)
+            .await
+            .map_err(ReconcileError::kube("releasing the Secret"))?;
     }
     // The account's connection may be gone with the account: fall back to the token's own.
     let account_konnect = account_ref::resolve_identity(&ctx, &ns, &obj.spec.system_account_ref)
@@ -708,7 +703,7 @@ async fn cleanup(
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
     let k = ctx.connections.for_object(&ns, auth).await?.client;
     let mut doomed: Vec<(String, String)> = Vec::new();
-    if let (Some(a), Some(t)) = (&st.account_id, &st.token_id) {
+    if !orphan && let (Some(a), Some(t)) = (&st.account_id, &st.token_id) {
         doomed.push((a.clone(), t.clone()));
     }
     for p in &st.previous_tokens {
@@ -721,9 +716,10 @@ async fn cleanup(
             p.id.clone(),
         ));
     }
-    if let Some(v) = secret
-        .as_ref()
-        .map(|s| secret::view(s, &uid, obj.spec.secret_key()))
+    if !orphan
+        && let Some(v) = secret
+            .as_ref()
+            .map(|s| secret::view(s, &uid, obj.spec.secret_key()))
         && let (Some(a), Some(t)) = (v.account_id, v.token_id)
     {
         doomed.push((a, t));
@@ -742,24 +738,27 @@ async fn cleanup(
             .ok()
             .map(|a| a.id);
         let accounts = pending_accounts(&st, spec_account.as_deref());
-        for t in list_pending(&k, &accounts, pending).await? {
+        let found = list_pending(&k, &accounts, pending).await?;
+        for t in unfinished_ours(&st, pending, &found) {
             k.delete_access_token(&t.account_id, &t.id)
                 .await
                 .ignore_not_found()
                 .map_err(ReconcileError::konnect("revoking a token"))?;
         }
     }
-    events::publish(
-        &ctx.events,
-        &*obj,
-        false,
-        "Revoked",
-        "Delete",
+    let note = if orphan {
+        format!(
+            "deletionPolicy is Orphan: the current token and its Secret are kept; revoked {} replaced \
+             token(s)",
+            doomed.len()
+        )
+    } else {
         format!(
             "Revoked {} token(s) of this SystemAccountToken",
             doomed.len()
-        ),
-    )
-    .await;
+        )
+    };
+    let reason = if orphan { "Orphaned" } else { "Revoked" };
+    events::publish(&ctx.events, &*obj, false, reason, "Delete", note).await;
     Ok(Action::await_change())
 }

@@ -299,18 +299,7 @@ pub fn plan_token(o: &TokenObserved) -> TokenStep {
         let Some(found) = o.found else {
             return TokenStep::FindPending;
         };
-        let since = parse(&st.pending_since);
-        let ours = found
-            .iter()
-            .filter(|t| t.name == pending)
-            // Only what was created at or after the marker (a second of clock slack) is ours.
-            .filter(|t| match (since, t.created_at) {
-                (Some(since), Some(created)) => created.as_second() >= since.as_second() - 1,
-                _ => true,
-            })
-            .cloned()
-            .collect();
-        return TokenStep::RevokePending(ours);
+        return TokenStep::RevokePending(unfinished_ours(st, pending, found));
     }
     let live = match o.live {
         _ if current.expires_at.is_some_and(|e| e <= o.now) => Some(false),
@@ -358,6 +347,25 @@ pub fn plan_token(o: &TokenObserved) -> TokenStep {
         return TokenStep::Revoke(due);
     }
     TokenStep::Done
+}
+
+/// Of the tokens found under the pending name, those this object created: the name matches and
+/// it was created at or after the marker (a second of clock slack).
+pub fn unfinished_ours(
+    st: &SystemAccountTokenStatus,
+    pending: &str,
+    found: &[Found],
+) -> Vec<Found> {
+    let since = parse(&st.pending_since);
+    found
+        .iter()
+        .filter(|t| t.name == pending)
+        .filter(|t| match (since, t.created_at) {
+            (Some(since), Some(created)) => created.as_second() >= since.as_second() - 1,
+            _ => true,
+        })
+        .cloned()
+        .collect()
 }
 
 /// Moves the current token to `previousTokens`, to be revoked after `keep` (never after its expiry).

@@ -42,12 +42,19 @@ pub struct SecretTarget<'a> {
     pub labels: &'a BTreeMap<String, String>,
     pub annotations: &'a BTreeMap<String, String>,
     pub owner: OwnerReference,
+    /// `deletionPolicy: Orphan`: the Secret carries no ownerReference (garbage collection, foreground
+    /// or background, never takes it); the owner annotation marks it as the object's instead.
+    pub orphan: bool,
 }
 
 /// The template keys the operator last put on the Secret (`l:<label>` and `a:<annotation>`, comma
 /// separated): a key dropped from the template is removed from the Secret, and nothing else that
 /// another tool put there is touched.
 pub const ANN_TEMPLATE_KEYS: &str = "konnect-sa.dev/template-keys";
+/// The uid of the SystemAccountToken the Secret belongs to (ownership without an ownerReference).
+pub const ANN_OWNER_UID: &str = "konnect-sa.dev/owner-uid";
+/// The name of that SystemAccountToken (in the Secret's namespace): its watch maps Secret events to it.
+pub const ANN_OWNER_NAME: &str = "konnect-sa.dev/owner-name";
 
 fn template_keys(target: &SecretTarget) -> String {
     let labels = target.labels.keys().map(|k| format!("l:{k}"));
@@ -93,7 +100,23 @@ fn wanted_metadata(target: &SecretTarget) -> (BTreeMap<String, String>, BTreeMap
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     let mut annotations = target.annotations.clone();
     annotations.insert(ANN_TEMPLATE_KEYS.into(), template_keys(target));
+    annotations.insert(ANN_OWNER_UID.into(), target.owner.uid.clone());
+    annotations.insert(ANN_OWNER_NAME.into(), target.owner.name.clone());
     (labels, annotations)
+}
+
+/// The ownerReferences the Secret should carry: another owner's kept, ours only unless orphaned.
+fn wanted_owners(existing: Option<&Secret>, target: &SecretTarget) -> Vec<OwnerReference> {
+    let mut owners: Vec<OwnerReference> = existing
+        .and_then(|s| s.metadata.owner_references.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.uid != target.owner.uid)
+        .collect();
+    if !target.orphan {
+        owners.push(target.owner.clone());
+    }
+    owners
 }
 
 /// The Secret for `token`: value, our annotations and the template fresh (so a stale key or
@@ -123,7 +146,7 @@ pub fn build(target: &SecretTarget, token: &IssuedToken, existing: Option<&Secre
             namespace: Some(target.namespace.to_string()),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references: Some(vec![target.owner.clone()]),
+            owner_references: Some(wanted_owners(existing, target)),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
@@ -183,16 +206,28 @@ pub fn metadata_patch(existing: &Secret, target: &SecretTarget) -> Option<serde_
             _ => {}
         }
     }
-    if label_patch.is_empty() && annotation_patch.is_empty() {
+    let owners = wanted_owners(Some(existing), target);
+    let owners_differ = existing
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        != owners;
+    if label_patch.is_empty() && annotation_patch.is_empty() && !owners_differ {
         return None;
     }
-    Some(serde_json::json!({
+    let mut patch = serde_json::json!({
         "metadata": {
             "resourceVersion": existing.metadata.resource_version,
             "labels": label_patch,
             "annotations": annotation_patch,
         }
-    }))
+    });
+    if owners_differ {
+        // A merge patch replaces the list: ours added or dropped, another owner's kept.
+        patch["metadata"]["ownerReferences"] = serde_json::json!(owners);
+    }
+    Some(patch)
 }
 
 /// Applies [`metadata_patch`] to `existing`, when there is anything to change.
@@ -297,15 +332,39 @@ pub fn view(secret: &Secret, owner_uid: &str, key: &str) -> SecretView {
     }
 }
 
+/// Whether the Secret belongs to the SystemAccountToken with uid `owner_uid`: its controller
+/// ownerReference, or (`deletionPolicy: Orphan`, no ownerReference) our owner annotation and no
+/// other controller.
 pub fn is_controlled_by(secret: &Secret, owner_uid: &str) -> bool {
+    let refs = secret.metadata.owner_references.clone().unwrap_or_default();
+    let controller = refs.iter().find(|r| r.controller == Some(true));
+    match controller {
+        Some(r) => r.uid == owner_uid,
+        None => secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANN_OWNER_UID))
+            .is_some_and(|uid| uid == owner_uid),
+    }
+}
+
+/// The SystemAccountToken a managed Secret belongs to, by name: its controller ownerReference, or
+/// the owner annotation of an orphan-policy Secret (for the watch that wakes the token).
+pub fn owner_name(secret: &Secret) -> Option<String> {
+    let refs = secret.metadata.owner_references.clone().unwrap_or_default();
+    if let Some(r) = refs
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == "SystemAccountToken")
+    {
+        return Some(r.name.clone());
+    }
     secret
         .metadata
-        .owner_references
+        .annotations
         .as_ref()
-        .is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r.uid == owner_uid && r.controller == Some(true))
-        })
+        .and_then(|a| a.get(ANN_OWNER_NAME))
+        .cloned()
 }
 
 /// `deletionPolicy: Orphan`: drop our ownerReference so garbage collection keeps the Secret.
@@ -372,6 +431,7 @@ mod tests {
             labels: &none,
             annotations: &none,
             owner: owner.clone(),
+            orphan: false,
         };
         let mut s = build(&first, &token, None);
         assert_eq!(
@@ -443,6 +503,7 @@ mod tests {
             labels: &labels,
             annotations: &annotations,
             owner: owner(),
+            orphan: false,
         };
         let value = TokenValue::new("spat_abc");
         let token = IssuedToken {
