@@ -1569,3 +1569,95 @@ async fn orphan_policy_keeps_the_secret_out_of_garbage_collection_and_revokes_re
     assert_no_token_value_exposed(&env);
     op.stop().await;
 }
+
+/// Issue: a failed rollout restart was never retried, yet the previous token was still revoked on
+/// schedule, so the workload broke at revokeAt. Now the restart is retried (every 30 s) and the previous
+/// token is held past its revokeAt until the restart went through, with a condition saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_restart_is_retried_and_holds_back_the_previous_tokens_revocation() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    let account_id = ready_account(&env, "held").await;
+    env.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: held-app}
+spec:
+  selector: {matchLabels: {app: held-app}}
+  template:
+    metadata: {labels: {app: held-app}}
+    spec: {containers: [{name: app, image: busybox}]}
+"#,
+    );
+    env.apply(&token_yaml(
+        "held-token",
+        "held",
+        "  previousTokenRetention: 2s\n  rolloutRestartTargets: [{kind: Deployment, name: held-app}]",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok1 = wait_for(&api, "held-token", T, |t| ready_at(t, 1)).await;
+    let old = status(&tok1).token_id.clone().unwrap();
+
+    // Restart patches fail (the API server or an admission webhook says no) until further notice.
+    env.kube.inject_failure("patch", "deployments", 10_000, 500);
+    merge_patch(
+        &api,
+        "held-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "1"}}}),
+    )
+    .await;
+    let tok2 = wait_for(&api, "held-token", T, |t| {
+        ready_at(t, 2)
+            && status(t)
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "RestartTargetsReady" && c.reason == "RestartFailed")
+    })
+    .await;
+    let cond = status(&tok2)
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "RestartTargetsReady")
+        .unwrap();
+    assert!(
+        cond.message.contains("previous token is kept"),
+        "{}",
+        cond.message
+    );
+    // Well past its revokeAt (2 s), the previous token is still live: the app has not restarted.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        env.sim.live_tokens(&account_id).iter().any(|t| t.id == old),
+        "held back while the restart is pending"
+    );
+    assert_eq!(
+        restarted_at(&deployment(&env, "held-app")),
+        Some(format!("{}/r1", status(&tok1).last_rotation_time.unwrap()))
+    );
+
+    // The cause goes away: a retry (at most 30 s later) restarts the app; then the previous token goes.
+    env.kube.clear_faults();
+    let tok = wait_for(&api, "held-token", Duration::from_secs(60), |t| {
+        status(t).last_restart_revision == Some(2)
+    })
+    .await;
+    assert!(restarted_at(&deployment(&env, "held-app")).is_some_and(|s| s.ends_with("/r2")));
+    assert!(
+        !status(&tok)
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "RestartTargetsReady"),
+        "condition cleared"
+    );
+    assert!(
+        eventually(T, || !env
+            .sim
+            .live_tokens(&account_id)
+            .iter()
+            .any(|t| t.id == old))
+        .await,
+        "revoked once the consumers restarted"
+    );
+    op.stop().await;
+}

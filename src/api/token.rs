@@ -370,8 +370,12 @@ pub struct PreviousToken {
     /// Konnect id of the system account the token belongs to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub account_id: String,
-    /// When the token is revoked (RFC 3339, UTC, seconds).
+    /// When the token is revoked (RFC 3339, UTC, seconds). Held back while rolloutRestartTargets have not
+    /// been restarted onto its successor, never past expiresAt.
     pub revoke_at: String,
+    /// When the token expires (RFC 3339, UTC, seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// Observed state of a SystemAccountToken. Never holds a token value.

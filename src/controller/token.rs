@@ -18,7 +18,7 @@ use super::reconciler::{mark_ready, object_key, reconcile_with};
 use super::token_plan::{
     Found, Issued, Liveness, RotationReason, SecretView, TokenObserved, TokenStep, adopt_secret,
     clear_pending, expiry, next_wakeup, pending_accounts, plan_token, record_issued, renewal_time,
-    retention_after, set_pending, token_name, unfinished_ours, whole_seconds,
+    restarts_pending, retention_after, set_pending, token_name, unfinished_ours, whole_seconds,
 };
 use crate::api::common::ROTATE_ANNOTATION;
 use crate::api::{
@@ -47,6 +47,9 @@ fn parse_time(v: &Option<String>) -> Option<Timestamp> {
 /// A bound on the steps of one reconcile: each step changes what the next observes, so a plan
 /// that repeats itself is a bug; stopping keeps it from becoming a hot loop.
 const MAX_STEPS: usize = 16;
+
+/// How soon a failed rollout restart is tried again.
+const RESTART_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One reconcile's view of the object and its surroundings.
 struct Work<'a> {
@@ -150,6 +153,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     // Observe, decide (token_plan::plan_token), act; again until there is nothing to do.
     let mut live = Liveness::Unknown;
     let mut found: Option<Vec<Found>> = None;
+    let mut restart_tried = false;
     for _ in 0..MAX_STEPS {
         let view = w.view();
         let status = w.obj.status.clone().unwrap_or_default();
@@ -162,6 +166,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
             live,
             found: found.as_deref(),
             has_restart_targets: !w.obj.spec.rollout_restart_targets.is_empty(),
+            restart_tried,
             now: Timestamp::now(),
         });
         tracing::debug!(?step, "token step");
@@ -196,7 +201,10 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                 issue(&mut w, reason, schedule, rotate_annotation.clone()).await?;
                 live = Liveness::Live;
             }
-            TokenStep::Restart => restart_targets(&mut w).await,
+            TokenStep::Restart => {
+                restart_targets(&mut w).await;
+                restart_tried = true;
+            }
             TokenStep::Revoke(ids) => revoke(&mut w, &ids).await?,
             TokenStep::Done => break,
         }
@@ -244,11 +252,16 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         .budget
         .reserved_in(&verified_key(&obj))
         .unwrap_or_else(|| ctx.resync_with_jitter());
-    Ok(Action::requeue(next_wakeup(
+    let mut wakeup = next_wakeup(
         Timestamp::now(),
         std::iter::once(renewal).chain(revokes),
         check,
-    )))
+    );
+    if restarts_pending(&st, !obj.spec.rollout_restart_targets.is_empty()) {
+        // A failed restart is tried again soon; the previous token waits for it.
+        wakeup = wakeup.min(RESTART_RETRY);
+    }
+    Ok(Action::requeue(wakeup))
 }
 
 /// The Secret's labels and template annotations follow the spec on every pass, not only at the next
@@ -581,15 +594,14 @@ async fn restart_targets(w: &mut Work<'_>) {
     let targets = w.obj.spec.rollout_restart_targets.clone();
     let st = w.st().clone();
     let revision = st.revision.unwrap_or(0);
-    if targets.is_empty() || revision == 0 || st.last_restart_revision.unwrap_or(0) >= revision {
-        return;
-    }
     let Some(issued_at) = st.last_rotation_time.clone() else {
         return;
     };
     let stamp = format!("{issued_at}/r{revision}");
     let ns = w.obj.namespace().unwrap_or_default();
-    let mut missing = Vec::new();
+    // A missing workload has no pods holding the old token: reported, not waited for. A restart
+    // that failed is retried, and the previous token is kept until it succeeds.
+    let (mut missing, mut failed) = (Vec::new(), Vec::new());
     for t in &targets {
         let kind = match t.kind {
             RestartKind::Deployment => WorkloadKind::Deployment,
@@ -599,7 +611,7 @@ async fn restart_targets(w: &mut Work<'_>) {
         match restart::restart(&w.ctx.kube, &ns, kind, &t.name, &stamp).await {
             RestartOutcome::Patched => {}
             RestartOutcome::NotFound => missing.push(format!("{} {}", t.kind.as_str(), t.name)),
-            RestartOutcome::Failed(e) => missing.push(format!(
+            RestartOutcome::Failed(e) => failed.push(format!(
                 "{} {} ({})",
                 t.kind.as_str(),
                 t.name,
@@ -609,23 +621,50 @@ async fn restart_targets(w: &mut Work<'_>) {
     }
     let generation = w.obj.metadata.generation;
     let st = w.st();
-    st.last_restart_revision = Some(revision);
-    if missing.is_empty() {
-        conditions::remove(&mut st.conditions, RESTART_TARGETS);
+    let (reason, msg) = if !failed.is_empty() {
+        let held = st
+            .previous_tokens
+            .iter()
+            .filter_map(|p| p.expires_at.clone())
+            .min()
+            .map(|e| format!(" (at the latest until it expires at {e})"))
+            .unwrap_or_default();
+        (
+            Reason::RestartFailed,
+            format!(
+                "could not restart {} for revision {revision}; retrying every {}s, and the previous token \
+                 is kept until they restart{held}",
+                failed.join(", "),
+                RESTART_RETRY.as_secs()
+            ),
+        )
     } else {
-        let msg = format!(
-            "could not restart {} for revision {revision}; the token itself was rotated",
-            missing.join(", ")
-        );
-        conditions::set(
-            &mut st.conditions,
-            RESTART_TARGETS,
-            false,
+        st.last_restart_revision = Some(revision);
+        if missing.is_empty() {
+            conditions::remove(&mut st.conditions, RESTART_TARGETS);
+            return;
+        }
+        (
             Reason::TargetNotFound,
-            msg.clone(),
-            generation,
-            Timestamp::now(),
-        );
+            format!(
+                "could not restart {} for revision {revision}: not found; the token itself was rotated",
+                missing.join(", ")
+            ),
+        )
+    };
+    let changed = conditions::get(&st.conditions, RESTART_TARGETS)
+        .is_none_or(|c| c.message != msg || c.reason != reason.as_str());
+    conditions::set(
+        &mut st.conditions,
+        RESTART_TARGETS,
+        false,
+        reason,
+        msg.clone(),
+        generation,
+        Timestamp::now(),
+    );
+    // Once per change, not at every retry.
+    if changed {
         events::publish(
             &w.ctx.events,
             &w.obj,

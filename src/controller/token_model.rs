@@ -35,6 +35,7 @@ fn ts(s: i64) -> Timestamp {
 struct KToken {
     id: String,
     name: String,
+    revision: i64,
     account: String,
     created: i64,
     expires: i64,
@@ -74,6 +75,10 @@ enum Op {
     EmptySecretKey,
     RevokeCurrentInKonnect,
     SwitchAccount,
+    /// `rolloutRestartTargets` set (true) or emptied.
+    SetRestartTargets(bool),
+    /// Restarts fail from now on (true) or work again.
+    BreakRestarts(bool),
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -105,6 +110,8 @@ struct World {
     /// Effects done in the current reconcile (for crash points).
     effects: u32,
     creates: u32,
+    restart_targets: bool,
+    restarts_broken: bool,
 }
 
 /// An invariant broken: what, in a sentence.
@@ -124,6 +131,8 @@ impl World {
             next_id: 0,
             effects: 0,
             creates: 0,
+            restart_targets: false,
+            restarts_broken: false,
         }
     }
 
@@ -150,11 +159,21 @@ impl World {
     /// The operator revokes `id`: it must never take a token from consumers before its overlap.
     fn operator_revokes(&mut self, id: &str) -> Result<(), Broken> {
         let now = self.now;
+        let guard = self.restart_targets;
+        let restarted = self.status.last_restart_revision.unwrap_or(0);
         let Some(t) = self.token(id) else {
             return Ok(());
         };
         if t.revoked || t.expires <= now {
             return Ok(());
+        }
+        if guard && t.in_secret_at.is_some() && !t.user_lost && restarted <= t.revision {
+            // Consumers are restarted onto a successor before a token they use is revoked.
+            return Err(format!(
+                "token {} revoked at {} before the restart targets moved past it (restarted: r{restarted})",
+                t.name,
+                now - START
+            ));
         }
         if t.in_secret_at.is_some() && !t.user_lost {
             match t.overlap_until {
@@ -210,6 +229,7 @@ impl World {
         let account_id = ACCOUNTS[self.account].to_string();
         let mut live = Liveness::Unknown;
         let mut found: Option<Vec<Found>> = None;
+        let mut restart_tried = false;
         for _ in 0..MAX_STEPS {
             let status = self.status.clone();
             let secret = self.secret.clone();
@@ -221,7 +241,8 @@ impl World {
                 rotate_annotation: self.rotate.as_deref(),
                 live,
                 found: found.as_deref(),
-                has_restart_targets: false,
+                has_restart_targets: self.restart_targets,
+                restart_tried,
                 now: ts(self.now),
             });
             if std::env::var_os("TOKEN_MODEL_TRACE").is_some() {
@@ -316,7 +337,15 @@ impl World {
                     }
                     live = Liveness::Live;
                 }
-                TokenStep::Restart => return Err("Restart planned without restart targets".into()),
+                TokenStep::Restart => {
+                    if !self.restart_targets {
+                        return Err("Restart planned without restart targets".into());
+                    }
+                    restart_tried = true;
+                    if !self.restarts_broken {
+                        self.status.last_restart_revision = self.status.revision;
+                    }
+                }
                 TokenStep::Revoke(ids) => {
                     for id in &ids {
                         self.operator_revokes(id)?;
@@ -360,6 +389,7 @@ impl World {
         let t = KToken {
             id: format!("tok-{}", self.next_id),
             name: name.clone(),
+            revision,
             account: account_id.to_string(),
             created: self.now,
             expires: expiry(ts(self.now), self.lifetime).as_second(),
@@ -448,12 +478,16 @@ impl World {
         }
         // (c) No leak: every live token of ours is the current one or a previous one still in its overlap.
         for t in self.tokens.iter().filter(|t| t.live(now)) {
+            // Held back while restarts are pending: known, revoked once they are done or it expires.
+            let held =
+                crate::controller::token_plan::restarts_pending(&self.status, self.restart_targets);
             let known = t.id == current.id
                 || self.status.previous_tokens.iter().any(|p| {
                     p.id == t.id
-                        && p.revoke_at
-                            .parse::<Timestamp>()
-                            .is_ok_and(|at| at.as_second() > now)
+                        && (held
+                            || p.revoke_at
+                                .parse::<Timestamp>()
+                                .is_ok_and(|at| at.as_second() > now))
                 });
             if !known {
                 return Err(format!(
@@ -586,6 +620,8 @@ impl World {
                 }
             }
             Op::SwitchAccount => self.account = 1 - self.account,
+            Op::SetRestartTargets(on) => self.restart_targets = *on,
+            Op::BreakRestarts(broken) => self.restarts_broken = *broken,
         }
         self.check_overlaps()
     }
@@ -617,7 +653,9 @@ fn random_op(rng: &mut StdRng) -> Op {
         83..=87 => Op::Rotate(rng.random_range(0..4)),
         88..=90 => Op::DeleteSecret,
         91..=92 => Op::EmptySecretKey,
-        93..=95 => Op::RevokeCurrentInKonnect,
+        93..=94 => Op::RevokeCurrentInKonnect,
+        95 => Op::SetRestartTargets(rng.random_bool(0.7)),
+        96 => Op::BreakRestarts(rng.random_bool(0.5)),
         _ => Op::SwitchAccount,
     }
 }

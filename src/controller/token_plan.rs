@@ -243,6 +243,8 @@ pub struct TokenObserved<'a> {
     pub found: Option<&'a [Found]>,
     /// `rolloutRestartTargets` is not empty.
     pub has_restart_targets: bool,
+    /// A restart was attempted in this reconcile already (a failed one is retried at the next).
+    pub restart_tried: bool,
     pub now: Timestamp,
 }
 
@@ -329,10 +331,12 @@ pub fn plan_token(o: &TokenObserved) -> TokenStep {
         Some(reason) => return TokenStep::Issue(reason),
         None => {}
     }
-    let revision = st.revision.unwrap_or(0);
-    if o.has_restart_targets && revision > 0 && st.last_restart_revision.unwrap_or(0) < revision {
+    let restarts_pending = restarts_pending(st, o.has_restart_targets);
+    if restarts_pending && !o.restart_tried {
         return TokenStep::Restart;
     }
+    // While the consumers have not been restarted onto the current token, the previous ones are
+    // what they use: held back past revokeAt, but never past their own expiry.
     let due: Vec<String> = st
         .previous_tokens
         .iter()
@@ -341,6 +345,7 @@ pub fn plan_token(o: &TokenObserved) -> TokenStep {
                 .parse::<Timestamp>()
                 .map_or(true, |at| at <= o.now)
         })
+        .filter(|p| !restarts_pending || parse(&p.expires_at).is_none_or(|e| e <= o.now))
         .map(|p| p.id.clone())
         .collect();
     if !due.is_empty() {
@@ -368,6 +373,12 @@ pub fn unfinished_ours(
         .collect()
 }
 
+/// Whether rolloutRestartTargets still have to be restarted onto the current revision.
+pub fn restarts_pending(st: &SystemAccountTokenStatus, has_restart_targets: bool) -> bool {
+    let revision = st.revision.unwrap_or(0);
+    has_restart_targets && revision > 0 && st.last_restart_revision.unwrap_or(0) < revision
+}
+
 /// Moves the current token to `previousTokens`, to be revoked after `keep` (never after its expiry).
 pub fn retire_current(st: &mut SystemAccountTokenStatus, now: Timestamp, keep: Duration) {
     if let Some(old_id) = st.token_id.take() {
@@ -376,6 +387,7 @@ pub fn retire_current(st: &mut SystemAccountTokenStatus, now: Timestamp, keep: D
             name: st.token_name.clone().unwrap_or_default(),
             account_id: st.account_id.clone().unwrap_or_default(),
             revoke_at: revoke_at(now, keep, parse(&st.expires_at)).to_string(),
+            expires_at: st.expires_at.clone(),
         });
     }
 }

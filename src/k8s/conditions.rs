@@ -28,6 +28,8 @@ pub enum Reason {
     DeletionBlocked,
     /// Secondary conditions only (restart targets).
     TargetNotFound,
+    /// Secondary conditions only: a restart failed and is retried (the previous token is kept).
+    RestartFailed,
 }
 
 impl Reason {
@@ -45,6 +47,7 @@ impl Reason {
             Reason::Deleting => reason::DELETING,
             Reason::DeletionBlocked => reason::DELETION_BLOCKED,
             Reason::TargetNotFound => "TargetNotFound",
+            Reason::RestartFailed => "RestartFailed",
         }
     }
 }
