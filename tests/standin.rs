@@ -1251,3 +1251,40 @@ async fn refuses_what_the_real_server_refuses_and_dry_runs_store_nothing() {
     assert_eq!(api_code(&err), Some((422, "Invalid".into())));
     assert!(err.to_string().contains("note"), "{err}");
 }
+
+/// Metadata-only requests (what `Api<PartialObjectMeta<K>>` sends) get metadata only, as from a real server.
+#[tokio::test]
+async fn metadata_only_requests_get_no_data() {
+    let (kube, client) = start().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(&PostParams::default(), &secret("s1", &[("app", "x")]))
+        .await
+        .unwrap();
+    let meta: Api<kube::core::PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), NS);
+    let listed = meta.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("s1"));
+    let got = meta.get("s1").await.unwrap();
+    assert_eq!(got.metadata.labels.unwrap()["app"], "x");
+    let requests = kube.requests();
+    assert!(requests.iter().rev().take(2).all(|r| r.metadata_only));
+    // Over the wire: no data in a metadata-only answer.
+    let url = format!("{}/api/v1/namespaces/{NS}/secrets/s1", kube.url());
+    let body = reqwest::Client::new()
+        .get(url)
+        .header(
+            "Accept",
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("PartialObjectMetadata") && !body.contains("\"data\""),
+        "{body}"
+    );
+}

@@ -1661,3 +1661,31 @@ spec:
     );
     op.stop().await;
 }
+
+/// Issue: token values sat in the operator's memory because Secrets were watched as full objects. The
+/// operator lists and watches Secrets as metadata only; a token's Secret is read by name when its own
+/// reconcile needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_watched_as_metadata_only() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    ready_account(&env, "quiet").await;
+    env.apply(&token_yaml("quiet-token", "quiet", ""));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "quiet-token", T, |t| ready_at(t, 1)).await;
+    let bulk: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.plural == "secrets" && matches!(r.verb.as_str(), "list" | "watch"))
+        .collect();
+    assert!(!bulk.is_empty(), "the operator watches its Secrets");
+    assert!(
+        bulk.iter().all(|r| r.metadata_only),
+        "every Secret list and watch is metadata only: {bulk:?}"
+    );
+    // The Secret still wakes its token: deleting it gets a new one at once (resync is 10 min).
+    delete(&env.api::<Secret>(), "quiet-token").await;
+    wait_for(&api, "quiet-token", T, |t| ready_at(t, 2)).await;
+    op.stop().await;
+}

@@ -115,9 +115,9 @@ pub async fn run(rt: Runtime, shutdown: impl std::future::Future<Output = ()> + 
         // annotation of a Secret kept free of ownerReferences (deletionPolicy: Orphan).
         .watches_stream(
             scopes::touched::<Secret>(&kube, ns, managed_secrets),
-            |s: Secret| {
+            |s: kube::core::PartialObjectMeta<Secret>| {
                 let ns = s.metadata.namespace.clone().unwrap_or_default();
-                crate::k8s::secret::owner_name(&s)
+                crate::k8s::secret::owner_name(&s.metadata)
                     .map(|name| reflector::ObjectRef::new(&name).within(&ns))
             },
         )

@@ -40,12 +40,14 @@ where
     }
 }
 
-/// Objects of `K` as they change in `namespaces`, without a store (the Secrets the tokens own).
+/// The metadata of objects of `K` as they change in `namespaces`, without a store: the Secrets the
+/// tokens own are watched this way, so token values never sit in the operator's memory (a token's
+/// Secret is read by name in its own reconcile, when needed).
 pub fn touched<K>(
     client: &kube::Client,
     namespaces: &[String],
     config: watcher::Config,
-) -> BoxStream<'static, watcher::Result<K>>
+) -> BoxStream<'static, watcher::Result<kube::core::PartialObjectMeta<K>>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -55,7 +57,8 @@ where
         + Sync
         + 'static,
 {
-    let one = |api: Api<K>| {
+    // An Api of PartialObjectMeta makes metadata-only list and watch requests.
+    let one = |api: Api<kube::core::PartialObjectMeta<K>>| {
         watcher(api, config.clone())
             .default_backoff()
             .touched_objects()

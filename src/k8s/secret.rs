@@ -351,17 +351,15 @@ pub fn is_controlled_by(secret: &Secret, owner_uid: &str) -> bool {
 
 /// The SystemAccountToken a managed Secret belongs to, by name: its controller ownerReference, or
 /// the owner annotation of an orphan-policy Secret (for the watch that wakes the token).
-pub fn owner_name(secret: &Secret) -> Option<String> {
-    let refs = secret.metadata.owner_references.clone().unwrap_or_default();
+pub fn owner_name(meta: &ObjectMeta) -> Option<String> {
+    let refs = meta.owner_references.clone().unwrap_or_default();
     if let Some(r) = refs
         .iter()
         .find(|r| r.controller == Some(true) && r.kind == "SystemAccountToken")
     {
         return Some(r.name.clone());
     }
-    secret
-        .metadata
-        .annotations
+    meta.annotations
         .as_ref()
         .and_then(|a| a.get(ANN_OWNER_NAME))
         .cloned()

@@ -32,6 +32,8 @@ pub struct RequestRecord {
     pub subresource: Option<String>,
     /// `dryRun=All`: checked, not stored.
     pub dry_run: bool,
+    /// Metadata only (`as=PartialObjectMetadata`): no Secret data in the answer.
+    pub metadata_only: bool,
 }
 
 /// A failure to inject into matching requests.
@@ -280,6 +282,7 @@ async fn handle(
             name: route.name.clone(),
             subresource: route.subresource.clone(),
             dry_run: params.get("dryRun").is_some(),
+            metadata_only: wants_partial(&headers),
         });
     // Dry runs of POST and PUT run every check and store nothing; elsewhere they are refused rather
     // than silently committed, so a test relying on one notices.
@@ -302,7 +305,15 @@ async fn handle(
         return error_response(&err);
     }
     let result = match verb {
-        "watch" => return watch_response(&shared, &route, &params),
+        "watch" => return watch_response(&shared, &route, &params, wants_partial(&headers)),
+        "list" | "get" if wants_partial(&headers) => {
+            let answer = if verb == "list" {
+                list(&shared, &route, &params)
+            } else {
+                get(&shared, &route)
+            };
+            answer.map(|(code, value)| (code, partial_answer(value)))
+        }
         "list" => list(&shared, &route, &params),
         "get" => get(&shared, &route),
         "create" => create(&shared, &route, &body, dry_run),
@@ -570,7 +581,32 @@ fn delete_collection(shared: &Shared, route: &Route, params: &Params) -> Outcome
     ))
 }
 
-fn watch_response(shared: &Shared, route: &Route, params: &Params) -> Response {
+/// `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`: metadata only.
+fn wants_partial(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("as=PartialObjectMetadata"))
+}
+
+fn partial_object(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+}
+
+/// A get or list answer as the API server gives it for a metadata-only request.
+fn partial_answer(value: Value) -> Value {
+    match value.get("items").and_then(Value::as_array) {
+        Some(items) => json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": value["metadata"],
+            "items": items.iter().map(partial_object).collect::<Vec<_>>(),
+        }),
+        None => partial_object(&value),
+    }
+}
+
+fn watch_response(shared: &Shared, route: &Route, params: &Params, partial: bool) -> Response {
     let (labels, fields) = match selectors(params) {
         Ok(s) => s,
         Err(e) => return error_response(&e),
@@ -607,6 +643,24 @@ fn watch_response(shared: &Shared, route: &Route, params: &Params) -> Response {
         ),
     };
     let stream = watch::start(shared.store.clone(), req, shared.shutdown.subscribe());
+    let stream = futures::StreamExt::map(stream, move |chunk| {
+        chunk.map(|bytes| {
+            if !partial {
+                return bytes;
+            }
+            // Metadata-only watch: each event's object as PartialObjectMetadata.
+            let mut out = String::new();
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                let mut event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                if event["type"] != "ERROR" {
+                    event["object"] = partial_object(&event["object"]);
+                }
+                out.push_str(&event.to_string());
+                out.push('\n');
+            }
+            Bytes::from(out)
+        })
+    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")

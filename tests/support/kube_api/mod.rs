@@ -29,6 +29,8 @@
 //! `patch.rs`); strategic merge patch merges only `metadata.finalizers` lists; no CEL rules, admission, RBAC,
 //! defaults of built-in kinds (except Secret `type`), namespace deletion cascade, foreground/orphan
 //! propagation, or conversion between CRD versions; core and events.k8s.io Events are separate stores;
+//! Metadata-only requests (`Accept: ...;as=PartialObjectMetadata...`) get PartialObjectMetadata objects, lists
+//! and watch events, as from a real server.
 //! `dryRun` runs the checks of create and update (PUT) and stores nothing, and is refused with 400 elsewhere.
 //! Label and annotation syntax and size, and events.k8s.io Event `type`, `eventTime` and note length (1024),
 //! are refused with 422 like the real server does.
