@@ -639,6 +639,72 @@ async fn a_failing_konnect_gets_a_bounded_number_of_calls() {
     env.stop_operator().await;
 }
 
+/// Issue (many clusters): a pending-create marker left behind must never make someone else's account look
+/// like ours. An account that already existed when the marker was recorded (created by hand, or by another
+/// cluster) is not adopted under `adoption: Refuse`, and deleting the object leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_account_older_than_the_pending_marker_is_neither_adopted_nor_deleted() {
+    let mut env = TestEnv::start().await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: ci-bot}
+spec: {description: CI}
+"#,
+    );
+    // Someone else's account, created before our (unfinished) create was recorded.
+    let theirs = env.sim.seed_account("ci-bot", "made by hand", false);
+    let later = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(60))
+        .unwrap();
+    let later = k8s_openapi::jiff::Timestamp::from_second(later.as_second()).unwrap();
+    let api = env.api::<SystemAccount>();
+    api.patch_status(
+        "ci-bot",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({
+            "status": {"pendingCreate": "ci-bot", "pendingCreateSince": later.to_string()}
+        })),
+    )
+    .await
+    .unwrap();
+    env.start_operator(&[]).await;
+    let sa = wait_for(&api, "ci-bot", T, |a| {
+        let s = a.status.clone().unwrap_or_default();
+        ready_of(&s.conditions).is_some_and(|(_, r, _)| r == "Conflict")
+    })
+    .await;
+    assert_eq!(sa.status.unwrap().id, None, "not adopted");
+    let account = env
+        .sim
+        .state()
+        .accounts
+        .into_iter()
+        .find(|a| a.account.id == theirs.id)
+        .expect("their account is there");
+    assert_eq!(account.account.description, "made by hand", "not edited");
+
+    delete(&api, "ci-bot").await;
+    assert!(
+        eventually(T, || env
+            .kube
+            .get("konnect-sa.dev", "v1alpha1", "systemaccounts", NS, "ci-bot")
+            .is_none())
+        .await,
+        "deleted"
+    );
+    assert!(
+        env.sim
+            .state()
+            .accounts
+            .iter()
+            .any(|a| a.account.id == theirs.id),
+        "their account survives the deletion of ours"
+    );
+    env.stop_operator().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_create_committed_before_a_crash_is_recognised_as_our_own() {
     let mut env = TestEnv::start().await;

@@ -133,6 +133,10 @@ pub struct SystemAccountStatus {
     /// lost response, an account found with this name is known to be this object's own and not someone else's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_create: Option<String>,
+    /// When pendingCreate was recorded (RFC 3339, UTC, seconds): only an account created at or after it is taken
+    /// for this object's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_create_since: Option<String>,
     /// True when an existing Konnect account was adopted (spec.adoption: Adopt) rather than created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<bool>,

@@ -5,8 +5,8 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::account_plan::{
-    AccountStep, DesiredAccount, ObservedAccount, ResolvedTeam, needs_name_lookup,
-    pick_team_by_name, plan_account, plan_teams,
+    AccountStep, DesiredAccount, ObservedAccount, ResolvedTeam, created_by_our_create,
+    needs_name_lookup, pick_team_by_name, plan_account, plan_teams,
 };
 use super::budget::Paced;
 use super::connections::Connection;
@@ -85,6 +85,13 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                 // Record the create before making it: an account found by this name after a crash is ours.
                 let status = working.status.get_or_insert_with(Default::default);
                 status.pending_create = Some(desired.name.clone());
+                status.pending_create_since = Some(
+                    k8s_openapi::jiff::Timestamp::from_second(
+                        k8s_openapi::jiff::Timestamp::now().as_second(),
+                    )
+                    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
+                    .to_string(),
+                );
                 mark_not_ready(
                     &mut working,
                     Reason::Pending,
@@ -107,6 +114,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                         // next reconcile adopt their account.
                         if let Some(st) = working.status.as_mut() {
                             st.pending_create = None;
+                            st.pending_create_since = None;
                         }
                         let _ = ctx.write_status(&api, &working).await;
                         return Err(ReconcileError::Conflict(format!(
@@ -116,6 +124,15 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                         )));
                     }
                     Err(e) => {
+                        // Refused (400, 401, 403, ...): nothing was created, so the marker goes. Left
+                        // behind, it would make an account someone creates by hand later look like ours.
+                        if e.nothing_was_done()
+                            && let Some(st) = working.status.as_mut()
+                        {
+                            st.pending_create = None;
+                            st.pending_create_since = None;
+                            let _ = ctx.write_status(&api, &working).await;
+                        }
                         return Err(ReconcileError::konnect("creating the system account")(e));
                     }
                 };
@@ -224,6 +241,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     let status = working.status.get_or_insert_with(Default::default);
     status.id = Some(account.id.clone());
     status.pending_create = None;
+    status.pending_create_since = None;
     status.adopted = adopted;
     status.teams = teams;
     mark_ready(
@@ -287,11 +305,17 @@ async fn observe(
     } else {
         None
     };
+    let create_in_flight = created_by_our_create(
+        status.pending_create.as_deref(),
+        status.pending_create_since.as_deref(),
+        &desired.name,
+        by_name.as_ref(),
+    );
     Ok(Paced::Done(ObservedAccount {
         recorded_id: status.id.clone(),
         by_id,
         by_name,
-        create_in_flight: status.pending_create.as_deref() == Some(desired.name.as_str()),
+        create_in_flight,
     }))
 }
 
@@ -506,7 +530,14 @@ async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, R
         },
         // A create may have committed before a crash: the account with the pending name is ours.
         None => match status.pending_create.as_deref() {
-            Some(name) => find_by_name(k, name).await?,
+            Some(name) => find_by_name(k, name).await?.filter(|a| {
+                created_by_our_create(
+                    Some(name),
+                    status.pending_create_since.as_deref(),
+                    name,
+                    Some(a),
+                )
+            }),
             None => None,
         },
     };

@@ -91,6 +91,30 @@ pub fn plan_account(desired: &DesiredAccount, observed: &ObservedAccount) -> Acc
     }
 }
 
+/// Whether `found` is the account our recorded create made: the pending name is the desired one and it
+/// was created at or after the marker was recorded (a second of clock slack). An account someone else
+/// created earlier under that name (after a create of ours that Konnect refused, say) is not ours. A
+/// marker without a time (written by an older version) is trusted as before.
+pub fn created_by_our_create(
+    pending: Option<&str>,
+    since: Option<&str>,
+    name: &str,
+    found: Option<&SystemAccount>,
+) -> bool {
+    if pending != Some(name) {
+        return false;
+    }
+    let parse = |s: Option<&str>| s.and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok());
+    match (
+        parse(since),
+        found.and_then(|a| parse(a.created_at.as_deref())),
+    ) {
+        (Some(since), Some(created)) => created.as_second() >= since.as_second() - 1,
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
 fn managed_message(account: &SystemAccount) -> String {
     format!(
         "Konnect account '{}' ({}) is konnect_managed: Konnect owns its life cycle, so this operator never adopts, \
@@ -328,5 +352,53 @@ mod tests {
                 .unwrap_err()
                 .contains("no Konnect team")
         );
+    }
+
+    #[test]
+    fn only_an_account_created_after_the_marker_is_our_create() {
+        let account = |created: &str| SystemAccount {
+            id: "a1".into(),
+            name: "ci-bot".into(),
+            description: String::new(),
+            created_at: Some(created.into()),
+            updated_at: None,
+            konnect_managed: false,
+        };
+        let since = Some("2026-11-30T12:00:00Z");
+        let after = account("2026-11-30T12:00:03Z");
+        let slack = account("2026-11-30T11:59:59Z");
+        let before = account("2026-11-30T11:00:00Z");
+        assert!(created_by_our_create(
+            Some("ci-bot"),
+            since,
+            "ci-bot",
+            Some(&after)
+        ));
+        assert!(created_by_our_create(
+            Some("ci-bot"),
+            since,
+            "ci-bot",
+            Some(&slack)
+        ));
+        assert!(!created_by_our_create(
+            Some("ci-bot"),
+            since,
+            "ci-bot",
+            Some(&before)
+        ));
+        assert!(!created_by_our_create(
+            Some("other"),
+            since,
+            "ci-bot",
+            Some(&after)
+        ));
+        assert!(!created_by_our_create(None, since, "ci-bot", Some(&after)));
+        // A marker from an older version (no time) is trusted as before.
+        assert!(created_by_our_create(
+            Some("ci-bot"),
+            None,
+            "ci-bot",
+            Some(&before)
+        ));
     }
 }

@@ -28,7 +28,7 @@ use crate::k8s::conditions::{self, ISSUING, RESTART_TARGETS, Reason};
 use crate::k8s::events;
 use crate::k8s::restart::{self, RestartOutcome, WorkloadKind};
 use crate::k8s::secret::{self, IssuedToken, SecretTarget};
-use crate::konnect::{CreateAccessToken, IgnoreNotFound, KonnectClient, KonnectError};
+use crate::konnect::{CreateAccessToken, IgnoreNotFound, KonnectClient};
 use crate::telemetry::ReasonLabels;
 
 crate::impl_managed!(SystemAccountToken, "SystemAccountToken");
@@ -470,7 +470,7 @@ async fn issue(
         Ok(c) => c,
         Err(e) => {
             w.ctx.metrics.token_rotation_failures.inc();
-            if nothing_was_created(&e) {
+            if e.nothing_was_done() {
                 let st = w.st();
                 clear_pending(st);
                 conditions::remove(&mut st.conditions, ISSUING);
@@ -572,19 +572,6 @@ async fn issue(
     tracing::info!(revision, reason = reason.as_str(), %expires_at, "token issued");
     events::publish(&w.ctx.events, &w.obj, false, verb, "Rotate", note).await;
     w.save().await
-}
-
-/// Errors after which Konnect certainly holds no new token (so nothing to find and revoke).
-fn nothing_was_created(e: &KonnectError) -> bool {
-    matches!(
-        e,
-        KonnectError::BadRequest { .. }
-            | KonnectError::Unauthorized { .. }
-            | KonnectError::Forbidden { .. }
-            | KonnectError::NotFound { .. }
-            | KonnectError::RateLimited { .. }
-            | KonnectError::Config(_)
-    )
 }
 
 /// Restarts the targets once per revision. The stamp is the revision's issue time and number (two

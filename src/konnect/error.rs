@@ -79,6 +79,20 @@ impl KonnectError {
         }
     }
 
+    /// Konnect certainly did not act on the request (it refused it, or it never left): after a
+    /// create, nothing was created, so there is nothing to find and heal later.
+    pub fn nothing_was_done(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest { .. }
+                | Self::Unauthorized { .. }
+                | Self::Forbidden { .. }
+                | Self::NotFound { .. }
+                | Self::RateLimited { .. }
+                | Self::Config(_)
+        )
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
     }
