@@ -546,3 +546,45 @@ async fn hundred_bindings_converge_under_rate_limiting() {
     eprintln!("simulator requests: {throttled}");
     env.stop_operator().await;
 }
+
+/// Issue (many clusters): a RoleBinding that adopted an assignment that existed before (made by hand, or
+/// by a RoleBinding in another cluster on the same organisation) never removes it: not when deleted, not
+/// when its account moves. Only what this cluster made is removed; the Event says why it was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_assignment_that_existed_before_is_adopted_and_never_removed() {
+    let mut env = TestEnv::start().await;
+    env.start_operator(&[]).await;
+    env.apply(&account_yaml("shared-bot"));
+    let sa = wait_for(&env.api::<SystemAccount>(), "shared-bot", T, account_ready).await;
+    let account_id = sa.status.unwrap().id.unwrap();
+    // Another cluster (or a person) assigned the role first.
+    let theirs = env.sim.seed_assignment(&account_id, docs_tuple("Viewer"));
+
+    env.apply(&docs_binding("ours", "shared-bot", "Viewer", ""));
+    let api = env.api::<RoleBinding>();
+    let b = wait_for(&api, "ours", T, is_ready).await;
+    assert_eq!(assigned_id(&b), theirs.id);
+    assert_eq!(b.status.clone().unwrap().adopted, Some(true));
+
+    delete(&api, "ours").await;
+    wait_gone(&env, "ours").await;
+    let roles = konnect_roles(&env, "shared-bot");
+    assert_eq!(
+        roles.len(),
+        1,
+        "the other cluster's assignment survives: {roles:?}"
+    );
+    assert_eq!(roles[0].id, theirs.id);
+    assert!(event_reasons(&env, "ours").contains(&"Kept".to_string()));
+
+    // What this cluster made itself is still removed on deletion.
+    env.apply(&docs_binding("made-here", "shared-bot", "Admin", ""));
+    let b = wait_for(&api, "made-here", T, is_ready).await;
+    assert_eq!(b.status.clone().unwrap().adopted, None);
+    delete(&api, "made-here").await;
+    wait_gone(&env, "made-here").await;
+    let roles = konnect_roles(&env, "shared-bot");
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert_eq!(roles[0].id, theirs.id);
+    env.stop_operator().await;
+}

@@ -151,6 +151,10 @@ pub struct RoleBindingStatus {
     /// Konnect id of the system account that holds the assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_account_id: Option<String>,
+    /// True when the assignment existed before (made by hand, or by another cluster) and was adopted: it is
+    /// never removed from Konnect by this object (not on deletion, a role change or an account move).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<bool>,
     /// metadata.generation of the spec the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

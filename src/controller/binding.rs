@@ -51,6 +51,24 @@ fn wanted_by_other(ctx: &Context, me: &RoleBinding, account_id: &str, tuple: &Ro
     })
 }
 
+/// Whether another RoleBinding of this cluster wants the same tuple on the same account (by its
+/// status, or by its spec and resolved account while it has no status yet): an assignment they share
+/// is this cluster's, not adopted from outside, so the last binding that wants it removes it.
+fn sibling_wants(ctx: &Context, me: &RoleBinding, account_id: &str, tuple: &RoleTuple) -> bool {
+    wanted_by_other(ctx, me, account_id, tuple)
+        || ctx.bindings.state().iter().any(|b| {
+            b.uid() != me.uid()
+                && b.metadata.deletion_timestamp.is_none()
+                && &desired_tuple(&b.spec) == tuple
+                && account_ref::resolve(
+                    ctx,
+                    &b.namespace().unwrap_or_default(),
+                    &b.spec.system_account_ref,
+                )
+                .is_ok_and(|a| a.id == account_id)
+        })
+}
+
 async fn connection(
     ctx: &Context,
     obj: &RoleBinding,
@@ -100,10 +118,11 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     }
     if recorded.is_none() {
         // First assignment: create it (409 = it exists: adopt). No list needed.
-        let id = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
+        let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
+        let adopted = existed && !sibling_wants(&ctx, &obj, &account.id, &desired);
         drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
         ctx.mark_verified(&key, &format!("{}/{id}", account.id));
-        return write_status(&ctx, &obj, &account.id, &id, &desired).await;
+        return write_status(&ctx, &obj, &account.id, &id, adopted, &desired).await;
     }
     let listed = if background {
         ctx.cache
@@ -126,8 +145,13 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         ctx.metrics.drift_check("RoleBinding");
     }
     let plan = plan_binding(&desired, recorded, &assigned);
-    let id = match plan.existing {
+    let (id, adopted) = match plan.existing {
         Some(id) => {
+            let adopted = if Some(id.as_str()) == recorded {
+                old.adopted == Some(true)
+            } else {
+                !sibling_wants(&ctx, &obj, &account.id, &desired)
+            };
             if Some(id.as_str()) != recorded {
                 events::publish(
                     &ctx.events,
@@ -139,12 +163,18 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
                 )
                 .await;
             }
-            id
+            (id, adopted)
         }
-        None => assign(&ctx, &conn, &obj, &account.id, &desired).await?,
+        None => {
+            let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
+            let adopted = existed && !sibling_wants(&ctx, &obj, &account.id, &desired);
+            (id, adopted)
+        }
     };
     if let Some(stale) = plan.stale {
-        if !wanted_by_other(&ctx, &obj, &account.id, &stale.role) {
+        // The replaced assignment is removed only if this object made it.
+        let made_it = Some(stale.id.as_str()) != recorded || old.adopted != Some(true);
+        if made_it && !wanted_by_other(&ctx, &obj, &account.id, &stale.role) {
             conn.client
                 .delete_assigned_role(&account.id, &stale.id)
                 .await
@@ -169,7 +199,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     }
     drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
     ctx.mark_verified(&key, &format!("{}/{id}", account.id));
-    write_status(&ctx, &obj, &account.id, &id, &desired).await
+    write_status(&ctx, &obj, &account.id, &id, adopted, &desired).await
 }
 
 /// systemAccountRef moved to another account: the new assignment exists, now drop the old one.
@@ -185,7 +215,8 @@ async fn drop_moved_assignment(
             .as_deref()
             .filter(|a| *a != account_id),
         old.assigned_role_id.as_deref(),
-    ) {
+    ) && old.adopted != Some(true)
+    {
         remove_from_previous_account(ctx, conn, obj, prev_account, prev_id).await?;
     }
     Ok(())
@@ -196,12 +227,14 @@ async fn write_status(
     obj: &RoleBinding,
     account_id: &str,
     id: &str,
+    adopted: bool,
     desired: &RoleTuple,
 ) -> Result<Action, ReconcileError> {
     let mut working = obj.clone();
     let st = working.status.get_or_insert_with(Default::default);
     st.assigned_role_id = Some(id.to_string());
     st.system_account_id = Some(account_id.to_string());
+    st.adopted = adopted.then_some(true);
     mark_ready(
         &mut working,
         format!(
@@ -259,14 +292,15 @@ async fn remove_from_previous_account(
     Ok(())
 }
 
-/// Creates the assignment; a 409 means it exists already: adopt it.
+/// Creates the assignment; a 409 means it exists already: adopt it. Returns its id and whether it
+/// existed before.
 async fn assign(
     ctx: &Context,
     conn: &Connection,
     obj: &RoleBinding,
     account_id: &str,
     desired: &RoleTuple,
-) -> Result<String, ReconcileError> {
+) -> Result<(String, bool), ReconcileError> {
     let result = conn.client.assign_role(account_id, desired).await;
     match result {
         Ok(a) => {
@@ -281,7 +315,7 @@ async fn assign(
                 format!("Assigned {} (assignment {})", describe(desired), a.id),
             )
             .await;
-            Ok(a.id)
+            Ok((a.id, false))
         }
         Err(e) if e.is_conflict() => {
             // The cached list missed it: read it afresh.
@@ -293,7 +327,7 @@ async fn assign(
                 .map_err(ReconcileError::konnect("listing assigned roles"))?;
             list.iter()
                 .find(|a| &a.role == desired)
-                .map(|a| a.id.clone())
+                .map(|a| (a.id.clone(), true))
                 .ok_or_else(|| {
                     ReconcileError::Conflict(format!(
                         "Konnect reports {} as assigned but does not list it",
@@ -323,6 +357,21 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
         return Ok(Action::await_change());
     };
     let desired = desired_tuple(&obj.spec);
+    if st.adopted == Some(true) {
+        events::publish(
+            &ctx.events,
+            &*obj,
+            false,
+            "Kept",
+            "Delete",
+            format!(
+                "{} existed before this RoleBinding (adopted); it is left in Konnect",
+                describe(&desired)
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     if wanted_by_other(&ctx, &obj, &account_id, &desired) {
         events::publish(
             &ctx.events,

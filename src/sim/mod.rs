@@ -39,7 +39,7 @@ pub use handlers::OPERATIONS;
 pub use stats::{Counts, JournalEntry, MinuteCount};
 pub use store::{AccountState, Membership, SeedAccount, SeedData, SeedTeam, StateDump, TokenInfo};
 
-use crate::konnect::models::{SystemAccount, Team, TokenValue};
+use crate::konnect::models::{AssignedRole, RoleTuple, SystemAccount, Team, TokenValue};
 use conn::{ConnKill, SimListener};
 use problem::ApiError;
 use state::{Shared, lock};
@@ -287,6 +287,14 @@ impl RunningSim {
             .store()
             .create_account(Timestamp::now(), name, description, konnect_managed)
             .unwrap_or_else(|e| panic!("seed_account({name}): {}", e.detail))
+    }
+    /// Assigns a role to an account directly, as a person (or another cluster) would. Panics on a
+    /// duplicate or an unknown account (a test setup error).
+    pub fn seed_assignment(&self, account_id: &str, role: RoleTuple) -> AssignedRole {
+        self.shared
+            .store()
+            .assign_role(account_id, role)
+            .unwrap_or_else(|e| panic!("seed_assignment({account_id}): {}", e.detail))
     }
     /// Makes a token expire now; false when it does not exist.
     pub fn expire_token_now(&self, account_id: &str, token_id: &str) -> bool {
