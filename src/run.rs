@@ -70,6 +70,27 @@ pub struct RunArgs {
     /// Konnect requests in flight at once, per Konnect connection.
     #[arg(long, env = "KONNECT_MAX_CONCURRENCY", default_value_t = 16)]
     pub konnect_max_concurrency: usize,
+    /// Name of this cluster (a lowercase DNS label), put into the names the operator gives Konnect objects
+    /// (token names, default account descriptions) so clusters sharing an organisation tell theirs apart.
+    #[arg(long, env = "CLUSTER_NAME", default_value = "", value_parser = parse_cluster_name)]
+    pub cluster_name: String,
+}
+
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let ok = s.is_empty()
+        || (b.len() <= 63
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a lowercase DNS label (at most 63 letters, digits and '-', not starting or ending with '-')"
+        ))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -230,6 +251,7 @@ pub async fn run_with(
         config: ControllerConfig {
             resync: args.resync_period,
             konnect_budget: args.konnect_budget,
+            cluster_name: args.cluster_name.clone(),
             ..Default::default()
         },
         max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),

@@ -1689,3 +1689,35 @@ async fn secrets_are_watched_as_metadata_only() {
     wait_for(&api, "quiet-token", T, |t| ready_at(t, 2)).await;
     op.stop().await;
 }
+
+/// `--cluster-name` goes into the names the operator gives Konnect objects: token names and default
+/// account descriptions, so clusters sharing an organisation can tell theirs apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_name_is_in_token_names_and_default_descriptions() {
+    let mut env = TestEnv::start().await;
+    env.start_operator(&["--cluster-name", "eu1"]).await;
+    env.apply(
+        "apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {name: named}\nspec: {}\n",
+    );
+    let sa = wait_for(&env.api::<SystemAccount>(), "named", T, account_ready).await;
+    let account_id = sa.status.unwrap().id.unwrap();
+    env.apply(&token_yaml("named-token", "named", ""));
+    let tok = wait_for(&env.api::<SystemAccountToken>(), "named-token", T, |t| {
+        ready_at(t, 1)
+    })
+    .await;
+    let name = status(&tok).token_name.unwrap();
+    assert!(name.starts_with("eu1.platform.named-token."), "{name}");
+    let account = env
+        .sim
+        .state()
+        .accounts
+        .into_iter()
+        .find(|a| a.account.id == account_id)
+        .unwrap();
+    assert_eq!(
+        account.account.description,
+        "Managed by konnect-sa-operator (eu1: platform/named)"
+    );
+    env.stop_operator().await;
+}

@@ -89,11 +89,15 @@ impl SystemAccountSpec {
         }
     }
 
-    /// The Konnect description: `spec.description`, else "Managed by konnect-sa-operator (<ns>/<name>)".
-    pub fn description_or_default(&self, namespace: &str, name: &str) -> String {
+    /// The Konnect description: `spec.description`, else "Managed by konnect-sa-operator (<ns>/<name>)",
+    /// or "(<cluster>: <ns>/<name>)" with `--cluster-name`.
+    pub fn description_or_default(&self, cluster: &str, namespace: &str, name: &str) -> String {
         match self.description.as_deref() {
             Some(description) if !description.is_empty() => description.to_string(),
-            _ => format!("Managed by konnect-sa-operator ({namespace}/{name})"),
+            _ if cluster.is_empty() => {
+                format!("Managed by konnect-sa-operator ({namespace}/{name})")
+            }
+            _ => format!("Managed by konnect-sa-operator ({cluster}: {namespace}/{name})"),
         }
     }
 
@@ -157,7 +161,7 @@ mod tests {
         let spec = SystemAccountSpec::default();
         assert_eq!(spec.konnect_name("ci-bot"), "ci-bot");
         assert_eq!(
-            spec.description_or_default("platform", "ci-bot"),
+            spec.description_or_default("", "platform", "ci-bot"),
             "Managed by konnect-sa-operator (platform/ci-bot)"
         );
         let spec = SystemAccountSpec {
@@ -167,7 +171,7 @@ mod tests {
         };
         assert_eq!(spec.konnect_name("ci-bot"), "CI Bot");
         assert_eq!(
-            spec.description_or_default("platform", "ci-bot"),
+            spec.description_or_default("", "platform", "ci-bot"),
             "CI automation"
         );
         assert_eq!(spec.adoption(), AdoptionPolicy::Refuse);

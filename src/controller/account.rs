@@ -31,7 +31,7 @@ pub async fn reconcile(
     reconcile_with(obj, ctx, apply, cleanup).await
 }
 
-fn desired(obj: &SystemAccount) -> Result<DesiredAccount, ReconcileError> {
+fn desired(obj: &SystemAccount, cluster: &str) -> Result<DesiredAccount, ReconcileError> {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     let konnect_name = obj.spec.konnect_name(&name);
     if konnect_name.trim().is_empty() {
@@ -44,7 +44,7 @@ fn desired(obj: &SystemAccount) -> Result<DesiredAccount, ReconcileError> {
     }
     Ok(DesiredAccount {
         name: konnect_name,
-        description: obj.spec.description_or_default(&ns, &name),
+        description: obj.spec.description_or_default(cluster, &ns, &name),
         adopt: obj.spec.adoption() == AdoptionPolicy::Adopt,
     })
 }
@@ -56,7 +56,7 @@ fn auth_secret(obj: &SystemAccount) -> Option<&str> {
 async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<SystemAccount> = Api::namespaced(ctx.kube.clone(), &ns);
-    let desired = desired(&obj)?;
+    let desired = desired(&obj, &ctx.config.cluster_name)?;
     let conn = ctx.connections.for_object(&ns, auth_secret(&obj)).await?;
     let k = &conn.client;
     let old_status = obj.status.clone().unwrap_or_default();

@@ -23,6 +23,8 @@ pub struct ControllerConfig {
     pub max_backoff: Duration,
     /// Konnect requests per minute for background drift checks (0: unlimited).
     pub konnect_budget: u32,
+    /// `--cluster-name`: goes into the names given to Konnect objects (empty: none).
+    pub cluster_name: String,
 }
 
 impl Default for ControllerConfig {
@@ -31,6 +33,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(300),
             max_backoff: Duration::from_secs(300),
             konnect_budget: 300,
+            cluster_name: String::new(),
         }
     }
 }

@@ -414,7 +414,7 @@ async fn issue(
     let name = w.obj.name_any();
     let uid = w.uid();
     let revision = w.st().revision.unwrap_or(0) + 1;
-    let token_name = token_name(&ns, &name, &uid, revision);
+    let token_name = token_name(&w.ctx.config.cluster_name, &ns, &name, &uid, revision);
     let template = w.obj.spec.secret_template.clone().unwrap_or_default();
     let (secret_name, secret_key) = (w.secret_name.clone(), w.secret_key.clone());
     let target = SecretTarget {

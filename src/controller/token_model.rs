@@ -373,7 +373,7 @@ impl World {
         fault: Fault,
     ) -> Result<Outcome, Broken> {
         let revision = self.status.revision.unwrap_or(0) + 1;
-        let name = token_name("ns", "tok", UID, revision);
+        let name = token_name("", "ns", "tok", UID, revision);
         // 1. marker
         set_pending(&mut self.status, &name, account_id, ts(self.now));
         if !self.effect(fault) {

@@ -174,12 +174,19 @@ pub fn revoke_at(
     }
 }
 
-/// The Konnect-side token name: `<namespace>.<name>.<uid prefix>.r<revision>`, at most 256 characters
-/// (PATName). The uid makes it unique per object: the same name in a second cluster, or an object
-/// recreated after `deletionPolicy: Orphan`, never names (and so never heals away) another's token.
-pub fn token_name(namespace: &str, name: &str, uid: &str, revision: i64) -> String {
+/// The Konnect-side token name: `[<cluster>.]<namespace>.<name>.<uid prefix>.r<revision>`, at most 256
+/// characters (PATName). The uid makes it unique per object: the same name in a second cluster, or an
+/// object recreated after `deletionPolicy: Orphan`, never names (and so never heals away) another's
+/// token; `--cluster-name` makes it readable in Konnect's UI.
+pub fn token_name(cluster: &str, namespace: &str, name: &str, uid: &str, revision: i64) -> String {
     let uid: String = uid.chars().filter(|c| *c != '-').take(8).collect();
     let name = format!("{name}.{uid}");
+    let namespace = if cluster.is_empty() {
+        namespace.to_string()
+    } else {
+        format!("{cluster}.{namespace}")
+    };
+    let namespace = namespace.as_str();
     let full = format!("{namespace}.{name}.r{revision}");
     if full.len() <= 256 {
         return full;
@@ -689,17 +696,24 @@ mod tests {
     #[test]
     fn token_names_are_unique_per_object_and_revision_and_bounded() {
         assert_eq!(
-            token_name("platform", "ci-bot-token", "0a1b2c3d-4e5f-6789", 3),
+            token_name("", "platform", "ci-bot-token", "0a1b2c3d-4e5f-6789", 3),
             "platform.ci-bot-token.0a1b2c3d.r3"
+        );
+        assert_eq!(
+            token_name("eu1", "platform", "ci-bot-token", "0a1b2c3d-4e5f-6789", 3),
+            "eu1.platform.ci-bot-token.0a1b2c3d.r3"
         );
         // The same namespace and name, another object (another cluster, or recreated): another name.
         assert_ne!(
-            token_name("platform", "ci-bot-token", "0a1b2c3d-4e5f-6789", 3),
-            token_name("platform", "ci-bot-token", "99999999-4e5f-6789", 3)
+            token_name("", "platform", "ci-bot-token", "0a1b2c3d-4e5f-6789", 3),
+            token_name("", "platform", "ci-bot-token", "99999999-4e5f-6789", 3)
         );
-        let long = token_name(&"n".repeat(63), &"x".repeat(253), "u", 12);
+        let long = token_name("c", &"n".repeat(63), &"x".repeat(253), "u", 12);
         assert!(long.len() <= 256 && long.ends_with(".r12"));
-        assert_ne!(long, token_name(&"n".repeat(63), &"x".repeat(252), "u", 12));
+        assert_ne!(
+            long,
+            token_name("c", &"n".repeat(63), &"x".repeat(252), "u", 12)
+        );
     }
 
     #[test]
