@@ -743,3 +743,56 @@ spec: {description: CI}
     assert!(!has_event(&env, "crashy", "Warning", "Conflict"));
     env.stop_operator().await;
 }
+
+/// Issue (many clusters): `status.teams` claimed memberships the operator did not add. After adopting an
+/// account that a person had already put in a team, naming that team in the spec and then dropping it
+/// again must leave the person's membership alone; a membership the operator added itself is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_membership_that_existed_before_is_never_claimed_or_removed() {
+    let mut env = TestEnv::start().await;
+    let ops = env.sim.seed_team("ops");
+    let dev = env.sim.seed_team("dev");
+    let theirs = env.sim.seed_account("handmade", "by a person", false);
+    env.sim.seed_membership(&ops.id, &theirs.id);
+    env.start_operator(&[]).await;
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: handmade}
+spec: {description: by a person, adoption: Adopt, teams: [{name: ops}, {name: dev}]}
+"#,
+    );
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "handmade", T, is_ready).await;
+    let owned: Vec<String> = sa
+        .status
+        .unwrap()
+        .teams
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(
+        owned,
+        vec!["dev".to_string()],
+        "only the membership it added is its own"
+    );
+
+    merge_patch(&api, "handmade", serde_json::json!({"spec": {"teams": []}})).await;
+    let members = || {
+        env.sim
+            .state()
+            .accounts
+            .into_iter()
+            .find(|a| a.account.id == theirs.id)
+            .map(|a| a.team_ids)
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(T, || !members().contains(&dev.id)).await,
+        "the membership it added is removed"
+    );
+    wait_for(&api, "handmade", T, is_ready).await;
+    assert!(members().contains(&ops.id), "the person's membership stays");
+    env.stop_operator().await;
+}

@@ -449,9 +449,14 @@ async fn converge_teams(
             .collect()
     };
     let plan = plan_teams(&desired, &current, &owned);
+    // What this object owns: memberships it added, and those it owned before that are still wanted.
+    // A membership that existed already (a person's, or from before an adoption) is never claimed,
+    // so dropping it from the spec never removes it.
+    let mut added: Vec<String> = Vec::new();
     for team in &plan.add {
         match k.add_team_member(&team.id, &account.id).await {
             Ok(()) => {
+                added.push(team.id.clone());
                 ctx.snapshot
                     .note_member(conn, &team.id, &account.id, true)
                     .await
@@ -494,6 +499,7 @@ async fn converge_teams(
     }
     Ok(desired
         .into_iter()
+        .filter(|t| added.contains(&t.id) || owned.contains(&t.id))
         .map(|t| TeamStatus {
             id: t.id,
             name: t.name,

@@ -296,6 +296,13 @@ impl RunningSim {
             .assign_role(account_id, role)
             .unwrap_or_else(|e| panic!("seed_assignment({account_id}): {}", e.detail))
     }
+    /// Adds an account to a team directly, as a person would. Panics on an unknown team or account.
+    pub fn seed_membership(&self, team_id: &str, account_id: &str) {
+        self.shared
+            .store()
+            .add_member(team_id, account_id)
+            .unwrap_or_else(|e| panic!("seed_membership({team_id}, {account_id}): {}", e.detail))
+    }
     /// Makes a token expire now; false when it does not exist.
     pub fn expire_token_now(&self, account_id: &str, token_id: &str) -> bool {
         self.shared
