@@ -155,6 +155,10 @@ pub struct RoleBindingStatus {
     /// never removed from Konnect by this object (not on deletion, a role change or an account move).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<bool>,
+    /// The auth Secret whose Konnect connection made this object's Konnect state ("" for the operator-wide
+    /// one): cleanup uses the same organisation, never a guess.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub konnect_auth_secret: Option<String>,
     /// metadata.generation of the spec the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -418,6 +418,10 @@ pub struct SystemAccountTokenStatus {
     /// Konnect id of the system account the pending token is being created in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_account_id: Option<String>,
+    /// The auth Secret whose Konnect connection made this object's Konnect state ("" for the operator-wide
+    /// one): cleanup uses the same organisation, never a guess.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub konnect_auth_secret: Option<String>,
     /// The konnect-sa.dev/rotate annotation value already acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotate_annotation: Option<String>,

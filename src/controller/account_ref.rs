@@ -82,6 +82,20 @@ fn from_account(
     })
 }
 
+/// The auth Secret to clean up with: the one recorded when the Konnect state was made (`Some("")`:
+/// the operator-wide connection), else (recorded by an older version) what the spec resolves to now.
+pub fn cleanup_auth_secret<'a>(
+    recorded: Option<&'a str>,
+    own: Option<&'a KonnectOverride>,
+    account: Option<&'a KonnectOverride>,
+) -> Option<&'a str> {
+    match recorded {
+        Some("") => None,
+        Some(name) => Some(name),
+        None => auth_secret(own, account),
+    }
+}
+
 /// The auth Secret name for a dependent: its own override, else its account's.
 pub fn auth_secret<'a>(
     own: Option<&'a KonnectOverride>,

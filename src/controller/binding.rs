@@ -88,6 +88,9 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     obj.spec.validate().map_err(ReconcileError::InvalidSpec)?;
     let account = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
     let conn = connection(&ctx, &obj, account.konnect.as_ref()).await?;
+    let auth_secret = account_ref::auth_secret(obj.spec.konnect.as_ref(), account.konnect.as_ref())
+        .unwrap_or_default()
+        .to_string();
     let desired = desired_tuple(&obj.spec);
     match ctx.cache.roles(&conn).await {
         Ok(reference) => validate_role(&reference, &desired.entity_type_name, &desired.role_name)
@@ -122,7 +125,16 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         let adopted = existed && !sibling_wants(&ctx, &obj, &account.id, &desired);
         drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
         ctx.mark_verified(&key, &format!("{}/{id}", account.id));
-        return write_status(&ctx, &obj, &account.id, &id, adopted, &desired).await;
+        return write_status(
+            &ctx,
+            &obj,
+            &account.id,
+            &id,
+            adopted,
+            &auth_secret,
+            &desired,
+        )
+        .await;
     }
     let listed = if background {
         ctx.cache
@@ -199,7 +211,16 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     }
     drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
     ctx.mark_verified(&key, &format!("{}/{id}", account.id));
-    write_status(&ctx, &obj, &account.id, &id, adopted, &desired).await
+    write_status(
+        &ctx,
+        &obj,
+        &account.id,
+        &id,
+        adopted,
+        &auth_secret,
+        &desired,
+    )
+    .await
 }
 
 /// systemAccountRef moved to another account: the new assignment exists, now drop the old one.
@@ -228,10 +249,12 @@ async fn write_status(
     account_id: &str,
     id: &str,
     adopted: bool,
+    auth_secret: &str,
     desired: &RoleTuple,
 ) -> Result<Action, ReconcileError> {
     let mut working = obj.clone();
     let st = working.status.get_or_insert_with(Default::default);
+    st.konnect_auth_secret = Some(auth_secret.to_string());
     st.assigned_role_id = Some(id.to_string());
     st.system_account_id = Some(account_id.to_string());
     st.adopted = adopted.then_some(true);
@@ -391,7 +414,13 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
     let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
         .ok()
         .and_then(|a| a.konnect);
-    let conn = connection(&ctx, &obj, account_konnect.as_ref()).await?;
+    // The organisation the assignment was made in (recorded), never a guess.
+    let auth = account_ref::cleanup_auth_secret(
+        st.konnect_auth_secret.as_deref(),
+        obj.spec.konnect.as_ref(),
+        account_konnect.as_ref(),
+    );
+    let conn = ctx.connections.for_object(&ns, auth).await?;
     conn.client
         .delete_assigned_role(&account_id, &id)
         .await

@@ -119,6 +119,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     } = account_ref::resolve_identity(&ctx, &ns, &obj.spec.system_account_ref)?;
     let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
     let conn = ctx.connections.for_object(&ns, auth).await?;
+    let auth_secret = auth.unwrap_or_default().to_string();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
     let secret_name = obj.spec.secret_name(&obj.name_any());
     let secret = secrets
@@ -149,6 +150,8 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         secret_key: obj.spec.secret_key().to_string(),
     };
     let rotate_annotation = obj.annotations().get(ROTATE_ANNOTATION).cloned();
+    // Recorded before any token is created (it travels with the pending marker's status write).
+    w.st().konnect_auth_secret = Some(auth_secret);
 
     // Observe, decide (token_plan::plan_token), act; again until there is nothing to do.
     let mut live = Liveness::Unknown;
@@ -722,11 +725,16 @@ async fn cleanup(
             .await
             .map_err(ReconcileError::kube("releasing the Secret"))?;
     }
-    // The account's connection may be gone with the account: fall back to the token's own.
+    // The organisation the tokens were made in: recorded in status (the account and its auth Secret
+    // reference may be gone by now). A missing auth Secret blocks the deletion with a clear message.
     let account_konnect = account_ref::resolve_identity(&ctx, &ns, &obj.spec.system_account_ref)
         .ok()
         .and_then(|a| a.konnect);
-    let auth = account_ref::auth_secret(obj.spec.konnect.as_ref(), account_konnect.as_ref());
+    let auth = account_ref::cleanup_auth_secret(
+        st.konnect_auth_secret.as_deref(),
+        obj.spec.konnect.as_ref(),
+        account_konnect.as_ref(),
+    );
     let k = ctx.connections.for_object(&ns, auth).await?.client;
     let mut doomed: Vec<(String, String)> = Vec::new();
     if !orphan && let (Some(a), Some(t)) = (&st.account_id, &st.token_id) {
