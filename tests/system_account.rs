@@ -263,13 +263,19 @@ spec: {description: managed now}
     );
     assert!(has_event(&env, "legacy-ci", "Normal", "Adopted"));
 
-    // An adopted account is ours: deleting the CR deletes it.
+    // An adopted account existed before this object: deleting the CR leaves it in Konnect (API.md: the
+    // operator deletes only what it created), and says so.
     delete(&api, "legacy-ci").await;
     assert!(eventually(T, || gone(&env, "legacy-ci")).await);
     assert!(
-        env.sim.state().accounts.is_empty(),
-        "adopted account deleted"
+        env.sim
+            .state()
+            .accounts
+            .iter()
+            .any(|a| a.account.id == legacy.id),
+        "adopted account kept"
     );
+    assert!(has_event(&env, "legacy-ci", "Normal", "Kept"));
     env.stop_operator().await;
 }
 
@@ -656,7 +662,7 @@ spec: {description: CI}
     // Someone else's account, created before our (unfinished) create was recorded.
     let theirs = env.sim.seed_account("ci-bot", "made by hand", false);
     let later = k8s_openapi::jiff::Timestamp::now()
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(60))
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(600))
         .unwrap();
     let later = k8s_openapi::jiff::Timestamp::from_second(later.as_second()).unwrap();
     let api = env.api::<SystemAccount>();

@@ -84,14 +84,19 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
             AccountStep::Create => {
                 // Record the create before making it: an account found by this name after a crash is ours.
                 let status = working.status.get_or_insert_with(Default::default);
+                // A retry under the same name keeps the first attempt's time.
+                let keep_since = status.pending_create.as_deref() == Some(desired.name.as_str())
+                    && status.pending_create_since.is_some();
                 status.pending_create = Some(desired.name.clone());
-                status.pending_create_since = Some(
-                    k8s_openapi::jiff::Timestamp::from_second(
-                        k8s_openapi::jiff::Timestamp::now().as_second(),
-                    )
-                    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
-                    .to_string(),
-                );
+                if !keep_since {
+                    status.pending_create_since = Some(
+                        k8s_openapi::jiff::Timestamp::from_second(
+                            k8s_openapi::jiff::Timestamp::now().as_second(),
+                        )
+                        .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
+                        .to_string(),
+                    );
+                }
                 mark_not_ready(
                     &mut working,
                     Reason::Pending,
@@ -549,6 +554,23 @@ async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, R
     };
     if let Some(account) = account {
         if account.konnect_managed {
+            return Ok(Action::await_change());
+        }
+        // An adopted account existed before this object (a person's, another cluster's): the
+        // operator deletes in Konnect only what it created.
+        if status.adopted == Some(true) {
+            events::publish(
+                &ctx.events,
+                &*obj,
+                false,
+                "Kept",
+                "Delete",
+                format!(
+                    "Konnect system account '{}' ({}) existed before this object (adopted); it is left in Konnect",
+                    account.name, account.id
+                ),
+            )
+            .await;
             return Ok(Action::await_change());
         }
         k.delete_system_account(&account.id)

@@ -92,7 +92,7 @@ pub fn plan_account(desired: &DesiredAccount, observed: &ObservedAccount) -> Acc
 }
 
 /// Whether `found` is the account our recorded create made: the pending name is the desired one and it
-/// was created at or after the marker was recorded (a second of clock slack). An account someone else
+/// was created at or after the marker was recorded (a minute of slack for clocks that disagree). An account someone else
 /// created earlier under that name (after a create of ours that Konnect refused, say) is not ours. A
 /// marker without a time (written by an older version) is trusted as before.
 pub fn created_by_our_create(
@@ -109,7 +109,7 @@ pub fn created_by_our_create(
         parse(since),
         found.and_then(|a| parse(a.created_at.as_deref())),
     ) {
-        (Some(since), Some(created)) => created.as_second() >= since.as_second() - 1,
+        (Some(since), Some(created)) => created.as_second() >= since.as_second() - 60,
         (Some(_), None) => false,
         (None, _) => true,
     }
@@ -366,7 +366,7 @@ mod tests {
         };
         let since = Some("2026-11-30T12:00:00Z");
         let after = account("2026-11-30T12:00:03Z");
-        let slack = account("2026-11-30T11:59:59Z");
+        let slack = account("2026-11-30T11:59:30Z");
         let before = account("2026-11-30T11:00:00Z");
         assert!(created_by_our_create(
             Some("ci-bot"),

@@ -51,22 +51,51 @@ fn wanted_by_other(ctx: &Context, me: &RoleBinding, account_id: &str, tuple: &Ro
     })
 }
 
-/// Whether another RoleBinding of this cluster wants the same tuple on the same account (by its
-/// status, or by its spec and resolved account while it has no status yet): an assignment they share
-/// is this cluster's, not adopted from outside, so the last binding that wants it removes it.
-fn sibling_wants(ctx: &Context, me: &RoleBinding, account_id: &str, tuple: &RoleTuple) -> bool {
-    wanted_by_other(ctx, me, account_id, tuple)
-        || ctx.bindings.state().iter().any(|b| {
+/// The other RoleBindings of this cluster that want the same tuple on the same account: by their
+/// status, or by their spec and resolved account while they have no status yet.
+fn siblings(
+    ctx: &Context,
+    me: &RoleBinding,
+    account_id: &str,
+    tuple: &RoleTuple,
+) -> Vec<std::sync::Arc<RoleBinding>> {
+    ctx.bindings
+        .state()
+        .into_iter()
+        .filter(|b| {
             b.uid() != me.uid()
                 && b.metadata.deletion_timestamp.is_none()
                 && &desired_tuple(&b.spec) == tuple
-                && account_ref::resolve(
-                    ctx,
-                    &b.namespace().unwrap_or_default(),
-                    &b.spec.system_account_ref,
-                )
-                .is_ok_and(|a| a.id == account_id)
+                && (b
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.system_account_id.as_deref())
+                    == Some(account_id)
+                    || account_ref::resolve(
+                        ctx,
+                        &b.namespace().unwrap_or_default(),
+                        &b.spec.system_account_ref,
+                    )
+                    .is_ok_and(|a| a.id == account_id))
         })
+        .collect()
+}
+
+/// Whether an assignment found to exist already (409, or listed) counts as adopted: it does when no
+/// binding of this cluster shares it, or when one that shares it adopted it (whether it was adopted
+/// belongs to the assignment, so a GitOps rename does not turn someone else's into ours). A sibling
+/// that shares it without having adopted it means this cluster made it.
+fn adopted_when_found(
+    ctx: &Context,
+    me: &RoleBinding,
+    account_id: &str,
+    tuple: &RoleTuple,
+) -> bool {
+    let siblings = siblings(ctx, me, account_id, tuple);
+    siblings.is_empty()
+        || siblings
+            .iter()
+            .any(|b| b.status.as_ref().and_then(|s| s.adopted) == Some(true))
 }
 
 async fn connection(
@@ -122,7 +151,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     if recorded.is_none() {
         // First assignment: create it (409 = it exists: adopt). No list needed.
         let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
-        let adopted = existed && !sibling_wants(&ctx, &obj, &account.id, &desired);
+        let adopted = existed && adopted_when_found(&ctx, &obj, &account.id, &desired);
         drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
         ctx.mark_verified(&key, &format!("{}/{id}", account.id));
         return write_status(
@@ -162,7 +191,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
             let adopted = if Some(id.as_str()) == recorded {
                 old.adopted == Some(true)
             } else {
-                !sibling_wants(&ctx, &obj, &account.id, &desired)
+                adopted_when_found(&ctx, &obj, &account.id, &desired)
             };
             if Some(id.as_str()) != recorded {
                 events::publish(
@@ -179,7 +208,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         }
         None => {
             let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
-            let adopted = existed && !sibling_wants(&ctx, &obj, &account.id, &desired);
+            let adopted = existed && adopted_when_found(&ctx, &obj, &account.id, &desired);
             (id, adopted)
         }
     };
@@ -395,7 +424,7 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
         .await;
         return Ok(Action::await_change());
     }
-    if wanted_by_other(&ctx, &obj, &account_id, &desired) {
+    if !siblings(&ctx, &obj, &account_id, &desired).is_empty() {
         events::publish(
             &ctx.events,
             &*obj,

@@ -189,9 +189,16 @@ where
     let name = obj.name_any();
     let finalizers = obj.finalizers().to_vec();
     let index = finalizers.iter().position(|f| f == FINALIZER);
-    let finalizer_err = |source| ReconcileError::Kube {
+    // The JSON patch's `test` failing (422) means the list changed under us: a stale copy, retried
+    // at once with fresh data like a 409, not a refusal.
+    let finalizer_err = |source: kube::Error| ReconcileError::Kube {
         context: "updating finalizers".into(),
-        source,
+        source: match source {
+            kube::Error::Api(s) if s.code == 422 => kube::Error::Api(Box::new(
+                kube::core::Status::failure(&s.message, "Conflict").with_code(409),
+            )),
+            other => other,
+        },
     };
     if obj.meta().deletion_timestamp.is_some() {
         let Some(i) = index else {
@@ -216,7 +223,7 @@ where
     let obj = match index {
         Some(_) => obj,
         None => {
-            let patch = if finalizers.is_empty() {
+            let patch = if obj.meta().finalizers.is_none() {
                 serde_json::json!([
                     {"op": "test", "path": "/metadata/finalizers", "value": null},
                     {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},

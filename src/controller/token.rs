@@ -17,8 +17,9 @@ use super::error::ReconcileError;
 use super::reconciler::{mark_ready, object_key, reconcile_with};
 use super::token_plan::{
     Found, Issued, Liveness, RotationReason, SecretView, TokenObserved, TokenStep, adopt_secret,
-    clear_pending, expiry, next_wakeup, pending_accounts, plan_token, record_issued, renewal_time,
-    restarts_pending, retention_after, set_pending, token_name, unfinished_ours, whole_seconds,
+    clear_pending, current_of, expiry, next_wakeup, pending_accounts, plan_token, record_issued,
+    renewal_time, restarts_pending, retention_after, secret_is_newer, set_pending, token_name,
+    unfinished_ours, whole_seconds,
 };
 use crate::api::common::ROTATE_ANNOTATION;
 use crate::api::{
@@ -157,6 +158,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let mut live = Liveness::Unknown;
     let mut found: Option<Vec<Found>> = None;
     let mut restart_tried = false;
+    let mut settled = false;
     for _ in 0..MAX_STEPS {
         let view = w.view();
         let status = w.obj.status.clone().unwrap_or_default();
@@ -209,16 +211,29 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                 restart_tried = true;
             }
             TokenStep::Revoke(ids) => revoke(&mut w, &ids).await?,
-            TokenStep::Done => break,
+            TokenStep::Done => {
+                settled = true;
+                break;
+            }
         }
+    }
+    if !settled {
+        // A plan that keeps asking for steps is a bug: never report Ready on it, back off.
+        return Err(ReconcileError::InvalidSpec(format!(
+            "the token's next steps did not settle within {MAX_STEPS} steps; retried with backoff"
+        )));
     }
 
     sync_secret_metadata(&mut w).await?;
 
     // renewBefore(Percentage) may have changed since the token was issued: the schedule follows the spec.
     let seed = format!("{}/{}", w.uid(), w.st().revision.unwrap_or(0));
-    if let Some(expires) = parse_time(&w.st().expires_at) {
-        w.st().renewal_time = Some(renewal_time(expires, schedule.renew_before, &seed).to_string());
+    if let (Some(issued), Some(expires)) = (
+        parse_time(&w.st().last_rotation_time),
+        parse_time(&w.st().expires_at),
+    ) {
+        w.st().renewal_time =
+            Some(renewal_time(issued, expires, schedule.renew_before, &seed).to_string());
     }
 
     let st = w.st().clone();
@@ -504,11 +519,20 @@ async fn issue(
     };
     let written = match secret::write(&w.secrets, w.secret.as_ref(), &target, &token).await {
         Ok(s) => Ok(s),
-        // No answer, or a server error: the write may have landed. The Secret decides.
-        Err(e) if crate::k8s::error_code(&e).is_none_or(|c| c >= 500) => {
+        // No answer, a timeout or a server error: the write may have landed. The Secret decides;
+        // when it cannot be read either, nothing is revoked: the pending marker stays, and the
+        // next reconcile adopts the token from the Secret or revokes it as unfinished.
+        Err(e) if crate::k8s::error_code(&e).is_none_or(|c| c >= 500 || c == 408) => {
             match w.secrets.get_opt(&w.secret_name).await {
                 Ok(Some(s)) if secret::holds_token(&s, &created.meta.id) => Ok(s),
-                _ => Err(e),
+                Ok(_) => Err(e),
+                Err(_) => {
+                    w.ctx.metrics.token_rotation_failures.inc();
+                    return Err(ReconcileError::kube(format!(
+                        "writing Secret {} (outcome unknown; settled at the next reconcile)",
+                        w.secret_name
+                    ))(e));
+                }
             }
         }
         Err(e) => Err(e),
@@ -715,6 +739,27 @@ async fn cleanup(
         .map_err(ReconcileError::kube("reading the Secret"))?;
     let secret = secret.filter(|s| secret::is_controlled_by(s, &uid));
     ctx.metrics.forget_token(&ns, &obj.name_any());
+    // A crash after the Secret write and before the status write: the Secret's token is the current
+    // one (kept under Orphan, revoked under Delete), the one the status names is a previous one.
+    let mut st = st;
+    if let Some(view) = secret
+        .as_ref()
+        .map(|s| secret::view(s, &uid, obj.spec.secret_key()))
+        && secret_is_newer(&current_of(&st), &view)
+    {
+        let lifetime = obj
+            .spec
+            .duration()
+            .unwrap_or(crate::api::token::DEFAULT_DURATION);
+        adopt_secret(
+            &mut st,
+            &view,
+            whole_seconds(Timestamp::now()),
+            std::time::Duration::ZERO,
+            obj.spec.renew_before(lifetime),
+            &uid,
+        );
+    }
     // Orphan keeps the current token and its Secret; replaced and unfinished tokens are revoked all
     // the same (nobody would ever revoke them otherwise). The Secret carries no ownerReference under
     // this policy already (written so), so no garbage collection mode takes it; an older one is

@@ -66,6 +66,9 @@ enum Op {
     ReconcileSecretRefused,
     /// Konnect answers 5xx to the create (nothing created).
     ReconcileCreateFails,
+    /// The Secret write's answer is lost and the Secret cannot be read back: the write landed (true)
+    /// or not (false); the operator cannot tell.
+    ReconcileSecretUnknown(bool),
     Advance(i64),
     /// `spec.duration` in seconds, with half a second more when the flag is set.
     SetDuration(u64, bool),
@@ -88,6 +91,7 @@ enum Fault {
     LostCreate,
     SecretRefused,
     CreateFails,
+    SecretUnknown(bool),
 }
 
 #[derive(Debug, PartialEq)]
@@ -403,6 +407,13 @@ impl World {
             return Ok(Outcome::Stopped);
         }
         // 3. Secret
+        if let Fault::SecretUnknown(landed) = fault {
+            // As token.rs: nothing is revoked, the marker stays; the next pass settles it.
+            if landed {
+                self.write_secret(&t, revision, self.rotate.clone());
+            }
+            return Ok(Outcome::Stopped);
+        }
         if fault == Fault::SecretRefused {
             self.operator_revokes(&t.id)?;
             clear_pending(&mut self.status);
@@ -571,6 +582,9 @@ impl World {
             Op::ReconcileCreateFails => {
                 self.reconcile(Fault::CreateFails)?;
             }
+            Op::ReconcileSecretUnknown(landed) => {
+                self.reconcile(Fault::SecretUnknown(*landed))?;
+            }
             Op::Advance(s) => self.now += s,
             Op::SetDuration(secs, half) => {
                 self.lifetime = Duration::from_secs(*secs)
@@ -633,7 +647,8 @@ fn random_op(rng: &mut StdRng) -> Op {
         35..=46 => Op::ReconcileCrashAfter(rng.random_range(1..6)),
         47..=50 => Op::ReconcileLostCreate,
         51..=53 => Op::ReconcileSecretRefused,
-        54..=56 => Op::ReconcileCreateFails,
+        54..=55 => Op::ReconcileCreateFails,
+        56 => Op::ReconcileSecretUnknown(rng.random_bool(0.5)),
         57..=74 => Op::Advance(
             *[1, 30, 300, 900, 1800, 2400]
                 .get(rng.random_range(0..6))

@@ -149,9 +149,25 @@ pub fn expiry(issued_at: Timestamp, lifetime: Duration) -> Timestamp {
 
 /// When to rotate: `renew_before` ahead of expiry, minus a small jitter (at most a tenth of
 /// `renew_before`, at most 5 minutes) so many tokens issued together do not rotate together.
-/// The jitter is derived from `seed` (uid + revision), so it is stable across reconciles.
-pub fn renewal_time(expires_at: Timestamp, renew_before: Duration, seed: &str) -> Timestamp {
-    let max_jitter = (renew_before / 10).min(Duration::from_secs(300));
+/// The jitter is derived from `seed` (uid + revision), so it is stable across reconciles. Always
+/// after `issued_at`: the jitter takes at most half the time between issue and `renew_before`, and a
+/// lifetime no longer than `renew_before` (Konnect may cap what it issues) rotates at half-life, so
+/// a token is never due the moment it is issued.
+pub fn renewal_time(
+    issued_at: Timestamp,
+    expires_at: Timestamp,
+    renew_before: Duration,
+    seed: &str,
+) -> Timestamp {
+    let lifetime = Duration::try_from(expires_at.duration_since(issued_at)).unwrap_or_default();
+    let gap = lifetime.saturating_sub(renew_before);
+    if gap.is_zero() {
+        let half = SignedDuration::try_from(lifetime / 2).unwrap_or(SignedDuration::ZERO);
+        return whole_seconds(issued_at.checked_add(half).unwrap_or(expires_at));
+    }
+    let max_jitter = (renew_before / 10)
+        .min(Duration::from_secs(300))
+        .min(gap / 2);
     let mut h = DefaultHasher::new();
     seed.hash(&mut h);
     let unit = (h.finish() % 10_000) as f64 / 10_000.0;
@@ -361,8 +377,9 @@ pub fn plan_token(o: &TokenObserved) -> TokenStep {
     TokenStep::Done
 }
 
-/// Of the tokens found under the pending name, those this object created: the name matches and
-/// it was created at or after the marker (a second of clock slack).
+/// Of the tokens found under the pending name, those this object created: the name matches (it
+/// carries the object's uid and the revision) and it was not created long before the marker (an
+/// hour of slack for clocks that disagree, and for a create Konnect committed late).
 pub fn unfinished_ours(
     st: &SystemAccountTokenStatus,
     pending: &str,
@@ -373,7 +390,7 @@ pub fn unfinished_ours(
         .iter()
         .filter(|t| t.name == pending)
         .filter(|t| match (since, t.created_at) {
-            (Some(since), Some(created)) => created.as_second() >= since.as_second() - 1,
+            (Some(since), Some(created)) => created.as_second() >= since.as_second() - 3600,
             _ => true,
         })
         .cloned()
@@ -420,8 +437,12 @@ pub fn set_pending(
     account_id: &str,
     now: Timestamp,
 ) {
+    // A retry under the same name keeps the first attempt's time: a token that attempt created is
+    // still this object's.
+    if st.pending_token_name.as_deref() != Some(name) || st.pending_since.is_none() {
+        st.pending_since = Some(whole_seconds(now).to_string());
+    }
     st.pending_token_name = Some(name.to_string());
-    st.pending_since = Some(whole_seconds(now).to_string());
     st.pending_account_id = Some(account_id.to_string());
 }
 
@@ -480,7 +501,8 @@ pub fn record_issued(
     st.revision = Some(t.revision);
     st.expires_at = Some(t.expires_at.to_string());
     let seed = format!("{uid}/{}", t.revision);
-    st.renewal_time = Some(renewal_time(t.expires_at, renew_before, &seed).to_string());
+    st.renewal_time =
+        Some(renewal_time(t.issued_at, t.expires_at, renew_before, &seed).to_string());
     st.last_rotation_time = Some(t.issued_at.to_string());
     if t.rotated_for.is_some() {
         st.last_rotate_annotation = t.rotated_for.map(str::to_string);
@@ -670,14 +692,28 @@ mod tests {
 
     #[test]
     fn renewal_jitter_is_bounded_and_stable() {
-        let exp = ts(100_000);
+        let (iss, exp) = (ts(0), ts(100_000));
         for seed in ["a", "b", "c", "uid-1/3"] {
-            let r = renewal_time(exp, Duration::from_secs(60), seed);
+            let r = renewal_time(iss, exp, Duration::from_secs(60), seed);
             assert!(r <= ts(100_000 - 60) && r >= ts(100_000 - 66), "{r}");
-            assert_eq!(r, renewal_time(exp, Duration::from_secs(60), seed));
+            assert_eq!(r, renewal_time(iss, exp, Duration::from_secs(60), seed));
         }
-        let long = renewal_time(exp, Duration::from_secs(720 * 3600), "x");
-        assert!(long >= ts(100_000 - 720 * 3600 - 300));
+        let long = renewal_time(iss, exp, Duration::from_secs(20 * 3600), "x");
+        assert!(long >= ts(100_000 - 20 * 3600 - 300));
+    }
+
+    #[test]
+    fn renewal_is_never_due_at_issue_time() {
+        // renewBefore close to the lifetime: the jitter shrinks to half the gap.
+        for seed in ["a", "b", "c", "d", "e"] {
+            let r = renewal_time(ts(0), ts(600), Duration::from_secs(570), seed);
+            assert!(r > ts(0) && r <= ts(30), "{r}");
+        }
+        // Konnect issued a shorter lifetime than renewBefore: half-life.
+        assert_eq!(
+            renewal_time(ts(0), ts(100), Duration::from_secs(600), "x"),
+            ts(50)
+        );
     }
 
     #[test]
