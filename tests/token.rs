@@ -1721,3 +1721,161 @@ async fn the_cluster_name_is_in_token_names_and_default_descriptions() {
     );
     env.stop_operator().await;
 }
+
+/// Issue (many clusters): two clusters, each with its own operator, manage tokens for one Konnect
+/// account (referenced by id) and a RoleBinding on the same role tuple, with the same object names.
+/// After 50 rotations on each side, one cluster deletes everything: the other cluster's tokens were
+/// never revoked, its role assignment survives, and the account is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_clusters_on_one_organisation_never_touch_each_others_tokens_or_assignments() {
+    use konnect_sa_operator::api::RoleBinding;
+    let env = TestEnv::start().await;
+    let account = env
+        .sim
+        .seed_account("shared-bot", "owned by nobody here", false);
+    let objects = format!(
+        r#"apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccountToken
+metadata: {{name: ci-token}}
+spec:
+  systemAccountRef: {{id: {id}}}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: RoleBinding
+metadata: {{name: viewer}}
+spec:
+  systemAccountRef: {{id: {id}}}
+  roleName: Viewer
+  entityTypeName: Control Planes
+  entityId: 7c9e6679-7425-40de-944b-e07fc1f90ae7
+  entityRegion: eu
+"#,
+        id = account.id
+    );
+    // Cluster A first, so its binding makes the assignment; then cluster B.
+    let op_a = Operator::start(&env, "10m").await;
+    env.apply(&objects);
+    let tokens_a = env.api::<SystemAccountToken>();
+    wait_for(&tokens_a, "ci-token", T, |t| ready_at(t, 1)).await;
+    let bindings_a = env.api::<RoleBinding>();
+    let binding_a = wait_for(&bindings_a, "viewer", T, |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| s.assigned_role_id.is_some())
+    })
+    .await;
+
+    let kube_b = support::FakeKube::start(&support::env::crate_dir().join("crds")).await;
+    let client_b = kube_b.client();
+    let args = env.run_args(&[
+        "--metrics-addr",
+        &format!("127.0.0.1:{}", support::env::free_port()),
+    ]);
+    let token = env.sim.admin_token();
+    let (stop_b, rx) = tokio::sync::oneshot::channel::<()>();
+    let op_b = tokio::spawn(konnect_sa_operator::run::run_with(
+        client_b.clone(),
+        token,
+        args,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    kube_b
+        .apply_manifest(&objects, NS)
+        .expect("manifest applies in the second cluster");
+    let tokens_b: kube::Api<SystemAccountToken> = kube::Api::namespaced(client_b.clone(), NS);
+    let bindings_b: kube::Api<RoleBinding> = kube::Api::namespaced(client_b.clone(), NS);
+    wait_for(&tokens_b, "ci-token", T, |t| ready_at(t, 1)).await;
+    let binding_b = wait_for(&bindings_b, "viewer", T, |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| s.assigned_role_id.is_some())
+    })
+    .await;
+    assert_eq!(
+        binding_b.status.as_ref().unwrap().assigned_role_id,
+        binding_a.status.as_ref().unwrap().assigned_role_id,
+        "one assignment, shared across the clusters"
+    );
+    assert_eq!(
+        binding_b.status.unwrap().adopted,
+        Some(true),
+        "B adopted A's assignment"
+    );
+
+    // 50 rotations on each side, interleaved.
+    for r in 2..=51 {
+        let rotate =
+            json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": format!("{r}")}}});
+        merge_patch(&tokens_a, "ci-token", rotate.clone()).await;
+        merge_patch(&tokens_b, "ci-token", rotate).await;
+        wait_for(&tokens_a, "ci-token", T, |t| ready_at(t, r)).await;
+        wait_for(&tokens_b, "ci-token", T, |t| ready_at(t, r)).await;
+    }
+    let a = tokens_a.get("ci-token").await.unwrap();
+    let mine_a: Vec<String> = std::iter::once(status(&a).token_id.clone().unwrap())
+        .chain(status(&a).previous_tokens.iter().map(|p| p.id.clone()))
+        .collect();
+    assert_eq!(
+        mine_a.len(),
+        51,
+        "A's current token and its 50 predecessors (1 h retention)"
+    );
+
+    // Cluster B deletes everything it has.
+    delete(&tokens_b, "ci-token").await;
+    delete(&bindings_b, "viewer").await;
+    assert!(
+        eventually(T, || kube_b
+            .get(
+                "konnect-sa.dev",
+                "v1alpha1",
+                "systemaccounttokens",
+                NS,
+                "ci-token"
+            )
+            .is_none()
+            && kube_b
+                .get("konnect-sa.dev", "v1alpha1", "rolebindings", NS, "viewer")
+                .is_none())
+        .await,
+        "B's objects are gone"
+    );
+    let live: Vec<String> = env
+        .sim
+        .live_tokens(&account.id)
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    for id in &mine_a {
+        assert!(live.contains(id), "A's token {id} was revoked by B");
+    }
+    assert_eq!(
+        live.len(),
+        mine_a.len(),
+        "B's tokens are all revoked, A's all live"
+    );
+    let value = value_of(&secret(&env, "ci-token").await.unwrap());
+    assert_eq!(auth_status(&env, &value).await, 200);
+    let state = env.sim.state();
+    let acc = state
+        .accounts
+        .iter()
+        .find(|a| a.account.id == account.id)
+        .expect("the account is untouched");
+    assert_eq!(acc.account.description, "owned by nobody here");
+    assert_eq!(
+        acc.roles.len(),
+        1,
+        "A's assignment survives B's deletion: {:?}",
+        acc.roles
+    );
+    assert_eq!(
+        Some(acc.roles[0].id.clone()),
+        binding_a.status.unwrap().assigned_role_id
+    );
+    let _ = stop_b.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), op_b).await;
+    op_a.stop().await;
+}
