@@ -1879,3 +1879,96 @@ spec:
     let _ = tokio::time::timeout(Duration::from_secs(10), op_b).await;
     op_a.stop().await;
 }
+
+/// Issue (many clusters): cleanup used the operator-wide connection when the token's account could no
+/// longer be resolved, so a 404 from the wrong organisation counted as "revoked" and the tokens stayed
+/// live in the real one. Now the connection that made them is recorded (`status.konnectAuthSecret`) and
+/// used; without that Secret the deletion is blocked with a clear message instead of guessing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cleanup_revokes_in_the_organisation_that_issued_even_after_the_account_is_gone() {
+    use konnect_sa_operator::sim::{SimConfig, Simulator};
+    let env = TestEnv::start().await;
+    // A second organisation, reached through an auth Secret with serverURL.
+    let org_b = Simulator::start(SimConfig {
+        admin_token: konnect_sa_operator::konnect::TokenValue::new(
+            "kpat_organisationbadmintoken00000000000000000000000",
+        ),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let op = Operator::start(&env, "10m").await;
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: org-b-auth}}
+stringData: {{token: {}, serverURL: "{}"}}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {{name: in-b}}
+spec: {{deletionPolicy: Orphan, konnect: {{authSecretRef: {{name: org-b-auth}}}}}}
+"#,
+        org_b.admin_token().expose(),
+        org_b.base_url()
+    ));
+    let sa = wait_for(&env.api::<SystemAccount>(), "in-b", T, account_ready).await;
+    let account_id = sa.status.unwrap().id.unwrap();
+    for name in ["b-token", "b-token-2"] {
+        env.apply(&token_yaml(name, "in-b", ""));
+        let tok = wait_for(&env.api::<SystemAccountToken>(), name, T, |t| {
+            ready_at(t, 1)
+        })
+        .await;
+        assert_eq!(
+            status(&tok).konnect_auth_secret.as_deref(),
+            Some("org-b-auth")
+        );
+    }
+    assert_eq!(
+        org_b.live_tokens(&account_id).len(),
+        2,
+        "issued in organisation B"
+    );
+
+    // The account object goes first (Orphan: it stays in B); then a token is deleted.
+    delete(&env.api::<SystemAccount>(), "in-b").await;
+    assert!(
+        eventually(T, || env
+            .kube
+            .get("konnect-sa.dev", "v1alpha1", "systemaccounts", NS, "in-b")
+            .is_none())
+        .await
+    );
+    delete(&env.api::<SystemAccountToken>(), "b-token").await;
+    assert!(
+        eventually(T, || env
+            .kube
+            .get(
+                "konnect-sa.dev",
+                "v1alpha1",
+                "systemaccounttokens",
+                NS,
+                "b-token"
+            )
+            .is_none())
+        .await
+    );
+    assert_eq!(
+        org_b.live_tokens(&account_id).len(),
+        1,
+        "revoked in organisation B, where it was issued"
+    );
+
+    // Without the auth Secret, the deletion waits and says why (no guessing at another organisation).
+    delete(&env.api::<Secret>(), "org-b-auth").await;
+    delete(&env.api::<SystemAccountToken>(), "b-token-2").await;
+    let blocked = wait_for(&env.api::<SystemAccountToken>(), "b-token-2", T, |t| {
+        reason(t).as_deref() == Some("DeletionBlocked")
+    })
+    .await;
+    let (_, _, msg) = ready_of(&status(&blocked).conditions).unwrap();
+    assert!(msg.contains("org-b-auth"), "{msg}");
+    assert_eq!(org_b.live_tokens(&account_id).len(), 1, "nothing guessed");
+    op.stop().await;
+}
