@@ -51,6 +51,13 @@ fn wanted_by_other(ctx: &Context, me: &RoleBinding, account_id: &str, tuple: &Ro
     })
 }
 
+fn tuple_key(account_id: &str, t: &RoleTuple) -> String {
+    format!(
+        "{account_id}|{}|{}|{}|{}",
+        t.role_name, t.entity_type_name, t.entity_id, t.entity_region
+    )
+}
+
 /// The other RoleBindings of this cluster that want the same tuple on the same account: by their
 /// status, or by their spec and resolved account while they have no status yet.
 fn siblings(
@@ -148,6 +155,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     if background && ctx.recently_verified(&key, &fingerprint) {
         return Ok(Action::requeue(ctx.resync_with_jitter()));
     }
+    let _tuple = ctx.lock_tuple(tuple_key(&account.id, &desired)).await;
     if recorded.is_none() {
         // First assignment: create it (409 = it exists: adopt). No list needed.
         let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
@@ -408,37 +416,6 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
     let (Some(account_id), Some(id)) = (st.system_account_id, st.assigned_role_id) else {
         return Ok(Action::await_change());
     };
-    let desired = desired_tuple(&obj.spec);
-    if st.adopted == Some(true) {
-        events::publish(
-            &ctx.events,
-            &*obj,
-            false,
-            "Kept",
-            "Delete",
-            format!(
-                "{} existed before this RoleBinding (adopted); it is left in Konnect",
-                describe(&desired)
-            ),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-    if !siblings(&ctx, &obj, &account_id, &desired).is_empty() {
-        events::publish(
-            &ctx.events,
-            &*obj,
-            false,
-            "Kept",
-            "Delete",
-            format!(
-                "Another RoleBinding still wants {}; assignment kept",
-                describe(&desired)
-            ),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
     let ns = obj.namespace().unwrap_or_default();
     let account_konnect = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)
         .ok()
@@ -450,6 +427,48 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
         account_konnect.as_ref(),
     );
     let conn = ctx.connections.for_object(&ns, auth).await?;
+    // The tuple of the assignment recorded in status, not of the current spec (an edit not yet
+    // reconciled when the object was deleted names another one).
+    let recorded = match ctx.cache.assignments(&conn, &account_id).await {
+        Ok(list) => list.iter().find(|a| a.id == id).map(|a| a.role.clone()),
+        // The account is gone, and its assignments with it.
+        Err(e) if e.is_not_found() => return Ok(Action::await_change()),
+        Err(e) => return Err(ReconcileError::konnect("listing assigned roles")(e)),
+    };
+    let Some(tuple) = recorded else {
+        return Ok(Action::await_change());
+    };
+    let _tuple = ctx.lock_tuple(tuple_key(&account_id, &tuple)).await;
+    if st.adopted == Some(true) {
+        events::publish(
+            &ctx.events,
+            &*obj,
+            false,
+            "Kept",
+            "Delete",
+            format!(
+                "{} existed before this RoleBinding (adopted); it is left in Konnect",
+                describe(&tuple)
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    if !siblings(&ctx, &obj, &account_id, &tuple).is_empty() {
+        events::publish(
+            &ctx.events,
+            &*obj,
+            false,
+            "Kept",
+            "Delete",
+            format!(
+                "Another RoleBinding still wants {}; assignment kept",
+                describe(&tuple)
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     conn.client
         .delete_assigned_role(&account_id, &id)
         .await
@@ -463,7 +482,7 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
         false,
         "Removed",
         "Delete",
-        format!("Removed {} from account {account_id}", describe(&desired)),
+        format!("Removed {} from account {account_id}", describe(&tuple)),
     )
     .await;
     Ok(Action::await_change())

@@ -59,6 +59,9 @@ pub struct Context {
     versions: Mutex<HashMap<String, String>>,
     /// Failures in a row per object, and the backoff they hold.
     pub backoffs: Backoffs,
+    /// One lock per (account, role tuple): a RoleBinding's assign-or-adopt and another's cleanup of
+    /// the same assignment never interleave.
+    tuple_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Context {
@@ -87,7 +90,19 @@ impl Context {
             versions: Mutex::new(HashMap::new()),
             config,
             backoffs: Backoffs::default(),
+            tuple_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Holds the lock of one (account, role tuple) until the guard is dropped.
+    pub async fn lock_tuple(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.tuple_locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget locks nobody holds (the map stays as small as the tuples in flight).
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(key).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// Records the version of an object we wrote or read fresh.
