@@ -252,6 +252,14 @@ pub async fn run_with(
             resync: args.resync_period,
             konnect_budget: args.konnect_budget,
             cluster_name: args.cluster_name.clone(),
+            // A replaced leader's last writes are fenced within the lease duration; twice that
+            // is left to an unfinished issue before it is healed (10 s for a single replica: a
+            // killed process's requests still in flight).
+            pending_settle: if args.leader_elect {
+                args.leader_lease_duration * 2
+            } else {
+                std::time::Duration::from_secs(10)
+            },
             ..Default::default()
         },
         max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),

@@ -25,6 +25,8 @@ pub struct ControllerConfig {
     pub konnect_budget: u32,
     /// `--cluster-name`: goes into the names given to Konnect objects (empty: none).
     pub cluster_name: String,
+    /// How long an unfinished token issue is left to its writer before it is healed.
+    pub pending_settle: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -34,6 +36,7 @@ impl Default for ControllerConfig {
             max_backoff: Duration::from_secs(300),
             konnect_budget: 300,
             cluster_name: String::new(),
+            pending_settle: Duration::from_secs(10),
         }
     }
 }

@@ -172,6 +172,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
             found: found.as_deref(),
             has_restart_targets: !w.obj.spec.rollout_restart_targets.is_empty(),
             restart_tried,
+            pending_settle: w.ctx.config.pending_settle,
             now: Timestamp::now(),
         });
         tracing::debug!(?step, "token step");
@@ -211,6 +212,14 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                 restart_tried = true;
             }
             TokenStep::Revoke(ids) => revoke(&mut w, &ids).await?,
+            TokenStep::WaitPending(at) => {
+                let wait = next_wakeup(Timestamp::now(), [at], w.ctx.resync_with_jitter());
+                tracing::info!(
+                    ?wait,
+                    "an unfinished token issue is left to its writer before it is healed"
+                );
+                return Ok(Action::requeue(wait.max(std::time::Duration::from_secs(1))));
+            }
             TokenStep::Done => {
                 settled = true;
                 break;

@@ -25,6 +25,8 @@ const ACCOUNTS: [&str; 2] = ["acc-a", "acc-b"];
 const START: i64 = 1_800_000_000;
 /// The executor's bound on steps per reconcile, as in `token.rs`.
 const MAX_STEPS: usize = 16;
+/// The executor's settle time for an unfinished issue (seconds).
+const SETTLE: u64 = 30;
 
 fn ts(s: i64) -> Timestamp {
     Timestamp::from_second(s).expect("in range")
@@ -78,6 +80,9 @@ enum Op {
     EmptySecretKey,
     RevokeCurrentInKonnect,
     SwitchAccount,
+    /// A writer that has not stopped yet (a replaced leader, a request of a killed process still in
+    /// flight) writes the unfinished token into the Secret, within the settle time of its marker.
+    LateSecretWrite,
     /// `rolloutRestartTargets` set (true) or emptied.
     SetRestartTargets(bool),
     /// Restarts fail from now on (true) or work again.
@@ -116,6 +121,9 @@ struct World {
     creates: u32,
     restart_targets: bool,
     restarts_broken: bool,
+    /// A token created by an issue that was cut off before its Secret write was settled: its writer
+    /// may still be alive (a replaced leader, a request in flight).
+    inflight: Option<String>,
 }
 
 /// An invariant broken: what, in a sentence.
@@ -137,6 +145,7 @@ impl World {
             creates: 0,
             restart_targets: false,
             restarts_broken: false,
+            inflight: None,
         }
     }
 
@@ -247,6 +256,7 @@ impl World {
                 found: found.as_deref(),
                 has_restart_targets: self.restart_targets,
                 restart_tried,
+                pending_settle: Duration::from_secs(SETTLE),
                 now: ts(self.now),
             });
             if std::env::var_os("TOKEN_MODEL_TRACE").is_some() {
@@ -362,6 +372,7 @@ impl World {
                         return Ok(Outcome::Stopped);
                     }
                 }
+                TokenStep::WaitPending(_) => return Ok(Outcome::Stopped),
                 TokenStep::Done => return Ok(Outcome::Done),
             }
         }
@@ -380,6 +391,7 @@ impl World {
         let name = token_name("", "ns", "tok", UID, revision);
         // 1. marker
         set_pending(&mut self.status, &name, account_id, ts(self.now));
+        self.inflight = None;
         if !self.effect(fault) {
             return Ok(Outcome::Stopped);
         }
@@ -403,6 +415,7 @@ impl World {
             user_lost: false,
         };
         self.tokens.push(t.clone());
+        self.inflight = Some(t.id.clone());
         if fault == Fault::LostCreate || !self.effect(fault) {
             return Ok(Outcome::Stopped);
         }
@@ -415,11 +428,13 @@ impl World {
             return Ok(Outcome::Stopped);
         }
         if fault == Fault::SecretRefused {
+            self.inflight = None;
             self.operator_revokes(&t.id)?;
             clear_pending(&mut self.status);
             return Ok(Outcome::Stopped);
         }
         self.write_secret(&t, revision, self.rotate.clone());
+        self.inflight = None;
         if !self.effect(fault) {
             return Ok(Outcome::Stopped);
         }
@@ -635,6 +650,31 @@ impl World {
             }
             Op::SwitchAccount => self.account = 1 - self.account,
             Op::SetRestartTargets(on) => self.restart_targets = *on,
+            Op::LateSecretWrite => {
+                let since = self
+                    .status
+                    .pending_since
+                    .as_deref()
+                    .and_then(|s| s.parse::<Timestamp>().ok())
+                    .map(|t| t.as_second());
+                let now = self.now;
+                let late = self
+                    .inflight
+                    .clone()
+                    .and_then(|id| self.tokens.iter().find(|t| t.id == id).cloned())
+                    .filter(|t| t.in_secret_at.is_none());
+                if let (Some(since), Some(t)) = (since, late)
+                    && now < since + SETTLE as i64
+                {
+                    if !t.live(now) {
+                        return Err(format!(
+                            "the late writer finds {} revoked within the settle time: its Secret write would hand out a revoked token",
+                            t.name
+                        ));
+                    }
+                    self.write_secret(&t, t.revision, self.rotate.clone());
+                }
+            }
             Op::BreakRestarts(broken) => self.restarts_broken = *broken,
         }
         self.check_overlaps()
@@ -669,7 +709,13 @@ fn random_op(rng: &mut StdRng) -> Op {
         88..=90 => Op::DeleteSecret,
         91..=92 => Op::EmptySecretKey,
         93..=94 => Op::RevokeCurrentInKonnect,
-        95 => Op::SetRestartTargets(rng.random_bool(0.7)),
+        95 => {
+            if rng.random_bool(0.5) {
+                Op::SetRestartTargets(rng.random_bool(0.7))
+            } else {
+                Op::LateSecretWrite
+            }
+        }
         96 => Op::BreakRestarts(rng.random_bool(0.5)),
         _ => Op::SwitchAccount,
     }
@@ -698,7 +744,10 @@ fn run(seed: u64, steps: usize) -> Result<(), String> {
             ));
         }
     }
-    // Whatever happened, a quiet reconcile brings it to rest with the invariants holding.
+    // Whatever happened, a quiet reconcile (after the settle time) brings it to rest with the
+    // invariants holding.
+    w.apply(&Op::Advance(SETTLE as i64))
+        .map_err(|b| format!("seed {seed}: {b}"))?;
     w.apply(&Op::Reconcile)
         .map_err(|b| format!("seed {seed}: final reconcile: {b}"))?;
     Ok(())

@@ -268,6 +268,10 @@ pub struct TokenObserved<'a> {
     pub has_restart_targets: bool,
     /// A restart was attempted in this reconcile already (a failed one is retried at the next).
     pub restart_tried: bool,
+    /// How long a pending marker is left alone before it is healed: a writer that has not stopped yet
+    /// (a replaced leader, a request still in flight from a killed process) may still create the
+    /// token or write it to the Secret in that time.
+    pub pending_settle: Duration,
     pub now: Timestamp,
 }
 
@@ -289,6 +293,8 @@ pub enum TokenStep {
     Restart,
     /// Revoke the previous tokens with these ids: their revokeAt has come.
     Revoke(Vec<String>),
+    /// A pending marker younger than the settle time: look again at this instant (heal then).
+    WaitPending(Timestamp),
     /// Nothing more to do now.
     Done,
 }
@@ -321,6 +327,14 @@ pub fn plan_token(o: &TokenObserved) -> TokenStep {
         return TokenStep::AdoptSecret;
     }
     if let Some(pending) = st.pending_token_name.as_deref() {
+        // Another writer may still be finishing this issue (its Secret write then lands and is
+        // adopted above); healing before it has surely stopped could revoke the token it writes.
+        let settle = SignedDuration::try_from(o.pending_settle).unwrap_or(SignedDuration::ZERO);
+        if let Some(at) = parse(&st.pending_since).and_then(|s| s.checked_add(settle).ok())
+            && at > o.now
+        {
+            return TokenStep::WaitPending(at);
+        }
         let Some(found) = o.found else {
             return TokenStep::FindPending;
         };
@@ -437,11 +451,9 @@ pub fn set_pending(
     account_id: &str,
     now: Timestamp,
 ) {
-    // A retry under the same name keeps the first attempt's time: a token that attempt created is
-    // still this object's.
-    if st.pending_token_name.as_deref() != Some(name) || st.pending_since.is_none() {
-        st.pending_since = Some(whole_seconds(now).to_string());
-    }
+    // The latest attempt's time: the settle time counts from it (a token an earlier attempt under
+    // the same name created is still found: the heal allows an hour before the marker).
+    st.pending_since = Some(whole_seconds(now).to_string());
     st.pending_token_name = Some(name.to_string());
     st.pending_account_id = Some(account_id.to_string());
 }
