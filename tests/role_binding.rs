@@ -588,3 +588,51 @@ async fn an_assignment_that_existed_before_is_adopted_and_never_removed() {
     assert_eq!(roles[0].id, theirs.id);
     env.stop_operator().await;
 }
+
+/// Issue (many clusters, point 4): a GitOps rename creates the new RoleBinding and prunes the old one at
+/// once. The old one's cleanup must see that the new one (by its spec, before it has any status) wants the
+/// same assignment: nothing is deleted in Konnect, and the new binding ends up Ready on the assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gitops_rename_never_deletes_the_shared_assignment() {
+    let mut env = TestEnv::start().await;
+    env.start_operator(&[]).await;
+    env.apply(&account_yaml("renamed-bot"));
+    env.apply(&docs_binding("old-name", "renamed-bot", "Viewer", ""));
+    let api = env.api::<RoleBinding>();
+    let old = wait_for(&api, "old-name", T, is_ready).await;
+    let id = assigned_id(&old);
+    env.sim.reset_counts();
+
+    // The sync: the new object and the prune of the old one, back to back.
+    env.apply(&docs_binding("new-name", "renamed-bot", "Viewer", ""));
+    delete(&api, "old-name").await;
+    wait_gone(&env, "old-name").await;
+    let new = wait_for(&api, "new-name", T, is_ready).await;
+    assert_eq!(assigned_id(&new), id, "the same assignment, kept");
+    assert_eq!(
+        new.status.unwrap().adopted,
+        None,
+        "shared within the cluster, not adopted"
+    );
+    let deletes = env
+        .sim
+        .counts()
+        .get("delete-system-accounts-accountId-assigned-roles-roleId")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(
+        deletes,
+        0,
+        "no DELETE reached Konnect: {:?}",
+        env.sim.counts()
+    );
+    let roles = konnect_roles(&env, "renamed-bot");
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0].id, id);
+
+    // The last binding that wants it removes it.
+    delete(&api, "new-name").await;
+    wait_gone(&env, "new-name").await;
+    assert!(konnect_roles(&env, "renamed-bot").is_empty());
+    env.stop_operator().await;
+}

@@ -88,21 +88,34 @@ fn siblings(
         .collect()
 }
 
-/// Whether an assignment found to exist already (409, or listed) counts as adopted: it does when no
-/// binding of this cluster shares it, or when one that shares it adopted it (whether it was adopted
-/// belongs to the assignment, so a GitOps rename does not turn someone else's into ours). A sibling
-/// that shares it without having adopted it means this cluster made it.
+/// Whether an assignment found to exist already (409, or listed) counts as adopted. Whether it was
+/// adopted belongs to the assignment: another binding of this cluster that records it (even one being
+/// deleted, as in a GitOps rename) says who made it; failing that, a binding here that wants the same
+/// tuple (by spec, before it has status) means this cluster is making it; otherwise it came from
+/// outside (a person, another cluster) and is adopted.
 fn adopted_when_found(
     ctx: &Context,
     me: &RoleBinding,
     account_id: &str,
     tuple: &RoleTuple,
+    id: &str,
 ) -> bool {
-    let siblings = siblings(ctx, me, account_id, tuple);
-    siblings.is_empty()
-        || siblings
-            .iter()
-            .any(|b| b.status.as_ref().and_then(|s| s.adopted) == Some(true))
+    let recorded: Vec<Option<bool>> = ctx
+        .bindings
+        .state()
+        .iter()
+        .filter(|b| b.uid() != me.uid())
+        .filter_map(|b| b.status.as_ref())
+        .filter(|s| {
+            s.system_account_id.as_deref() == Some(account_id)
+                && s.assigned_role_id.as_deref() == Some(id)
+        })
+        .map(|s| s.adopted)
+        .collect();
+    if !recorded.is_empty() {
+        return recorded.iter().all(|a| *a == Some(true));
+    }
+    siblings(ctx, me, account_id, tuple).is_empty()
 }
 
 async fn connection(
@@ -159,7 +172,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     if recorded.is_none() {
         // First assignment: create it (409 = it exists: adopt). No list needed.
         let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
-        let adopted = existed && adopted_when_found(&ctx, &obj, &account.id, &desired);
+        let adopted = existed && adopted_when_found(&ctx, &obj, &account.id, &desired, &id);
         drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
         ctx.mark_verified(&key, &format!("{}/{id}", account.id));
         return write_status(
@@ -199,7 +212,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
             let adopted = if Some(id.as_str()) == recorded {
                 old.adopted == Some(true)
             } else {
-                adopted_when_found(&ctx, &obj, &account.id, &desired)
+                adopted_when_found(&ctx, &obj, &account.id, &desired, &id)
             };
             if Some(id.as_str()) != recorded {
                 events::publish(
@@ -216,7 +229,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
         }
         None => {
             let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
-            let adopted = existed && adopted_when_found(&ctx, &obj, &account.id, &desired);
+            let adopted = existed && adopted_when_found(&ctx, &obj, &account.id, &desired, &id);
             (id, adopted)
         }
     };
@@ -439,34 +452,33 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
         return Ok(Action::await_change());
     };
     let _tuple = ctx.lock_tuple(tuple_key(&account_id, &tuple)).await;
-    if st.adopted == Some(true) {
-        events::publish(
-            &ctx.events,
-            &*obj,
-            false,
-            "Kept",
-            "Delete",
-            format!(
-                "{} existed before this RoleBinding (adopted); it is left in Konnect",
-                describe(&tuple)
-            ),
-        )
-        .await;
-        return Ok(Action::await_change());
+    // Kept when it is not this cluster's to remove, or when another binding here still wants it.
+    let others = siblings(&ctx, &obj, &account_id, &tuple);
+    // Handing a shared assignment over: this object goes only once a binding that keeps it has
+    // recorded it, so that one knows this cluster made it (and removes it when it is the last).
+    if st.adopted != Some(true)
+        && !others.is_empty()
+        && !others.iter().any(|b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.assigned_role_id.as_deref() == Some(id.as_str()))
+        })
+    {
+        return Err(ReconcileError::Conflict(format!(
+            "waiting for RoleBinding {} to record the shared assignment {id} before this one goes",
+            others[0].name_any()
+        )));
     }
-    if !siblings(&ctx, &obj, &account_id, &tuple).is_empty() {
-        events::publish(
-            &ctx.events,
-            &*obj,
-            false,
-            "Kept",
-            "Delete",
-            format!(
-                "Another RoleBinding still wants {}; assignment kept",
-                describe(&tuple)
-            ),
-        )
-        .await;
+    let kept = if st.adopted == Some(true) {
+        Some("existed before this RoleBinding (adopted); it is left in Konnect")
+    } else if !others.is_empty() {
+        Some("is still wanted by another RoleBinding; assignment kept")
+    } else {
+        None
+    };
+    if let Some(why) = kept {
+        let note = format!("{} {why}", describe(&tuple));
+        events::publish(&ctx.events, &*obj, false, "Kept", "Delete", note).await;
         return Ok(Action::await_change());
     }
     conn.client
