@@ -19,7 +19,8 @@ use crate::api::{
 use crate::k8s::conditions::{self, Reason};
 use crate::k8s::events;
 use crate::konnect::{
-    AccountFilter, CreateSystemAccount, IgnoreNotFound, KonnectClient, SystemAccount as KAccount,
+    AccountFilter, CreateSystemAccount, IgnoreNotFound, KonnectClient, KonnectError,
+    SystemAccount as KAccount,
 };
 
 crate::impl_managed!(SystemAccount, "SystemAccount");
@@ -129,10 +130,17 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                         )));
                     }
                     Err(e) => {
-                        // Refused (400, 401, 403, ...): nothing was created, so the marker goes. Left
-                        // behind, it would make an account someone creates by hand later look like ours.
-                        if e.nothing_was_done()
-                            && let Some(st) = working.status.as_mut()
+                        // Refused outright (400, 401, 403): nothing was created, so the marker goes.
+                        // Left behind, it would make an account someone creates by hand later look
+                        // like ours. Not after a 429 or 404: the client retries a create after a
+                        // 5xx, so an earlier attempt may have committed before that final answer.
+                        if matches!(
+                            e,
+                            KonnectError::BadRequest { .. }
+                                | KonnectError::Unauthorized { .. }
+                                | KonnectError::Forbidden { .. }
+                                | KonnectError::Config(_)
+                        ) && let Some(st) = working.status.as_mut()
                         {
                             st.pending_create = None;
                             st.pending_create_since = None;

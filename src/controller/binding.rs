@@ -464,7 +464,7 @@ async fn cleanup(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Rec
                 .is_some_and(|s| s.assigned_role_id.as_deref() == Some(id.as_str()))
         })
     {
-        return Err(ReconcileError::Conflict(format!(
+        return Err(ReconcileError::Handover(format!(
             "waiting for RoleBinding {} to record the shared assignment {id} before this one goes",
             others[0].name_any()
         )));

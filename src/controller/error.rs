@@ -20,6 +20,10 @@ pub enum ReconcileError {
     /// The referenced SystemAccount is not Ready yet; its watch wakes us.
     #[error("{0}")]
     WaitingForSystemAccount(String),
+    /// Another object of this cluster is about to take something over (a shared role assignment);
+    /// looked at again shortly.
+    #[error("{0}")]
+    Handover(String),
     /// The Konnect credentials could not be read or were refused.
     #[error("{0}")]
     Auth(String),
@@ -56,6 +60,7 @@ impl ReconcileError {
             Self::Conflict(_) => Reason::Conflict,
             Self::SecretConflict(_) => Reason::SecretConflict,
             Self::WaitingForSystemAccount(_) => Reason::WaitingForSystemAccount,
+            Self::Handover(_) => Reason::Pending,
             Self::Auth(_) => Reason::AuthFailed,
             Self::Konnect { source, .. } => match source {
                 KonnectError::Unauthorized { .. } | KonnectError::Forbidden { .. } => {
@@ -147,6 +152,8 @@ pub fn retry_delay(
         ReconcileError::Kube { source, .. } if crate::k8s::is_refusal(source) => backoff(30),
         // The account's watch wakes us; this is only the fallback, so it does not grow.
         ReconcileError::WaitingForSystemAccount(_) => Duration::from_secs(30).min(max),
+        // The other object records it within a reconcile or two.
+        ReconcileError::Handover(_) => Duration::from_secs(2).min(max),
         e if e.is_write_conflict() => Duration::from_millis(200),
         _ => backoff(5),
     };
