@@ -171,8 +171,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
     let _tuple = ctx.lock_tuple(tuple_key(&account.id, &desired)).await;
     if recorded.is_none() {
         // First assignment: create it (409 = it exists: adopt). No list needed.
-        let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
-        let adopted = existed && adopted_when_found(&ctx, &obj, &account.id, &desired, &id);
+        let (id, adopted) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
         drop_moved_assignment(&ctx, &conn, &obj, &old, &account.id).await?;
         ctx.mark_verified(&key, &format!("{}/{id}", account.id));
         return write_status(
@@ -227,11 +226,7 @@ async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, Recon
             }
             (id, adopted)
         }
-        None => {
-            let (id, existed) = assign(&ctx, &conn, &obj, &account.id, &desired).await?;
-            let adopted = existed && adopted_when_found(&ctx, &obj, &account.id, &desired, &id);
-            (id, adopted)
-        }
+        None => assign(&ctx, &conn, &obj, &account.id, &desired).await?,
     };
     if let Some(stale) = plan.stale {
         // The replaced assignment is removed only if this object made it.
@@ -366,7 +361,7 @@ async fn remove_from_previous_account(
 }
 
 /// Creates the assignment; a 409 means it exists already: adopt it. Returns its id and whether it
-/// existed before.
+/// counts as adopted (see [`adopted_when_found`]).
 async fn assign(
     ctx: &Context,
     conn: &Connection,
@@ -400,7 +395,10 @@ async fn assign(
                 .map_err(ReconcileError::konnect("listing assigned roles"))?;
             list.iter()
                 .find(|a| &a.role == desired)
-                .map(|a| (a.id.clone(), true))
+                .map(|a| {
+                    let adopted = adopted_when_found(ctx, obj, account_id, desired, &a.id);
+                    (a.id.clone(), adopted)
+                })
                 .ok_or_else(|| {
                     ReconcileError::Conflict(format!(
                         "Konnect reports {} as assigned but does not list it",
