@@ -578,6 +578,98 @@ async fn deleted_secret_gets_a_new_token_and_the_old_one_keeps_its_overlap() {
     op.stop().await;
 }
 
+/// GitOps edits of where the token goes: a `secretKey` move keeps the old key with the old token,
+/// a `secretName` move keeps the old Secret with it, both for the retention (pods still on the old
+/// place keep working); then the old token is revoked and its key or Secret goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moving_the_secret_or_its_key_keeps_the_old_place_for_the_retention_then_cleans_it_up() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "mover").await;
+    env.apply(&token_yaml(
+        "move-token",
+        "mover",
+        "  previousTokenRetention: 4s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "move-token", T, |t| ready_at(t, 1)).await;
+    let first = value_of(&secret(&env, "move-token").await.unwrap());
+
+    // 1. secretKey: token -> api-token.
+    merge_patch(
+        &api,
+        "move-token",
+        json!({"spec": {"secretKey": "api-token"}}),
+    )
+    .await;
+    let tok = wait_for(&api, "move-token", T, |t| ready_at(t, 2)).await;
+    assert_eq!(status(&tok).secret_key.as_deref(), Some("api-token"));
+    let s = secret(&env, "move-token").await.unwrap();
+    let data = s.data.clone().unwrap();
+    let second = String::from_utf8(data["api-token"].0.clone()).unwrap();
+    assert_eq!(
+        String::from_utf8(data["token"].0.clone()).unwrap(),
+        first,
+        "the old key keeps the old token during the retention"
+    );
+    assert_eq!(auth_status(&env, &first).await, 200);
+    assert_eq!(auth_status(&env, &second).await, 200);
+    let gone = eventually_async(T, || {
+        let env = &env;
+        async move {
+            secret(env, "move-token")
+                .await
+                .is_some_and(|s| !s.data.unwrap_or_default().contains_key("token"))
+        }
+    })
+    .await;
+    assert!(gone, "the old key is removed once its token is revoked");
+    assert_eq!(auth_status(&env, &first).await, 401);
+    assert_eq!(auth_status(&env, &second).await, 200);
+
+    // 2. secretName: move-token -> moved-token.
+    merge_patch(
+        &api,
+        "move-token",
+        json!({"spec": {"secretName": "moved-token"}}),
+    )
+    .await;
+    let tok = wait_for(&api, "move-token", T, |t| ready_at(t, 3)).await;
+    assert_eq!(status(&tok).secret_name.as_deref(), Some("moved-token"));
+    let third = value_of_key(&secret(&env, "moved-token").await.unwrap(), "api-token");
+    let old = secret(&env, "move-token")
+        .await
+        .expect("the old Secret stays for the retention");
+    assert_eq!(value_of_key(&old, "api-token"), second);
+    assert_eq!(auth_status(&env, &second).await, 200);
+    let gone = eventually_async(T, || {
+        let env = &env;
+        async move { secret(env, "move-token").await.is_none() }
+    })
+    .await;
+    assert!(gone, "the old Secret is deleted once its token is revoked");
+    assert_eq!(auth_status(&env, &second).await, 401);
+    assert_eq!(auth_status(&env, &third).await, 200);
+    assert_eq!(
+        env.sim
+            .live_tokens(&account_id)
+            .into_iter()
+            .map(|t| Some(t.id))
+            .collect::<Vec<_>>(),
+        vec![status(&tok).token_id],
+        "only the current token is live"
+    );
+    // Nothing more happens: no rotation from the cleanup.
+    let tok = wait_for(&api, "move-token", T, |t| ready_at(t, 3)).await;
+    assert!(status(&tok).previous_tokens.is_empty());
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+fn value_of_key(s: &Secret, key: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn foreign_secret_is_never_overwritten() {
     let env = TestEnv::start().await;

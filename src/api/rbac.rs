@@ -39,11 +39,15 @@ pub fn required_rules() -> Vec<PolicyRule> {
             ],
             &["update"],
         ),
-        // No delete: token Secrets go with their SystemAccountToken through ownerReference garbage collection.
+        // Delete: only a token Secret the spec moved away from (secretName edited), once the token it still
+        // holds is revoked (src/k8s/secret.rs delete_if_holding); everything else goes with its
+        // SystemAccountToken through ownerReference garbage collection.
         rule(
             "",
             &["secrets"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
         ),
         // Each Event is created once (src/k8s/events.rs: no series to patch).
         rule("events.k8s.io", &["events"], &["create"]),

@@ -376,6 +376,14 @@ pub struct PreviousToken {
     /// When the token expires (RFC 3339, UTC, seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The Secret (in this namespace) the token was written to. After a move to another secretName it
+    /// keeps the token until its revokeAt, and is then deleted (if it still holds this token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The key of that Secret. After a move to another secretKey the old key keeps the token until its
+    /// revokeAt, and is then removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
 }
 
 /// Observed state of a SystemAccountToken. Never holds a token value.
@@ -404,6 +412,12 @@ pub struct SystemAccountTokenStatus {
     /// When the current token was written to the Secret (RFC 3339, UTC, seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_time: Option<String>,
+    /// The Secret the current token was written to (spec.secretName when it was issued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The key of that Secret holding the current token (spec.secretKey when it was issued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
     /// Replaced tokens still valid in Konnect, each revoked at its revokeAt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_tokens: Vec<PreviousToken>,

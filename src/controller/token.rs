@@ -16,14 +16,15 @@ use super::context::Context;
 use super::error::ReconcileError;
 use super::reconciler::{mark_ready, object_key, reconcile_with};
 use super::token_plan::{
-    Found, Issued, Liveness, RotationReason, SecretView, TokenObserved, TokenStep, adopt_secret,
-    clear_pending, current_of, expiry, next_wakeup, pending_accounts, plan_token, record_issued,
-    renewal_time, restarts_pending, retention_after, secret_is_newer, set_pending, token_name,
-    unfinished_ours, whole_seconds,
+    Found, Issued, Liveness, RotationReason, SecretCleanup, SecretView, TokenObserved, TokenStep,
+    adopt_secret, cleanup_after_revoke, clear_pending, current_of, expiry, keys_to_keep,
+    next_wakeup, pending_accounts, plan_token, record_issued, renewal_time, restarts_pending,
+    retention_after, secret_is_newer, set_pending, token_name, unfinished_ours, whole_seconds,
 };
 use crate::api::common::ROTATE_ANNOTATION;
 use crate::api::{
-    DeletionPolicy, PreviousToken, RestartKind, SystemAccountToken, SystemAccountTokenStatus,
+    DeletionPolicy, PreviousToken, RestartKind, SecretTemplate, SystemAccountToken,
+    SystemAccountTokenStatus,
 };
 use crate::k8s::conditions::{self, ISSUING, RESTART_TARGETS, Reason};
 use crate::k8s::events;
@@ -91,6 +92,20 @@ impl Work<'_> {
         self.secret
             .as_ref()
             .map(|s| secret::view(s, &self.uid(), &self.secret_key))
+    }
+
+    /// Where and how the spec wants the token written; `keep`: other keys that keep their value.
+    fn target<'a>(&'a self, template: &'a SecretTemplate, keep: &'a [String]) -> SecretTarget<'a> {
+        SecretTarget {
+            namespace: self.obj.meta().namespace.as_deref().unwrap_or_default(),
+            name: &self.secret_name,
+            key: &self.secret_key,
+            labels: &template.labels,
+            annotations: &template.annotations,
+            owner: owner_ref(&self.obj),
+            orphan: self.obj.spec.deletion_policy() == DeletionPolicy::Orphan,
+            keep,
+        }
     }
 }
 
@@ -182,10 +197,12 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                     break;
                 };
                 let now = whole_seconds(Timestamp::now());
+                let (name, key) = (w.secret_name.clone(), w.secret_key.clone());
                 let st = w.st();
                 adopt_secret(
                     st,
                     &view,
+                    (&name, &key),
                     now,
                     schedule.retention,
                     schedule.renew_before,
@@ -297,17 +314,8 @@ async fn sync_secret_metadata(w: &mut Work<'_>) -> Result<(), ReconcileError> {
     let Some(existing) = w.secret.clone() else {
         return Ok(());
     };
-    let ns = w.obj.namespace().unwrap_or_default();
     let template = w.obj.spec.secret_template.clone().unwrap_or_default();
-    let target = SecretTarget {
-        namespace: &ns,
-        name: &w.secret_name,
-        key: &w.secret_key,
-        labels: &template.labels,
-        annotations: &template.annotations,
-        owner: owner_ref(&w.obj),
-        orphan: w.obj.spec.deletion_policy() == DeletionPolicy::Orphan,
-    };
+    let target = w.target(&template, &[]);
     if let Some(updated) = secret::sync_metadata(&w.secrets, &existing, &target)
         .await
         .map_err(ReconcileError::kube(format!(
@@ -443,16 +451,10 @@ async fn issue(
     let revision = w.st().revision.unwrap_or(0) + 1;
     let token_name = token_name(&w.ctx.config.cluster_name, &ns, &name, &uid, revision);
     let template = w.obj.spec.secret_template.clone().unwrap_or_default();
+    // A secretKey move keeps the old key (its token stays valid for the retention).
+    let status = w.obj.status.clone().unwrap_or_default();
+    let kept_keys = keys_to_keep(&status, &w.secret_name, &w.secret_key);
     let (secret_name, secret_key) = (w.secret_name.clone(), w.secret_key.clone());
-    let target = SecretTarget {
-        namespace: &ns,
-        name: &secret_name,
-        key: &secret_key,
-        labels: &template.labels,
-        annotations: &template.annotations,
-        owner: owner_ref(&w.obj),
-        orphan: w.obj.spec.deletion_policy() == DeletionPolicy::Orphan,
-    };
 
     // 0. A token is created only for a Secret that can take it: a refused write would otherwise
     //    cost a token created and revoked on every attempt. What is certain is checked here; after
@@ -461,12 +463,16 @@ async fn issue(
         return Err(ReconcileError::SecretConflict(why));
     }
     if w.ctx.backoffs.failed_last_time(&object_key(&w.obj)) {
-        secret::probe(&w.secrets, w.secret.as_ref(), &target)
-            .await
-            .map_err(ReconcileError::kube(format!(
-                "the API server would refuse Secret {}",
-                w.secret_name
-            )))?;
+        secret::probe(
+            &w.secrets,
+            w.secret.as_ref(),
+            &w.target(&template, &kept_keys),
+        )
+        .await
+        .map_err(ReconcileError::kube(format!(
+            "the API server would refuse Secret {}",
+            w.secret_name
+        )))?;
     }
 
     // 1. Record the name before the create: if the response is lost or we crash, the next
@@ -526,6 +532,7 @@ async fn issue(
         expires_at,
         rotated_for: rotate_annotation.as_deref(),
     };
+    let target = w.target(&template, &kept_keys);
     let written = match secret::write(&w.secrets, w.secret.as_ref(), &target, &token).await {
         Ok(s) => Ok(s),
         // No answer, a timeout or a server error: the write may have landed. The Secret decides;
@@ -587,6 +594,8 @@ async fn issue(
         issued_at,
         expires_at,
         rotated_for: rotate_annotation.as_deref(),
+        secret_name: &secret_name,
+        secret_key: &secret_key,
     };
     let st = w.st();
     record_issued(st, &issued, now, keep, schedule.renew_before, &uid);
@@ -709,7 +718,13 @@ async fn revoke(w: &mut Work<'_>, ids: &[String]) -> Result<(), ReconcileError> 
         .filter(|p| ids.contains(&p.id))
         .cloned()
         .collect();
+    let mut remaining = w.st().clone();
+    remaining.previous_tokens.retain(|p| !due.contains(p));
     for p in &due {
+        // The Secret first: a crash after it leaves the token recorded, and its revoke is retried.
+        let spec_secret = (w.secret_name.as_str(), w.secret_key.as_str());
+        let cleanup = cleanup_after_revoke(p, &remaining, spec_secret);
+        clean_up_secret(&w.secrets, &w.uid(), cleanup).await?;
         let account = if p.account_id.is_empty() {
             w.account_id.clone()
         } else {
@@ -731,6 +746,37 @@ async fn revoke(w: &mut Work<'_>, ids: &[String]) -> Result<(), ReconcileError> 
     }
     w.st().previous_tokens.retain(|p| !due.contains(p));
     w.save().await
+}
+
+/// Removes what a revoked token leaves in Kubernetes: its key (a `secretKey` move) or the Secret the
+/// spec moved away from (a `secretName` move), when nothing else uses it.
+async fn clean_up_secret(
+    secrets: &Api<Secret>,
+    uid: &str,
+    cleanup: SecretCleanup,
+) -> Result<(), ReconcileError> {
+    match cleanup {
+        SecretCleanup::Nothing => {}
+        SecretCleanup::RemoveKey { secret, key } => {
+            secret::remove_key(secrets, &secret, &key, uid)
+                .await
+                .map_err(ReconcileError::kube(format!(
+                    "removing the replaced token's key {key} from Secret {secret}"
+                )))?;
+            tracing::info!(%secret, %key, "removed the key of a revoked token (secretKey moved)");
+        }
+        SecretCleanup::Delete { secret, token_id } => {
+            let deleted = secret::delete_if_holding(secrets, &secret, &token_id, uid)
+                .await
+                .map_err(ReconcileError::kube(format!(
+                    "deleting Secret {secret}, which held a replaced token"
+                )))?;
+            if deleted {
+                tracing::info!(%secret, "deleted the Secret of a revoked token (secretName moved)");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn cleanup(
@@ -763,6 +809,7 @@ async fn cleanup(
         adopt_secret(
             &mut st,
             &view,
+            (&secret_name, obj.spec.secret_key()),
             whole_seconds(Timestamp::now()),
             std::time::Duration::ZERO,
             obj.spec.renew_before(lifetime),
@@ -811,6 +858,17 @@ async fn cleanup(
         && let (Some(a), Some(t)) = (v.account_id, v.token_id)
     {
         doomed.push((a, t));
+    }
+    if orphan {
+        // The kept Secret loses the keys of replaced tokens, and a Secret the spec moved away from
+        // goes (only the current token is left; garbage collection does this under Delete).
+        let mut remaining = st.clone();
+        remaining.previous_tokens.clear();
+        for p in &st.previous_tokens {
+            let cleanup =
+                cleanup_after_revoke(p, &remaining, (&secret_name, obj.spec.secret_key()));
+            clean_up_secret(&secrets, &uid, cleanup).await?;
+        }
     }
     doomed.retain(|(a, _)| !a.is_empty());
     doomed.sort();

@@ -283,6 +283,7 @@ impl World {
                     adopt_secret(
                         &mut self.status,
                         &view,
+                        ("tok", "token"),
                         ts(self.now),
                         self.retention,
                         renew_before,
@@ -458,6 +459,8 @@ impl World {
             issued_at: ts(t.created),
             expires_at: ts(t.expires),
             rotated_for: self.rotate.as_deref(),
+            secret_name: "tok",
+            secret_key: "token",
         };
         let renew_before = self.renew_before();
         record_issued(

@@ -426,6 +426,8 @@ pub fn retire_current(st: &mut SystemAccountTokenStatus, now: Timestamp, keep: D
             account_id: st.account_id.clone().unwrap_or_default(),
             revoke_at: revoke_at(now, keep, parse(&st.expires_at)).to_string(),
             expires_at: st.expires_at.clone(),
+            secret_name: st.secret_name.clone(),
+            secret_key: st.secret_key.clone(),
         });
     }
 }
@@ -494,6 +496,9 @@ pub struct Issued<'a> {
     /// What Konnect answered (the truth), or what was asked for when the answer had none.
     pub expires_at: Timestamp,
     pub rotated_for: Option<&'a str>,
+    /// Where it was written: the Secret and its key.
+    pub secret_name: &'a str,
+    pub secret_key: &'a str,
 }
 
 /// Records `t` as the current token: the old one retires with `keep`, the pending marker clears,
@@ -516,6 +521,8 @@ pub fn record_issued(
     st.renewal_time =
         Some(renewal_time(t.issued_at, t.expires_at, renew_before, &seed).to_string());
     st.last_rotation_time = Some(t.issued_at.to_string());
+    st.secret_name = Some(t.secret_name.to_string());
+    st.secret_key = Some(t.secret_key.to_string());
     if t.rotated_for.is_some() {
         st.last_rotate_annotation = t.rotated_for.map(str::to_string);
     }
@@ -523,9 +530,11 @@ pub fn record_issued(
 }
 
 /// Records the token a Secret holds (written before a crash that lost the status write) as current.
+/// `at` is where the Secret is: its name and the key that holds the token.
 pub fn adopt_secret(
     st: &mut SystemAccountTokenStatus,
     view: &SecretView,
+    at: (&str, &str),
     now: Timestamp,
     retention: Duration,
     renew_before: Duration,
@@ -548,6 +557,8 @@ pub fn adopt_secret(
         // The rotate request this token answered is done: without this, a crash between the
         // Secret and status writes would rotate a second time for the same request.
         rotated_for: view.rotated_for.as_deref(),
+        secret_name: at.0,
+        secret_key: at.1,
     };
     let pending = (
         st.pending_token_name.take(),
@@ -561,6 +572,82 @@ pub fn adopt_secret(
             st.pending_since,
             st.pending_account_id,
         ) = pending;
+    }
+}
+
+/// Where a token was written: (Secret name, key). None for a token recorded before the operator
+/// kept track of it (then nothing is cleaned up after it).
+fn location<'a>(name: &'a Option<String>, key: &'a Option<String>) -> Option<(&'a str, &'a str)> {
+    Some((name.as_deref()?, key.as_deref()?))
+}
+
+/// The keys of Secret `secret_name` that must survive writing the next token under `key`: those
+/// holding a token still valid, i.e. the current one (about to be replaced) and previous ones, written
+/// there under another key (a `secretKey` move keeps the old key until its token is revoked).
+pub fn keys_to_keep(st: &SystemAccountTokenStatus, secret_name: &str, key: &str) -> Vec<String> {
+    let current = location(&st.secret_name, &st.secret_key).filter(|_| st.token_id.is_some());
+    let previous = st
+        .previous_tokens
+        .iter()
+        .filter_map(|p| location(&p.secret_name, &p.secret_key));
+    let mut keys: Vec<String> = current
+        .into_iter()
+        .chain(previous)
+        .filter(|(n, k)| *n == secret_name && *k != key)
+        .map(|(_, k)| k.to_string())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// What a revoked token leaves to clean up in Kubernetes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretCleanup {
+    /// Its key or Secret still serves another token (or is where the spec writes): keep it.
+    Nothing,
+    /// It sat under a key nothing else uses any more: remove the key from that Secret.
+    RemoveKey { secret: String, key: String },
+    /// It sat in a Secret the spec moved away from and nothing else uses: delete that Secret (if it
+    /// still holds this token).
+    Delete { secret: String, token_id: String },
+}
+
+/// What revoking `revoked` leaves to clean up, given the status without it (`remaining`) and where
+/// the spec writes now. A token recorded without its location leaves nothing (the operator cannot
+/// tell where it was).
+pub fn cleanup_after_revoke(
+    revoked: &PreviousToken,
+    remaining: &SystemAccountTokenStatus,
+    spec_secret: (&str, &str),
+) -> SecretCleanup {
+    let Some((name, key)) = location(&revoked.secret_name, &revoked.secret_key) else {
+        return SecretCleanup::Nothing;
+    };
+    let current = location(&remaining.secret_name, &remaining.secret_key)
+        .filter(|_| remaining.token_id.is_some());
+    let in_use: Vec<(&str, &str)> = std::iter::once(spec_secret)
+        .chain(current)
+        .chain(
+            remaining
+                .previous_tokens
+                .iter()
+                .filter(|p| p.id != revoked.id)
+                .filter_map(|p| location(&p.secret_name, &p.secret_key)),
+        )
+        .collect();
+    if in_use.contains(&(name, key)) {
+        SecretCleanup::Nothing
+    } else if in_use.iter().any(|(n, _)| *n == name) {
+        SecretCleanup::RemoveKey {
+            secret: name.to_string(),
+            key: key.to_string(),
+        }
+    } else {
+        SecretCleanup::Delete {
+            secret: name.to_string(),
+            token_id: revoked.id.clone(),
+        }
     }
 }
 
@@ -774,6 +861,139 @@ mod tests {
         assert_eq!(next_wakeup(ts(0), [ts(5000)], max), max);
         assert_eq!(next_wakeup(ts(100), [ts(50)], max), Duration::ZERO);
         assert_eq!(next_wakeup(ts(0), [], max), max);
+    }
+
+    fn previous(id: &str, at: (&str, &str)) -> PreviousToken {
+        PreviousToken {
+            id: id.into(),
+            revoke_at: ts(100).to_string(),
+            secret_name: Some(at.0.into()),
+            secret_key: Some(at.1.into()),
+            ..Default::default()
+        }
+    }
+
+    fn status_at(
+        current: Option<(&str, &str)>,
+        previous: Vec<PreviousToken>,
+    ) -> SystemAccountTokenStatus {
+        SystemAccountTokenStatus {
+            token_id: current.map(|_| "cur".to_string()),
+            secret_name: current.map(|c| c.0.to_string()),
+            secret_key: current.map(|c| c.1.to_string()),
+            previous_tokens: previous,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_key_move_keeps_the_keys_of_tokens_still_valid() {
+        // Current token under "token" of Secret s; the spec now writes "api-token".
+        let st = status_at(
+            Some(("s", "token")),
+            vec![
+                previous("p1", ("s", "older")),
+                previous("p2", ("other", "token")),
+            ],
+        );
+        assert_eq!(keys_to_keep(&st, "s", "api-token"), ["older", "token"]);
+        // The same key: it is overwritten, nothing else kept but the older previous key.
+        assert_eq!(keys_to_keep(&st, "s", "token"), ["older"]);
+        // A new Secret keeps nothing of the old one.
+        assert!(keys_to_keep(&st, "new", "token").is_empty());
+        // Recorded before locations were kept: nothing to keep.
+        let legacy = SystemAccountTokenStatus {
+            token_id: Some("cur".into()),
+            ..Default::default()
+        };
+        assert!(keys_to_keep(&legacy, "s", "api-token").is_empty());
+    }
+
+    #[test]
+    fn a_revoked_token_leaves_nothing_behind_that_nobody_uses() {
+        let spec = ("s", "api-token");
+        // Key move: the old key goes once its token is revoked.
+        let p = previous("p1", ("s", "token"));
+        let rest = status_at(Some(spec), vec![]);
+        assert_eq!(
+            cleanup_after_revoke(&p, &rest, spec),
+            SecretCleanup::RemoveKey {
+                secret: "s".into(),
+                key: "token".into()
+            }
+        );
+        // Name move: the old Secret goes (if it still holds that token).
+        let p = previous("p1", ("old", "token"));
+        assert_eq!(
+            cleanup_after_revoke(&p, &rest, spec),
+            SecretCleanup::Delete {
+                secret: "old".into(),
+                token_id: "p1".into()
+            }
+        );
+        // ...unless another valid token still sits there: only its key goes.
+        let rest2 = status_at(Some(spec), vec![previous("p2", ("old", "other"))]);
+        assert_eq!(
+            cleanup_after_revoke(&p, &rest2, spec),
+            SecretCleanup::RemoveKey {
+                secret: "old".into(),
+                key: "token".into()
+            }
+        );
+        // Where the spec writes, or where another token is, nothing is removed.
+        let p = previous("p1", spec);
+        assert_eq!(
+            cleanup_after_revoke(&p, &rest, spec),
+            SecretCleanup::Nothing
+        );
+        let rest3 = status_at(Some(("old", "token")), vec![]);
+        let p = previous("p1", ("old", "token"));
+        assert_eq!(
+            cleanup_after_revoke(&p, &rest3, spec),
+            SecretCleanup::Nothing
+        );
+        // A token recorded without its location: nothing (the operator cannot tell where it was).
+        let p = PreviousToken {
+            id: "p0".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            cleanup_after_revoke(&p, &rest, spec),
+            SecretCleanup::Nothing
+        );
+    }
+
+    #[test]
+    fn record_issued_remembers_where_the_token_went_and_retires_it_with_its_place() {
+        let mut st = SystemAccountTokenStatus::default();
+        let issued = |id: &'static str, name: &'static str, key: &'static str| Issued {
+            id,
+            name: "n",
+            account_id: "a",
+            revision: 1,
+            issued_at: ts(0),
+            expires_at: ts(3600),
+            rotated_for: None,
+            secret_name: name,
+            secret_key: key,
+        };
+        let d = Duration::from_secs(60);
+        record_issued(&mut st, &issued("t1", "s", "token"), ts(0), d, d, "u");
+        assert_eq!(
+            (st.secret_name.as_deref(), st.secret_key.as_deref()),
+            (Some("s"), Some("token"))
+        );
+        record_issued(&mut st, &issued("t2", "s2", "k"), ts(10), d, d, "u");
+        let p = &st.previous_tokens[0];
+        assert_eq!(
+            (
+                p.id.as_str(),
+                p.secret_name.as_deref(),
+                p.secret_key.as_deref()
+            ),
+            ("t1", Some("s"), Some("token"))
+        );
+        assert_eq!(st.secret_name.as_deref(), Some("s2"));
     }
 
     #[test]

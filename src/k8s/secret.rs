@@ -45,6 +45,9 @@ pub struct SecretTarget<'a> {
     /// `deletionPolicy: Orphan`: the Secret carries no ownerReference (garbage collection, foreground
     /// or background, never takes it); the owner annotation marks it as the object's instead.
     pub orphan: bool,
+    /// Other keys of the existing Secret that keep their value: they hold a replaced token still
+    /// within its retention (a `secretKey` move).
+    pub keep: &'a [String],
 }
 
 /// The template keys the operator last put on the Secret (`l:<label>` and `a:<annotation>`, comma
@@ -140,6 +143,18 @@ pub fn build(target: &SecretTarget, token: &IssuedToken, existing: Option<&Secre
         Some(v) => annotations.insert(ANN_ROTATED_FOR.into(), v.to_string()),
         None => annotations.remove(ANN_ROTATED_FOR),
     };
+    let mut data: BTreeMap<String, ByteString> = target
+        .keep
+        .iter()
+        .filter_map(|k| {
+            let v = existing?.data.as_ref()?.get(k)?;
+            Some((k.clone(), v.clone()))
+        })
+        .collect();
+    data.insert(
+        target.key.to_string(),
+        ByteString(token.value.expose().as_bytes().to_vec()),
+    );
     Secret {
         metadata: ObjectMeta {
             name: Some(target.name.to_string()),
@@ -150,10 +165,7 @@ pub fn build(target: &SecretTarget, token: &IssuedToken, existing: Option<&Secre
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            target.key.to_string(),
-            ByteString(token.value.expose().as_bytes().to_vec()),
-        )])),
+        data: Some(data),
         ..Default::default()
     }
 }
@@ -365,6 +377,59 @@ pub fn owner_name(meta: &ObjectMeta) -> Option<String> {
         .cloned()
 }
 
+/// Removes `key` from Secret `name`, if the Secret is `owner_uid`'s and has the key (its token was
+/// revoked; the key is no longer where the spec writes). Guarded by the resourceVersion read.
+pub async fn remove_key(
+    api: &Api<Secret>,
+    name: &str,
+    key: &str,
+    owner_uid: &str,
+) -> Result<(), kube::Error> {
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let has_key = secret.data.as_ref().is_some_and(|d| d.contains_key(key));
+    if !is_controlled_by(&secret, owner_uid) || !has_key {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": secret.metadata.resource_version},
+        "data": {key: null},
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Deletes Secret `name` if it is `owner_uid`'s and still holds the token `token_id` (the spec moved
+/// to another Secret and that token is revoked now): preconditions on uid and resourceVersion, so a
+/// Secret written again meanwhile is left alone.
+pub async fn delete_if_holding(
+    api: &Api<Secret>,
+    name: &str,
+    token_id: &str,
+    owner_uid: &str,
+) -> Result<bool, kube::Error> {
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if !is_controlled_by(&secret, owner_uid) || !holds_token(&secret, token_id) {
+        return Ok(false);
+    }
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: secret.metadata.uid.clone(),
+            resource_version: secret.metadata.resource_version.clone(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(e) if crate::k8s::error_code(&e) == Some(404) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `deletionPolicy: Orphan`: drop our ownerReference so garbage collection keeps the Secret.
 pub async fn release(
     api: &Api<Secret>,
@@ -430,6 +495,7 @@ mod tests {
             annotations: &none,
             owner: owner.clone(),
             orphan: false,
+            keep: &[],
         };
         let mut s = build(&first, &token, None);
         assert_eq!(
@@ -502,6 +568,7 @@ mod tests {
             annotations: &annotations,
             owner: owner(),
             orphan: false,
+            keep: &[],
         };
         let value = TokenValue::new("spat_abc");
         let token = IssuedToken {
@@ -531,6 +598,36 @@ mod tests {
         assert_eq!(v.rotated_for.as_deref(), Some("now"));
         assert_eq!(v.expires_at, Some(Timestamp::from_second(1090).unwrap()));
         assert!(!view(&s, "other-uid", "token").owned);
+
+        // secretKey moved to "api-token": the old key keeps the replaced token (listed in keep),
+        // any other key of the old Secret does not survive.
+        let mut old = s.clone();
+        old.data
+            .as_mut()
+            .unwrap()
+            .insert("stale".into(), ByteString(b"x".to_vec()));
+        let kept = vec!["token".to_string()];
+        let moved = SecretTarget {
+            key: "api-token",
+            keep: &kept,
+            owner: owner(),
+            ..target
+        };
+        let next = TokenValue::new("spat_def");
+        let s2 = build(
+            &moved,
+            &IssuedToken {
+                value: &next,
+                revision: 3,
+                ..token
+            },
+            Some(&old),
+        );
+        let data = s2.data.as_ref().unwrap();
+        assert_eq!(data["api-token"].0, b"spat_def");
+        assert_eq!(data["token"].0, b"spat_abc", "the old key keeps its token");
+        assert!(!data.contains_key("stale"));
+        assert!(view(&s2, "uid-1", "api-token").has_value);
         assert!(!view(&s, "uid-1", "other-key").has_value);
     }
 }

@@ -65,10 +65,10 @@ rules:
   - apiGroups: ["konnect-sa.dev"]
     resources: ["systemaccounts/finalizers", "systemaccounttokens/finalizers", "rolebindings/finalizers"]
     verbs: ["update"]
-  # No delete: a token Secret goes with its SystemAccountToken through ownerReference garbage collection.
+  # Delete: only a token Secret the spec moved away from, once the token it holds is revoked.
   - apiGroups: [""]
     resources: ["secrets"]
-    verbs: ["get", "list", "watch", "create", "update", "patch"]
+    verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]
     verbs: ["create"]
