@@ -62,7 +62,7 @@ fn rules_of(doc: &Value) -> Vec<PolicyRule> {
 fn the_canonical_rules_are_least_privilege() {
     let g = grants(&required_rules());
     // Secrets: delete is granted for one case only (a token Secret the spec moved away from, once its
-    // token is revoked: src/k8s/secret.rs delete_if_holding, preconditioned on uid and resourceVersion);
+    // token is revoked: src/k8s/secret.rs delete_unless_holding, preconditioned on uid and resourceVersion);
     // garbage collection does the rest. Nothing is granted on "*".
     assert!(g.contains(&("".into(), "secrets".into(), "delete".into())));
     assert!(

@@ -40,7 +40,7 @@ pub fn required_rules() -> Vec<PolicyRule> {
             &["update"],
         ),
         // Delete: only a token Secret the spec moved away from (secretName edited), once the token it still
-        // holds is revoked (src/k8s/secret.rs delete_if_holding); everything else goes with its
+        // holds is revoked (src/k8s/secret.rs delete_unless_holding); everything else goes with its
         // SystemAccountToken through ownerReference garbage collection.
         rule(
             "",

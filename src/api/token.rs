@@ -432,6 +432,10 @@ pub struct SystemAccountTokenStatus {
     /// Konnect id of the system account the pending token is being created in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_account_id: Option<String>,
+    /// The Secret the pending token is written to: after a crash and a secretName edit, a token that
+    /// reached it is adopted from there (and kept for the retention), not revoked as unfinished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_secret_name: Option<String>,
     /// The auth Secret whose Konnect connection made this object's Konnect state ("" for the operator-wide
     /// one): cleanup uses the same organisation, never a guess.
     #[serde(default, skip_serializing_if = "Option::is_none")]

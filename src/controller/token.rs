@@ -64,6 +64,8 @@ struct Work<'a> {
     /// The status as last written, to skip writes that change nothing.
     saved: Option<SystemAccountTokenStatus>,
     secret: Option<Secret>,
+    /// The Secret an unfinished issue wrote to, when the spec has moved away from it since.
+    pending_secret: Option<Secret>,
     account_id: String,
     secret_name: String,
     secret_key: String,
@@ -90,6 +92,12 @@ impl Work<'_> {
 
     fn view(&self) -> Option<SecretView> {
         self.secret
+            .as_ref()
+            .map(|s| secret::view(s, &self.uid(), &self.secret_key))
+    }
+
+    fn pending_view(&self) -> Option<SecretView> {
+        self.pending_secret
             .as_ref()
             .map(|s| secret::view(s, &self.uid(), &self.secret_key))
     }
@@ -161,6 +169,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         obj: (*obj).clone(),
         saved: obj.status.clone(),
         secret,
+        pending_secret: None,
         account_id,
         secret_name,
         secret_key: obj.spec.secret_key().to_string(),
@@ -168,6 +177,17 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let rotate_annotation = obj.annotations().get(ROTATE_ANNOTATION).cloned();
     // Recorded before any token is created (it travels with the pending marker's status write).
     w.st().konnect_auth_secret = Some(auth_secret);
+    // An unfinished issue that wrote to a Secret the spec has moved away from since: that Secret may
+    // hold its token (adopted, not revoked).
+    if let Some(pending) = w.st().pending_secret_name.clone()
+        && pending != w.secret_name
+    {
+        w.pending_secret = w
+            .secrets
+            .get_opt(&pending)
+            .await
+            .map_err(ReconcileError::kube(format!("reading Secret {pending}")))?;
+    }
 
     // Observe, decide (token_plan::plan_token), act; again until there is nothing to do.
     let mut live = Liveness::Unknown;
@@ -176,10 +196,13 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let mut settled = false;
     for _ in 0..MAX_STEPS {
         let view = w.view();
+        let pending_view = w.pending_view();
         let status = w.obj.status.clone().unwrap_or_default();
         let step = plan_token(&TokenObserved {
             status: &status,
             secret: view.as_ref(),
+            pending_secret: pending_view.as_ref(),
+            secret_at: (&w.secret_name, &w.secret_key),
             account_id: &w.account_id,
             lifetime: schedule.lifetime,
             rotate_annotation: rotate_annotation.as_deref(),
@@ -192,12 +215,18 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         });
         tracing::debug!(?step, "token step");
         match step {
-            TokenStep::AdoptSecret => {
-                let (Some(view), uid) = (view, w.uid()) else {
+            TokenStep::AdoptSecret { pending_place } => {
+                let (view, name) = if pending_place {
+                    (pending_view, status.pending_secret_name.clone())
+                } else {
+                    (view, Some(w.secret_name.clone()))
+                };
+                let (Some(view), Some(name), uid) = (view, name, w.uid()) else {
                     break;
                 };
                 let now = whole_seconds(Timestamp::now());
-                let (name, key) = (w.secret_name.clone(), w.secret_key.clone());
+                // Where the Secret says the token is (the spec's key may have moved since).
+                let key = view.key.clone().unwrap_or_else(|| w.secret_key.clone());
                 let st = w.st();
                 adopt_secret(
                     st,
@@ -480,7 +509,7 @@ async fn issue(
     let generation = w.obj.metadata.generation;
     let account_id = w.account_id.clone();
     let st = w.st();
-    set_pending(st, &token_name, &account_id, Timestamp::now());
+    set_pending(st, &token_name, &account_id, &secret_name, Timestamp::now());
     conditions::set(
         &mut st.conditions,
         ISSUING,
@@ -718,12 +747,11 @@ async fn revoke(w: &mut Work<'_>, ids: &[String]) -> Result<(), ReconcileError> 
         .filter(|p| ids.contains(&p.id))
         .cloned()
         .collect();
-    let mut remaining = w.st().clone();
-    remaining.previous_tokens.retain(|p| !due.contains(p));
+    let recorded = w.st().clone();
     for p in &due {
         // The Secret first: a crash after it leaves the token recorded, and its revoke is retried.
         let spec_secret = (w.secret_name.as_str(), w.secret_key.as_str());
-        let cleanup = cleanup_after_revoke(p, &remaining, spec_secret);
+        let cleanup = cleanup_after_revoke(&recorded, &p.id, ids, spec_secret);
         clean_up_secret(&w.secrets, &w.uid(), cleanup).await?;
         let account = if p.account_id.is_empty() {
             w.account_id.clone()
@@ -765,8 +793,8 @@ async fn clean_up_secret(
                 )))?;
             tracing::info!(%secret, %key, "removed the key of a revoked token (secretKey moved)");
         }
-        SecretCleanup::Delete { secret, token_id } => {
-            let deleted = secret::delete_if_holding(secrets, &secret, &token_id, uid)
+        SecretCleanup::Delete { secret, current } => {
+            let deleted = secret::delete_unless_holding(secrets, &secret, current.as_deref(), uid)
                 .await
                 .map_err(ReconcileError::kube(format!(
                     "deleting Secret {secret}, which held a replaced token"
@@ -809,7 +837,10 @@ async fn cleanup(
         adopt_secret(
             &mut st,
             &view,
-            (&secret_name, obj.spec.secret_key()),
+            (
+                &secret_name,
+                view.key.as_deref().unwrap_or(obj.spec.secret_key()),
+            ),
             whole_seconds(Timestamp::now()),
             std::time::Duration::ZERO,
             obj.spec.renew_before(lifetime),
@@ -862,11 +893,10 @@ async fn cleanup(
     if orphan {
         // The kept Secret loses the keys of replaced tokens, and a Secret the spec moved away from
         // goes (only the current token is left; garbage collection does this under Delete).
-        let mut remaining = st.clone();
-        remaining.previous_tokens.clear();
-        for p in &st.previous_tokens {
-            let cleanup =
-                cleanup_after_revoke(p, &remaining, (&secret_name, obj.spec.secret_key()));
+        let all: Vec<String> = st.previous_tokens.iter().map(|p| p.id.clone()).collect();
+        for id in &all {
+            let spec_secret = (secret_name.as_str(), obj.spec.secret_key());
+            let cleanup = cleanup_after_revoke(&st, id, &all, spec_secret);
             clean_up_secret(&secrets, &uid, cleanup).await?;
         }
     }

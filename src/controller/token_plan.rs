@@ -46,8 +46,11 @@ impl RotationReason {
 pub struct SecretView {
     /// The Secret has a controller ownerReference to this CR.
     pub owned: bool,
-    /// `secretKey` is present and non-empty.
+    /// The key holding the token the annotations describe (`konnect-sa.dev/token-key`; None on a
+    /// Secret written before it was recorded: then the spec's key) is present and non-empty.
     pub has_value: bool,
+    /// `konnect-sa.dev/token-key`: the key the annotations' token was written under.
+    pub key: Option<String>,
     pub token_id: Option<String>,
     pub token_name: Option<String>,
     pub account_id: Option<String>,
@@ -257,6 +260,11 @@ pub struct TokenObserved<'a> {
     pub status: &'a SystemAccountTokenStatus,
     /// None: no Secret at spec.secretName.
     pub secret: Option<&'a SecretView>,
+    /// The Secret at `status.pendingSecretName`, when that is not spec.secretName (the spec moved
+    /// while an issue was unfinished): it may hold the unfinished token.
+    pub pending_secret: Option<&'a SecretView>,
+    /// Where the spec writes: (secretName, secretKey).
+    pub secret_at: (&'a str, &'a str),
     /// The Konnect id of the account the spec points to.
     pub account_id: &'a str,
     pub lifetime: Duration,
@@ -280,7 +288,8 @@ pub struct TokenObserved<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenStep {
     /// The Secret holds a newer token than the status (a crash after the Secret write): record it.
-    AdoptSecret,
+    /// `pending_place`: the Secret the unfinished issue wrote to, which the spec has moved away from.
+    AdoptSecret { pending_place: bool },
     /// A create may have happened whose value never reached the Secret: list tokens by the pending name.
     FindPending,
     /// Revoke these unfinished tokens (their value reached no one), then clear the pending marker.
@@ -324,7 +333,16 @@ pub fn plan_token(o: &TokenObserved) -> TokenStep {
     let st = o.status;
     let current = current_of(st);
     if o.secret.is_some_and(|s| secret_is_newer(&current, s)) {
-        return TokenStep::AdoptSecret;
+        return TokenStep::AdoptSecret {
+            pending_place: false,
+        };
+    }
+    if o.pending_secret
+        .is_some_and(|s| secret_is_newer(&current, s))
+    {
+        return TokenStep::AdoptSecret {
+            pending_place: true,
+        };
     }
     if let Some(pending) = st.pending_token_name.as_deref() {
         // Another writer may still be finishing this issue (its Secret write then lands and is
@@ -346,9 +364,15 @@ pub fn plan_token(o: &TokenObserved) -> TokenStep {
         Liveness::Gone => Some(false),
         Liveness::Unknown | Liveness::Deferred => None,
     };
+    // The current token was written elsewhere (secretName or secretKey edited): the spec's place
+    // does not hold it, whatever that Secret's annotations say (after a key moved back, the old key
+    // may still hold a replaced token while the annotations name the current one).
+    let moved = location(&st.secret_name, &st.secret_key).is_some_and(|at| at != o.secret_at)
+        || o.secret
+            .is_some_and(|s| s.key.as_deref().is_some_and(|k| k != o.secret_at.1));
     let inputs = RotationInputs {
         current: &current,
-        secret: o.secret,
+        secret: if moved { None } else { o.secret },
         account_id: o.account_id,
         lifetime: o.lifetime,
         rotate_annotation: o.rotate_annotation,
@@ -451,6 +475,7 @@ pub fn set_pending(
     st: &mut SystemAccountTokenStatus,
     name: &str,
     account_id: &str,
+    secret_name: &str,
     now: Timestamp,
 ) {
     // The latest attempt's time: the settle time counts from it (a token an earlier attempt under
@@ -458,12 +483,14 @@ pub fn set_pending(
     st.pending_since = Some(whole_seconds(now).to_string());
     st.pending_token_name = Some(name.to_string());
     st.pending_account_id = Some(account_id.to_string());
+    st.pending_secret_name = Some(secret_name.to_string());
 }
 
 pub fn clear_pending(st: &mut SystemAccountTokenStatus) {
     st.pending_token_name = None;
     st.pending_since = None;
     st.pending_account_id = None;
+    st.pending_secret_name = None;
 }
 
 /// The accounts an unfinished token can be in: where it was being created, the spec's, the current
@@ -564,6 +591,7 @@ pub fn adopt_secret(
         st.pending_token_name.take(),
         st.pending_since.take(),
         st.pending_account_id.take(),
+        st.pending_secret_name.take(),
     );
     record_issued(st, &issued, now, retention, renew_before, uid);
     if !pending_was_this {
@@ -571,6 +599,7 @@ pub fn adopt_secret(
             st.pending_token_name,
             st.pending_since,
             st.pending_account_id,
+            st.pending_secret_name,
         ) = pending;
     }
 }
@@ -608,37 +637,54 @@ pub enum SecretCleanup {
     Nothing,
     /// It sat under a key nothing else uses any more: remove the key from that Secret.
     RemoveKey { secret: String, key: String },
-    /// It sat in a Secret the spec moved away from and nothing else uses: delete that Secret (if it
-    /// still holds this token).
-    Delete { secret: String, token_id: String },
+    /// It sat in a Secret the spec moved away from and nothing else uses: delete that Secret, unless
+    /// its annotations name the `current` token (written there again meanwhile).
+    Delete {
+        secret: String,
+        current: Option<String>,
+    },
 }
 
-/// What revoking `revoked` leaves to clean up, given the status without it (`remaining`) and where
-/// the spec writes now. A token recorded without its location leaves nothing (the operator cannot
-/// tell where it was).
+/// What revoking the previous token `revoked` leaves to clean up, given the status that still records
+/// it, the ids revoked with it now (`batch`), and where the spec writes. A place holds the last token
+/// written there: tokens are recorded in the order they were issued (previous ones, then the
+/// current one), so a later token at the same place has overwritten it. A token recorded without its
+/// location leaves nothing (the operator cannot tell where it was).
 pub fn cleanup_after_revoke(
-    revoked: &PreviousToken,
-    remaining: &SystemAccountTokenStatus,
+    st: &SystemAccountTokenStatus,
+    revoked: &str,
+    batch: &[String],
     spec_secret: (&str, &str),
 ) -> SecretCleanup {
-    let Some((name, key)) = location(&revoked.secret_name, &revoked.secret_key) else {
+    let Some(index) = st.previous_tokens.iter().position(|p| p.id == revoked) else {
         return SecretCleanup::Nothing;
     };
-    let current = location(&remaining.secret_name, &remaining.secret_key)
-        .filter(|_| remaining.token_id.is_some());
-    let in_use: Vec<(&str, &str)> = std::iter::once(spec_secret)
+    let Some((name, key)) = location(
+        &st.previous_tokens[index].secret_name,
+        &st.previous_tokens[index].secret_key,
+    ) else {
+        return SecretCleanup::Nothing;
+    };
+    let current = location(&st.secret_name, &st.secret_key).filter(|_| st.token_id.is_some());
+    let later: Vec<(&str, &str)> = st.previous_tokens[index + 1..]
+        .iter()
+        .filter_map(|p| location(&p.secret_name, &p.secret_key))
         .chain(current)
-        .chain(
-            remaining
-                .previous_tokens
-                .iter()
-                .filter(|p| p.id != revoked.id)
-                .filter_map(|p| location(&p.secret_name, &p.secret_key)),
-        )
         .collect();
-    if in_use.contains(&(name, key)) {
-        SecretCleanup::Nothing
-    } else if in_use.iter().any(|(n, _)| *n == name) {
+    if (name, key) == spec_secret || later.contains(&(name, key)) {
+        // Where the spec writes, or overwritten since: the place is another token's now.
+        return SecretCleanup::Nothing;
+    }
+    // Other places in use: the spec's, the current token's, and those of previous tokens that stay.
+    let others: Vec<(&str, &str)> = st
+        .previous_tokens
+        .iter()
+        .filter(|p| p.id != revoked && !batch.contains(&p.id))
+        .filter_map(|p| location(&p.secret_name, &p.secret_key))
+        .chain(current)
+        .chain(std::iter::once(spec_secret))
+        .collect();
+    if others.iter().any(|(n, _)| *n == name) {
         SecretCleanup::RemoveKey {
             secret: name.to_string(),
             key: key.to_string(),
@@ -646,7 +692,7 @@ pub fn cleanup_after_revoke(
     } else {
         SecretCleanup::Delete {
             secret: name.to_string(),
-            token_id: revoked.id.clone(),
+            current: st.token_id.clone(),
         }
     }
 }
@@ -912,55 +958,90 @@ mod tests {
     #[test]
     fn a_revoked_token_leaves_nothing_behind_that_nobody_uses() {
         let spec = ("s", "api-token");
+        let cleanup = |st: &SystemAccountTokenStatus, id: &str| {
+            cleanup_after_revoke(st, id, &[id.to_string()], spec)
+        };
         // Key move: the old key goes once its token is revoked.
-        let p = previous("p1", ("s", "token"));
-        let rest = status_at(Some(spec), vec![]);
+        let st = status_at(Some(spec), vec![previous("p1", ("s", "token"))]);
         assert_eq!(
-            cleanup_after_revoke(&p, &rest, spec),
+            cleanup(&st, "p1"),
             SecretCleanup::RemoveKey {
                 secret: "s".into(),
                 key: "token".into()
             }
         );
         // Name move: the old Secret goes (if it still holds that token).
-        let p = previous("p1", ("old", "token"));
+        let st = status_at(Some(spec), vec![previous("p1", ("old", "token"))]);
         assert_eq!(
-            cleanup_after_revoke(&p, &rest, spec),
+            cleanup(&st, "p1"),
             SecretCleanup::Delete {
                 secret: "old".into(),
-                token_id: "p1".into()
+                current: Some("cur".into())
             }
         );
-        // ...unless another valid token still sits there: only its key goes.
-        let rest2 = status_at(Some(spec), vec![previous("p2", ("old", "other"))]);
+        // ...unless a token that stays still sits there under another key: only its key goes.
+        let st = status_at(
+            Some(spec),
+            vec![
+                previous("p1", ("old", "token")),
+                previous("p2", ("old", "other")),
+            ],
+        );
         assert_eq!(
-            cleanup_after_revoke(&p, &rest2, spec),
+            cleanup(&st, "p1"),
             SecretCleanup::RemoveKey {
                 secret: "old".into(),
                 key: "token".into()
             }
         );
-        // Where the spec writes, or where another token is, nothing is removed.
-        let p = previous("p1", spec);
+        // Both revoked together: the Secret goes with the last of them.
         assert_eq!(
-            cleanup_after_revoke(&p, &rest, spec),
-            SecretCleanup::Nothing
+            cleanup_after_revoke(&st, "p2", &["p1".into(), "p2".into()], spec),
+            SecretCleanup::Delete {
+                secret: "old".into(),
+                current: Some("cur".into())
+            }
         );
-        let rest3 = status_at(Some(("old", "token")), vec![]);
-        let p = previous("p1", ("old", "token"));
+        // Where the spec writes, or overwritten since by a later token (previous or current),
+        // nothing is removed.
+        let st = status_at(Some(spec), vec![previous("p1", spec)]);
+        assert_eq!(cleanup(&st, "p1"), SecretCleanup::Nothing);
+        let st = status_at(
+            Some(spec),
+            vec![
+                previous("p1", ("s", "token")),
+                previous("p2", ("s", "token")),
+            ],
+        );
+        assert_eq!(cleanup(&st, "p1"), SecretCleanup::Nothing);
+        let st = status_at(
+            Some(("old", "token")),
+            vec![previous("p1", ("old", "token"))],
+        );
+        assert_eq!(cleanup(&st, "p1"), SecretCleanup::Nothing);
+        // The latest of two at a place is what it holds: revoking it removes the key, even though
+        // the older one (overwritten) is still recorded.
+        let st = status_at(
+            Some(spec),
+            vec![
+                previous("p1", ("s", "token")),
+                previous("p2", ("s", "token")),
+            ],
+        );
         assert_eq!(
-            cleanup_after_revoke(&p, &rest3, spec),
-            SecretCleanup::Nothing
+            cleanup(&st, "p2"),
+            SecretCleanup::RemoveKey {
+                secret: "s".into(),
+                key: "token".into()
+            }
         );
         // A token recorded without its location: nothing (the operator cannot tell where it was).
-        let p = PreviousToken {
+        let mut st = status_at(Some(spec), vec![]);
+        st.previous_tokens.push(PreviousToken {
             id: "p0".into(),
             ..Default::default()
-        };
-        assert_eq!(
-            cleanup_after_revoke(&p, &rest, spec),
-            SecretCleanup::Nothing
-        );
+        });
+        assert_eq!(cleanup(&st, "p0"), SecretCleanup::Nothing);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const ANN_EXPIRES_AT: &str = crate::api::common::SECRET_EXPIRES_AT_ANNOTATIO
 pub const ANN_ISSUED_AT: &str = "konnect-sa.dev/issued-at";
 /// The CR's `konnect-sa.dev/rotate` value when this token was issued.
 pub const ANN_ROTATED_FOR: &str = "konnect-sa.dev/rotated-for";
+/// The data key the token these annotations describe was written under (after a `secretKey` move
+/// the Secret holds more than one key for a while).
+pub const ANN_TOKEN_KEY: &str = "konnect-sa.dev/token-key";
 
 /// Everything the Secret records about one issued token.
 pub struct IssuedToken<'a> {
@@ -136,6 +139,7 @@ pub fn build(target: &SecretTarget, token: &IssuedToken, existing: Option<&Secre
         (ANN_REVISION, token.revision.to_string()),
         (ANN_ISSUED_AT, token.issued_at.to_string()),
         (ANN_EXPIRES_AT, token.expires_at.to_string()),
+        (ANN_TOKEN_KEY, target.key.to_string()),
     ] {
         annotations.insert(k.into(), v);
     }
@@ -322,18 +326,21 @@ pub fn holds_token(secret: &Secret, token_id: &str) -> bool {
         .is_some_and(|id| id == token_id)
 }
 
-/// Reads what a Secret says about its token, for the CR with uid `owner_uid`.
+/// Reads what a Secret says about its token, for the CR with uid `owner_uid` whose spec writes under
+/// `key` (the key the annotations name wins: it is where their token is).
 pub fn view(secret: &Secret, owner_uid: &str, key: &str) -> SecretView {
     let ann = secret.metadata.annotations.clone().unwrap_or_default();
     let get = |k: &str| ann.get(k).cloned().filter(|v| !v.is_empty());
     let time = |k: &str| get(k).and_then(|v| v.parse::<Timestamp>().ok());
+    let token_key = get(ANN_TOKEN_KEY);
     SecretView {
         owned: is_controlled_by(secret, owner_uid),
         has_value: secret
             .data
             .as_ref()
-            .and_then(|d| d.get(key))
+            .and_then(|d| d.get(token_key.as_deref().unwrap_or(key)))
             .is_some_and(|v| !v.0.is_empty()),
+        key: token_key,
         token_id: get(ANN_TOKEN_ID),
         token_name: get(ANN_TOKEN_NAME),
         account_id: get(ANN_ACCOUNT_ID),
@@ -401,19 +408,19 @@ pub async fn remove_key(
         .map(|_| ())
 }
 
-/// Deletes Secret `name` if it is `owner_uid`'s and still holds the token `token_id` (the spec moved
-/// to another Secret and that token is revoked now): preconditions on uid and resourceVersion, so a
-/// Secret written again meanwhile is left alone.
-pub async fn delete_if_holding(
+/// Deletes Secret `name` (the spec moved to another Secret and the tokens it held are revoked now)
+/// if it is `owner_uid`'s and does not hold the `current` token: preconditions on uid and
+/// resourceVersion, so a Secret written again meanwhile is left alone.
+pub async fn delete_unless_holding(
     api: &Api<Secret>,
     name: &str,
-    token_id: &str,
+    current: Option<&str>,
     owner_uid: &str,
 ) -> Result<bool, kube::Error> {
     let Some(secret) = api.get_opt(name).await? else {
         return Ok(false);
     };
-    if !is_controlled_by(&secret, owner_uid) || !holds_token(&secret, token_id) {
+    if !is_controlled_by(&secret, owner_uid) || current.is_some_and(|c| holds_token(&secret, c)) {
         return Ok(false);
     }
     let params = kube::api::DeleteParams {
