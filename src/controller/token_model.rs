@@ -13,10 +13,12 @@ use k8s_openapi::jiff::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use std::collections::BTreeMap;
+
 use super::token_plan::{
-    Found, Issued, Liveness, RotationReason, SecretView, TokenObserved, TokenStep, adopt_secret,
-    clear_pending, expiry, pending_accounts, plan_token, record_issued, retention_after,
-    set_pending, token_name,
+    Found, Issued, Liveness, RotationReason, SecretCleanup, SecretView, TokenObserved, TokenStep,
+    adopt_secret, cleanup_after_revoke, clear_pending, expiry, keys_to_keep, pending_accounts,
+    plan_token, record_issued, retention_after, set_pending, token_name,
 };
 use crate::api::SystemAccountTokenStatus;
 
@@ -78,6 +80,10 @@ enum Op {
     Rotate(u32),
     DeleteSecret,
     EmptySecretKey,
+    /// `spec.secretName` toggles between two names (a late writer still writes to the old one).
+    MoveSecretName,
+    /// `spec.secretKey` toggles between two keys.
+    MoveSecretKey,
     RevokeCurrentInKonnect,
     SwitchAccount,
     /// A writer that has not stopped yet (a replaced leader, a request of a killed process still in
@@ -109,8 +115,10 @@ struct World {
     now: i64,
     tokens: Vec<KToken>,
     status: SystemAccountTokenStatus,
-    /// The Secret at spec.secretName: what its annotations say, and whether its key holds a value.
-    secret: Option<SecretView>,
+    /// The token Secrets by name: what their annotations say, and which token each key holds.
+    secrets: BTreeMap<String, MSecret>,
+    /// Where the spec writes: (secretName, secretKey).
+    spec_at: (String, String),
     account: usize,
     lifetime: Duration,
     retention: Duration,
@@ -124,6 +132,17 @@ struct World {
     /// A token created by an issue that was cut off before its Secret write was settled: its writer
     /// may still be alive (a replaced leader, a request in flight).
     inflight: Option<String>,
+    /// Where that issue writes (the spec's place when it started).
+    inflight_at: (String, String),
+}
+
+/// A token Secret in the model.
+#[derive(Debug, Clone)]
+struct MSecret {
+    /// What its annotations say (`has_value` is computed for the key asked).
+    ann: SecretView,
+    /// Key -> the id of the token whose value it holds.
+    data: BTreeMap<String, String>,
 }
 
 /// An invariant broken: what, in a sentence.
@@ -135,7 +154,8 @@ impl World {
             now: START,
             tokens: Vec::new(),
             status: SystemAccountTokenStatus::default(),
-            secret: None,
+            secrets: BTreeMap::new(),
+            spec_at: ("tok".into(), "token".into()),
             account: 0,
             lifetime: Duration::from_secs(3600),
             retention: Duration::from_secs(600),
@@ -146,6 +166,7 @@ impl World {
             restart_targets: false,
             restarts_broken: false,
             inflight: None,
+            inflight_at: ("tok".into(), "token".into()),
         }
     }
 
@@ -157,10 +178,77 @@ impl World {
         self.tokens.iter_mut().find(|t| t.id == id)
     }
 
+    /// The token whose value sits at the spec's place (what a consumer reading it gets).
     fn secret_token(&self) -> Option<&KToken> {
-        let s = self.secret.as_ref().filter(|s| s.has_value)?;
-        let id = s.token_id.as_deref()?;
-        self.tokens.iter().find(|t| t.id == id)
+        let (name, key) = &self.spec_at;
+        let id = self.secrets.get(name)?.data.get(key)?;
+        self.tokens.iter().find(|t| &t.id == id)
+    }
+
+    /// What the operator reads of the spec's Secret: its annotations, and whether the key they name
+    /// (else the spec's) holds a value.
+    fn view(&self) -> Option<SecretView> {
+        self.view_of(&self.spec_at.0)
+    }
+
+    fn view_of(&self, name: &str) -> Option<SecretView> {
+        let key = &self.spec_at.1;
+        let s = self.secrets.get(name)?;
+        Some(SecretView {
+            has_value: s.data.contains_key(s.ann.key.as_deref().unwrap_or(key)),
+            ..s.ann.clone()
+        })
+    }
+
+    /// Whether a place may be emptied of token `id`: its revocation is due now, or it is dead.
+    fn may_drop(&self, id: &str, revoking: &[String]) -> bool {
+        revoking.iter().any(|r| r == id)
+            || self
+                .tokens
+                .iter()
+                .find(|t| t.id == id)
+                .is_none_or(|t| !t.live(self.now) || t.user_lost)
+    }
+
+    /// Executes the Kubernetes side of a revocation as `token.rs` does, checking that no place is
+    /// emptied of a token someone may still use.
+    fn clean_up(&mut self, cleanup: SecretCleanup, revoking: &[String]) -> Result<(), Broken> {
+        match cleanup {
+            SecretCleanup::Nothing => {}
+            SecretCleanup::RemoveKey { secret, key } => {
+                let Some(id) = self
+                    .secrets
+                    .get(&secret)
+                    .and_then(|s| s.data.get(&key))
+                    .cloned()
+                else {
+                    return Ok(());
+                };
+                if !self.may_drop(&id, revoking) {
+                    return Err(format!(
+                        "revoking {revoking:?} removed key {key} of Secret {secret}, which holds live {id}"
+                    ));
+                }
+                if let Some(s) = self.secrets.get_mut(&secret) {
+                    s.data.remove(&key);
+                }
+            }
+            SecretCleanup::Delete { secret, current } => {
+                let Some(s) = self.secrets.get(&secret) else {
+                    return Ok(());
+                };
+                if current.is_some() && s.ann.token_id == current {
+                    return Ok(());
+                }
+                if let Some(id) = s.data.values().find(|id| !self.may_drop(id, revoking)) {
+                    return Err(format!(
+                        "revoking {revoking:?} deleted Secret {secret}, which holds live {id}"
+                    ));
+                }
+                self.secrets.remove(&secret);
+            }
+        }
+        Ok(())
     }
 
     /// Counts an effect; false when the operator dies right after it.
@@ -206,12 +294,47 @@ impl World {
         Ok(())
     }
 
-    fn write_secret(&mut self, t: &KToken, revision: i64, rotated_for: Option<String>) {
+    /// The Secret writer, at `(name, key)`: the key gets `t`, the keys `keys_to_keep` names keep
+    /// theirs, every other key goes (checked: none of them holds a token still within its overlap).
+    fn write_secret(
+        &mut self,
+        t: &KToken,
+        revision: i64,
+        rotated_for: Option<String>,
+        (name, key): (String, String),
+    ) -> Result<(), Broken> {
         let now = self.now;
-        let old = self.secret_token().map(|o| o.id.clone());
-        self.secret = Some(SecretView {
+        let old = self
+            .secrets
+            .get(&name)
+            .and_then(|s| s.data.get(&key))
+            .cloned();
+        let kept = keys_to_keep(&self.status, &name, &key);
+        let before = self
+            .secrets
+            .get(&name)
+            .map(|s| s.data.clone())
+            .unwrap_or_default();
+        for (k, id) in &before {
+            let promised = self.tokens.iter().find(|x| &x.id == id).is_some_and(|x| {
+                x.live(now) && !x.user_lost && x.overlap_until.is_some_and(|u| now < u)
+            });
+            if *k != key && !kept.contains(k) && promised {
+                return Err(format!(
+                    "writing {} dropped key {k} of Secret {name}, which holds {id} within its overlap",
+                    t.name
+                ));
+            }
+        }
+        let mut data: BTreeMap<String, String> = before
+            .into_iter()
+            .filter(|(k, _)| kept.contains(k))
+            .collect();
+        data.insert(key.clone(), t.id.clone());
+        let ann = SecretView {
             owned: true,
             has_value: true,
+            key: Some(key),
             token_id: Some(t.id.clone()),
             token_name: Some(t.name.clone()),
             account_id: Some(t.account.clone()),
@@ -219,7 +342,8 @@ impl World {
             expires_at: Some(ts(t.expires)),
             issued_at: Some(ts(t.created)),
             rotated_for,
-        });
+        };
+        self.secrets.insert(name, MSecret { ann, data });
         if let Some(nt) = self.token(&t.id) {
             nt.in_secret_at.get_or_insert(now);
         }
@@ -234,6 +358,7 @@ impl World {
                     .get_or_insert((now + retention).min(ot.expires));
             }
         }
+        Ok(())
     }
 
     /// One reconcile, as `token.rs` executes it, with a fault.
@@ -245,10 +370,18 @@ impl World {
         let mut restart_tried = false;
         for _ in 0..MAX_STEPS {
             let status = self.status.clone();
-            let secret = self.secret.clone();
+            let secret = self.view();
+            let pending_secret = status
+                .pending_secret_name
+                .as_ref()
+                .filter(|n| **n != self.spec_at.0)
+                .and_then(|n| self.view_of(n));
+            let spec_at = self.spec_at.clone();
             let step = plan_token(&TokenObserved {
                 status: &status,
                 secret: secret.as_ref(),
+                pending_secret: pending_secret.as_ref(),
+                secret_at: (&spec_at.0, &spec_at.1),
                 account_id: &account_id,
                 lifetime: self.lifetime,
                 rotate_annotation: self.rotate.as_deref(),
@@ -276,14 +409,21 @@ impl World {
                 );
             }
             match step {
-                TokenStep::AdoptSecret => {
-                    let view = secret.expect("planned on a Secret");
+                TokenStep::AdoptSecret { pending_place } => {
+                    let (view, name) = if pending_place {
+                        (pending_secret, status.pending_secret_name.clone())
+                    } else {
+                        (secret, Some(spec_at.0.clone()))
+                    };
+                    let (view, name) = (view.expect("planned on a Secret"), name.unwrap());
+                    // Where the Secret says the token is (the spec's key may have moved since).
+                    let key = view.key.clone().unwrap_or_else(|| spec_at.1.clone());
                     let before = self.status.clone();
                     let renew_before = self.renew_before();
                     adopt_secret(
                         &mut self.status,
                         &view,
-                        ("tok", "token"),
+                        (&name, &key),
                         ts(self.now),
                         self.retention,
                         renew_before,
@@ -363,6 +503,15 @@ impl World {
                 }
                 TokenStep::Revoke(ids) => {
                     for id in &ids {
+                        // The Secret side first, as token.rs does.
+                        let spec = (spec_at.0.as_str(), spec_at.1.as_str());
+                        let cleanup = cleanup_after_revoke(&status, id, &ids, spec);
+                        if cleanup != SecretCleanup::Nothing {
+                            self.clean_up(cleanup, &ids)?;
+                            if !self.effect(fault) {
+                                return Ok(Outcome::Stopped);
+                            }
+                        }
                         self.operator_revokes(id)?;
                         if !self.effect(fault) {
                             return Ok(Outcome::Stopped);
@@ -391,8 +540,10 @@ impl World {
         let revision = self.status.revision.unwrap_or(0) + 1;
         let name = token_name("", "ns", "tok", UID, revision);
         // 1. marker
-        set_pending(&mut self.status, &name, account_id, ts(self.now));
+        let at = self.spec_at.clone();
+        set_pending(&mut self.status, &name, account_id, &at.0, ts(self.now));
         self.inflight = None;
+        self.inflight_at = at.clone();
         if !self.effect(fault) {
             return Ok(Outcome::Stopped);
         }
@@ -424,7 +575,7 @@ impl World {
         if let Fault::SecretUnknown(landed) = fault {
             // As token.rs: nothing is revoked, the marker stays; the next pass settles it.
             if landed {
-                self.write_secret(&t, revision, self.rotate.clone());
+                self.write_secret(&t, revision, self.rotate.clone(), at)?;
             }
             return Ok(Outcome::Stopped);
         }
@@ -434,7 +585,7 @@ impl World {
             clear_pending(&mut self.status);
             return Ok(Outcome::Stopped);
         }
-        self.write_secret(&t, revision, self.rotate.clone());
+        self.write_secret(&t, revision, self.rotate.clone(), at.clone())?;
         self.inflight = None;
         if !self.effect(fault) {
             return Ok(Outcome::Stopped);
@@ -459,8 +610,8 @@ impl World {
             issued_at: ts(t.created),
             expires_at: ts(t.expires),
             rotated_for: self.rotate.as_deref(),
-            secret_name: "tok",
-            secret_key: "token",
+            secret_name: &at.0,
+            secret_key: &at.1,
         };
         let renew_before = self.renew_before();
         record_issued(
@@ -504,6 +655,26 @@ impl World {
         }
         if self.status.pending_token_name.is_some() {
             return Err("at rest with a pending marker".into());
+        }
+        if self.view().and_then(|v| v.token_id) != self.status.token_id {
+            return Err(
+                "at rest, the Secret's annotations name another token than the status".into(),
+            );
+        }
+        // Places other than the spec's hold only replaced tokens waiting for their revocation (a
+        // moved Secret or key keeps its token until then, and nothing after; a token the user
+        // revoked in Konnect may sit there until its revokeAt).
+        for (name, s) in &self.secrets {
+            for (key, id) in &s.data {
+                if (name, key) == (&self.spec_at.0, &self.spec_at.1) {
+                    continue;
+                }
+                if !self.status.previous_tokens.iter().any(|p| &p.id == id) {
+                    return Err(format!(
+                        "at rest, key {key} of Secret {name} still holds {id}, which is neither current nor waiting for its revocation"
+                    ));
+                }
+            }
         }
         // (c) No leak: every live token of ours is the current one or a previous one still in its overlap.
         for t in self.tokens.iter().filter(|t| t.live(now)) {
@@ -560,13 +731,31 @@ impl World {
     /// A user deletes the Secret or empties its key. The token the status knows keeps the promised
     /// overlap (consumers may have read it); a token a crashed rotation wrote, which the status does
     /// not know yet, is healed like any unfinished token (revoked at once).
-    fn secret_taken_away(&mut self) {
-        let known = self.status.token_id.clone();
-        if let Some(id) = self.secret_token().map(|t| t.id.clone())
-            && Some(&id) != known.as_ref()
-            && let Some(t) = self.token(&id)
-        {
-            t.user_lost = true;
+    /// `key`: the key emptied (None: the whole Secret deleted).
+    fn secret_taken_away(&mut self, key: Option<&str>) {
+        let known: Vec<String> = self
+            .status
+            .token_id
+            .iter()
+            .cloned()
+            .chain(self.status.previous_tokens.iter().map(|p| p.id.clone()))
+            .collect();
+        let name = self.spec_at.0.clone();
+        let ids: Vec<String> = self
+            .secrets
+            .get(&name)
+            .map(|s| {
+                s.data
+                    .iter()
+                    .filter(|(k, _)| key.is_none_or(|key| key == k.as_str()))
+                    .map(|(_, id)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in ids.into_iter().filter(|id| !known.contains(id)) {
+            if let Some(t) = self.token(&id) {
+                t.user_lost = true;
+            }
         }
     }
 
@@ -634,14 +823,31 @@ impl World {
             }
             Op::Rotate(v) => self.rotate = Some(format!("r{v}")),
             Op::DeleteSecret => {
-                self.secret_taken_away();
-                self.secret = None;
+                self.secret_taken_away(None);
+                self.secrets.remove(&self.spec_at.0);
             }
             Op::EmptySecretKey => {
-                self.secret_taken_away();
-                if let Some(s) = self.secret.as_mut() {
-                    s.has_value = false;
+                let (name, key) = self.spec_at.clone();
+                self.secret_taken_away(Some(&key));
+                if let Some(s) = self.secrets.get_mut(&name) {
+                    s.data.remove(&key);
                 }
+            }
+            Op::MoveSecretName => {
+                self.spec_at.0 = if self.spec_at.0 == "tok" {
+                    "tok2"
+                } else {
+                    "tok"
+                }
+                .into();
+            }
+            Op::MoveSecretKey => {
+                self.spec_at.1 = if self.spec_at.1 == "token" {
+                    "api"
+                } else {
+                    "token"
+                }
+                .into();
             }
             Op::RevokeCurrentInKonnect => {
                 if let Some(id) = self.status.token_id.clone()
@@ -675,7 +881,8 @@ impl World {
                             t.name
                         ));
                     }
-                    self.write_secret(&t, t.revision, self.rotate.clone());
+                    let at = self.inflight_at.clone();
+                    self.write_secret(&t, t.revision, self.rotate.clone(), at)?;
                 }
             }
             Op::BreakRestarts(broken) => self.restarts_broken = *broken,
@@ -709,8 +916,10 @@ fn random_op(rng: &mut StdRng) -> Op {
                 .unwrap_or(&600),
         ),
         83..=87 => Op::Rotate(rng.random_range(0..4)),
-        88..=90 => Op::DeleteSecret,
-        91..=92 => Op::EmptySecretKey,
+        88..=89 => Op::DeleteSecret,
+        90 => Op::EmptySecretKey,
+        91 => Op::MoveSecretName,
+        92 => Op::MoveSecretKey,
         93..=94 => Op::RevokeCurrentInKonnect,
         95 => {
             if rng.random_bool(0.5) {
