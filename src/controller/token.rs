@@ -748,32 +748,55 @@ async fn revoke(w: &mut Work<'_>, ids: &[String]) -> Result<(), ReconcileError> 
         .cloned()
         .collect();
     let recorded = w.st().clone();
+    let mut done: Vec<String> = Vec::new();
+    let mut failed = None;
     for p in &due {
-        // The Secret first: a crash after it leaves the token recorded, and its revoke is retried.
-        let spec_secret = (w.secret_name.as_str(), w.secret_key.as_str());
-        let cleanup = cleanup_after_revoke(&recorded, &p.id, ids, spec_secret);
-        clean_up_secret(&w.secrets, &w.uid(), cleanup).await?;
-        let account = if p.account_id.is_empty() {
-            w.account_id.clone()
-        } else {
-            p.account_id.clone()
-        };
-        w.k.delete_access_token(&account, &p.id)
-            .await
-            .ignore_not_found()
-            .map_err(ReconcileError::konnect("revoking a previous token"))?;
-        events::publish(
-            &w.ctx.events,
-            &w.obj,
-            false,
-            "Revoked",
-            "Revoke",
-            format!("Revoked previous token {} ({})", p.name, p.id),
-        )
-        .await;
+        match revoke_one(w, &recorded, p, ids).await {
+            Ok(()) => done.push(p.id.clone()),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
-    w.st().previous_tokens.retain(|p| !due.contains(p));
-    w.save().await
+    // What was revoked is recorded even when a later one failed: the retry starts from there.
+    w.st().previous_tokens.retain(|p| !done.contains(&p.id));
+    if !done.is_empty() || failed.is_none() {
+        w.save().await?;
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// One previous token: the Secret side first (a crash after it leaves the token recorded, and its
+/// revoke is retried), then Konnect.
+async fn revoke_one(
+    w: &Work<'_>,
+    recorded: &SystemAccountTokenStatus,
+    p: &PreviousToken,
+    batch: &[String],
+) -> Result<(), ReconcileError> {
+    let spec_secret = (w.secret_name.as_str(), w.secret_key.as_str());
+    let cleanup = cleanup_after_revoke(recorded, &p.id, batch, spec_secret);
+    clean_up_secret(&w.secrets, &w.uid(), cleanup).await?;
+    let account = if p.account_id.is_empty() {
+        w.account_id.clone()
+    } else {
+        p.account_id.clone()
+    };
+    w.k.delete_access_token(&account, &p.id)
+        .await
+        .ignore_not_found()
+        .map_err(ReconcileError::konnect("revoking a previous token"))?;
+    events::publish(
+        &w.ctx.events,
+        &w.obj,
+        false,
+        "Revoked",
+        "Revoke",
+        format!("Revoked previous token {} ({})", p.name, p.id),
+    )
+    .await;
+    Ok(())
 }
 
 /// Removes what a revoked token leaves in Kubernetes: its key (a `secretKey` move) or the Secret the
