@@ -33,6 +33,7 @@ use konnect_sa_operator::sim::{Faults, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use support::proxy::{Mode, Net, Proxy, write_kubeconfig};
 use support::{NS, TestEnv, merge_patch, ready_of, wait_for};
 
 const CR: &str = "life";
@@ -93,6 +94,8 @@ impl Seen {
 struct Replica {
     name: &'static str,
     child: tokio::process::Child,
+    /// Its own way to the API server, which a partition cuts.
+    kube: Proxy,
 }
 
 struct Run {
@@ -102,6 +105,7 @@ struct Run {
     seen: Vec<Seen>,
     accounts: BTreeMap<&'static str, String>,
     replicas: Vec<Replica>,
+    net: Net,
     logs: Vec<PathBuf>,
     http: reqwest::Client,
     secret_name: String,
@@ -122,11 +126,14 @@ impl Run {
         );
     }
 
-    fn spawn(&mut self, name: &'static str) {
+    async fn spawn(&mut self, name: &'static str) {
         let log = self.env.dir.path().join(format!("{name}.log"));
         if !self.logs.contains(&log) {
             self.logs.push(log.clone());
         }
+        let kube = self.net.proxy(name, "kube", &self.env.kube.url()).await;
+        let kubeconfig = self.env.dir.path().join(format!("{name}.kubeconfig"));
+        write_kubeconfig(&kubeconfig, &kube.url);
         let child = self.env.spawn_operator_env(
             &[
                 "--leader-elect",
@@ -137,10 +144,48 @@ impl Run {
                 "--resync-period",
                 "3s",
             ],
-            &[("POD_NAME", name), ("RUST_LOG", "trace")],
+            &[
+                ("POD_NAME", name),
+                ("RUST_LOG", "trace"),
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ],
             &log,
         );
-        self.replicas.push(Replica { name, child });
+        self.replicas.push(Replica { name, child, kube });
+    }
+
+    /// The leader is cut off from the API server while it works (it keeps running: a moment of two
+    /// replicas that each may think they lead); the standby takes over, the old leader stops, and
+    /// comes back as a standby once the network heals.
+    async fn partition(&mut self) {
+        let Some(leader) = self.leader().await else {
+            return;
+        };
+        let Some(i) = self.replicas.iter().position(|r| r.name == leader) else {
+            return;
+        };
+        self.replicas[i].kube.set_mode(Mode::Cut);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.leader().await.as_deref() == Some(leader.as_str()) {
+            if Instant::now() > deadline {
+                self.fail(format!(
+                    "{leader}, cut off, still holds the Lease after 30 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The old leader notices it lost the Lease and exits (its writes were fenced before).
+        let mut r = self.replicas.remove(i);
+        let exited = tokio::time::timeout(Duration::from_secs(20), r.child.wait()).await;
+        if exited.is_err() {
+            self.fail(format!(
+                "{leader}, cut off and replaced, did not stop within 20 s"
+            ));
+        }
+        self.check_promises("after a takeover from a cut-off leader")
+            .await;
+        r.kube.set_mode(Mode::Pass);
+        self.spawn(r.name).await;
     }
 
     async fn leader(&self) -> Option<String> {
@@ -169,7 +214,7 @@ impl Run {
         let _ = r.child.wait().await;
         // Nothing of the dead replica moves now: what it left must keep the promises.
         self.check_promises("right after a kill").await;
-        self.spawn(r.name);
+        self.spawn(r.name).await;
     }
 
     async fn accepted(&self, token: &str) -> bool {
@@ -485,15 +530,22 @@ impl Run {
                 } else {
                     json!({"name": name})
                 };
-                // A merge patch would keep the other field: replace the reference whole.
-                let mut t = self.cr(CR).await;
-                t.metadata.managed_fields = None;
-                t.spec.system_account_ref = serde_json::from_value(r.clone()).unwrap();
-                self.env
-                    .api::<SystemAccountToken>()
-                    .replace(CR, &Default::default(), &t)
-                    .await
-                    .expect("replace spec");
+                // A merge patch would keep the other field: replace the reference whole (again on
+                // a 409: the operator writes the status meanwhile).
+                let api = self.env.api::<SystemAccountToken>();
+                for attempt in 0.. {
+                    let mut t = self.cr(CR).await;
+                    t.metadata.managed_fields = None;
+                    t.spec.system_account_ref = serde_json::from_value(r.clone()).unwrap();
+                    match api.replace(CR, &Default::default(), &t).await {
+                        Ok(_) => break,
+                        Err(e) if attempt < 20 => {
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => self.fail(format!("replacing the spec: {e}")),
+                    }
+                }
                 format!("systemAccountRef -> {r}")
             }
             54..=59 => {
@@ -528,7 +580,22 @@ impl Run {
                 self.foreign_secret_at_new_name().await;
                 "a foreign Secret at the new secretName".into()
             }
-            75..=84 => {
+            75..=79 => {
+                self.rotations += 1;
+                merge_patch(
+                    &self.env.api::<SystemAccountToken>(),
+                    CR,
+                    json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": format!("r{}", self.rotations)}}}),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+                self.partition().await;
+                format!(
+                    "rotate r{} and cut the leader off from the API server",
+                    self.rotations
+                )
+            }
+            80..=87 => {
                 *faults = !*faults;
                 self.env.set_faults(if *faults {
                     Faults {
@@ -592,6 +659,7 @@ async fn token_lifecycle_keeps_its_promises_under_edits_faults_kills_and_handove
         seen: Vec::new(),
         accounts: BTreeMap::new(),
         replicas: Vec::new(),
+        net: Net::new(),
         logs: Vec::new(),
         http: reqwest::Client::new(),
         secret_name: CR.into(),
@@ -599,8 +667,8 @@ async fn token_lifecycle_keeps_its_promises_under_edits_faults_kills_and_handove
         rotations: 0,
         revoked: None,
     };
-    run.spawn("replica-1");
-    run.spawn("replica-2");
+    run.spawn("replica-1").await;
+    run.spawn("replica-2").await;
     for name in ["life-a", "life-b"] {
         run.env.apply(&format!(
             "apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {{name: {name}}}\nspec: {{description: lifecycle}}\n"
