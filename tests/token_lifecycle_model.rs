@@ -789,9 +789,13 @@ spec:
         !text.contains("spat_"),
         "seed {seed}: a token value outside its Secret"
     );
+    let count = |what: &str| run.trail.iter().filter(|o| o.contains(what)).count();
     println!(
-        "seed {seed}: {} operations, {} tokens seen, quiet window: {writes} writes, {reads} reads",
+        "seed {seed}: {} operations ({} kill -9, {} SIGTERM, {} cut off), {} tokens seen, quiet window: {writes} writes, {reads} reads",
         run.trail.len(),
+        count("kill -9"),
+        count("SIGTERM"),
+        count("cut the leader off"),
         run.seen.len()
     );
 }
