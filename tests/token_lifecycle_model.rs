@@ -69,6 +69,8 @@ fn ts(s: &Option<String>) -> Option<Timestamp> {
 struct Seen {
     value: String,
     token_id: String,
+    /// The Konnect account it belongs to.
+    account: String,
     place: (String, String),
     expires: i64,
     /// When its successor was issued (the successor's `issued-at`).
@@ -111,6 +113,8 @@ struct Run {
     secret_name: String,
     secret_key: String,
     rotations: u32,
+    /// life-b's spec names the ambiguous team.
+    ambiguous: bool,
     /// A token the user revoked in Konnect: converged only once it is replaced (the operator
     /// notices at its next check of the token, at most a resync period later).
     revoked: Option<String>,
@@ -321,6 +325,7 @@ impl Run {
             self.seen.push(Seen {
                 value: v.clone(),
                 token_id: id.clone(),
+                account: st.account_id.clone().unwrap_or_default(),
                 place: (self.secret_name.clone(), self.secret_key.clone()),
                 expires: ts(&st.expires_at).map_or(i64::MAX, |t| t.as_second()),
                 replaced_at: None,
@@ -419,6 +424,77 @@ impl Run {
         .await;
     }
 
+    /// Sends an admin request to the simulator until it answers (faults may be on).
+    async fn admin(&self, method: reqwest::Method, path: &str) {
+        let url = format!("{}{path}", self.env.sim.base_url());
+        for _ in 0..100 {
+            let r = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(self.env.sim.admin_token().expose())
+                .send()
+                .await;
+            if matches!(r.map(|r| r.status().as_u16()), Ok(200..=299 | 404)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.fail(format!("the simulator never answered {method} {path}"));
+    }
+
+    /// The accounts' Konnect ids as their SystemAccounts record them now (one may be recreated).
+    async fn refresh_accounts(&mut self) {
+        for (name, id) in self.accounts.iter_mut() {
+            if let Ok(a) = self.env.api::<SystemAccount>().get(name).await
+                && let Some(new) = a.status.and_then(|s| s.id)
+            {
+                *id = new;
+            }
+        }
+    }
+
+    /// The token expires in Konnect (as if its lifetime had run out early): re-issued at the next check.
+    async fn expire_current_in_konnect(&mut self) {
+        let st = status(&self.cr(CR).await);
+        let (Some(account), Some(id)) = (st.account_id, st.token_id) else {
+            return;
+        };
+        self.env.sim.expire_token_now(&account, &id);
+        for s in self.seen.iter_mut().filter(|s| s.token_id == id) {
+            s.user_revoked = true;
+        }
+        self.revoked = Some(id);
+    }
+
+    /// Someone deletes life-b's account in Konnect: its SystemAccount recreates it, and a token on it
+    /// is re-issued in the new account (every token of the old one went with it).
+    async fn delete_account_b_in_konnect(&mut self) {
+        let old = self.accounts["life-b"].clone();
+        self.admin(
+            reqwest::Method::DELETE,
+            &format!("/v3/system-accounts/{old}"),
+        )
+        .await;
+        for s in self.seen.iter_mut().filter(|s| s.account == old) {
+            s.user_revoked = true;
+        }
+        let st = status(&self.cr(CR).await);
+        if st.account_id.as_deref() == Some(old.as_str()) {
+            self.revoked = st.token_id;
+        }
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            self.refresh_accounts().await;
+            if self.accounts["life-b"] != old {
+                break;
+            }
+            if Instant::now() > deadline {
+                self.fail("life-b's account was not recreated".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn revoke_current_in_konnect(&mut self) {
         let st = status(&self.cr(CR).await);
         let (Some(account), Some(id)) = (st.account_id, st.token_id) else {
@@ -479,6 +555,7 @@ impl Run {
     }
 
     async fn step(&mut self, rng: &mut StdRng, faults: &mut bool) {
+        self.refresh_accounts().await;
         let roll = rng.random_range(0..100);
         let op: String = match roll {
             0..=9 => {
@@ -572,9 +649,41 @@ impl Run {
                     self.secret_key, self.secret_name
                 )
             }
-            65..=69 => {
+            65..=66 => {
                 self.revoke_current_in_konnect().await;
                 "revoke the current token in Konnect".into()
+            }
+            67 => {
+                self.expire_current_in_konnect().await;
+                "the current token expires in Konnect".into()
+            }
+            68 => {
+                // Only while the token is on life-b by name: a reference by id would point at an
+                // account that is gone for good (Ready=False until the spec changes).
+                let t = self.cr(CR).await;
+                if t.spec.system_account_ref.name.as_deref() == Some("life-b") {
+                    self.delete_account_b_in_konnect().await;
+                    "life-b's account deleted in Konnect (recreated by its SystemAccount)".into()
+                } else {
+                    "(life-b's account delete skipped: the token is not on it by name)".into()
+                }
+            }
+            69 => {
+                // life-b names a team two Konnect teams share: the account is not Ready, its tokens
+                // keep working and rotating all the same.
+                self.ambiguous = !self.ambiguous;
+                let teams = if self.ambiguous {
+                    json!([{"name": "dup"}])
+                } else {
+                    json!([])
+                };
+                merge_patch(
+                    &self.env.api::<SystemAccount>(),
+                    "life-b",
+                    json!({"spec": {"teams": teams}}),
+                )
+                .await;
+                format!("life-b's team ambiguous: {}", self.ambiguous)
             }
             70..=74 => {
                 self.foreign_secret_at_new_name().await;
@@ -665,8 +774,12 @@ async fn token_lifecycle_keeps_its_promises_under_edits_faults_kills_and_handove
         secret_name: CR.into(),
         secret_key: "token".into(),
         rotations: 0,
+        ambiguous: false,
         revoked: None,
     };
+    // Two Konnect teams of one name: a SystemAccount that names it is ambiguous (not Ready).
+    run.env.sim.seed_team("dup");
+    run.env.sim.seed_team("dup");
     run.spawn("replica-1").await;
     run.spawn("replica-2").await;
     for name in ["life-a", "life-b"] {
