@@ -166,3 +166,36 @@ async fn a_401_reads_the_token_file_again_before_it_counts() {
     let err = client.me().await.expect_err("a rejected token is an error");
     assert!(err.to_string().contains("401"), "{err}");
 }
+
+/// A valid token without the Identity Admin role is told apart from a rejected one, and the
+/// object recovers once the role is assigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_without_identity_admin_says_so_and_recovers_when_the_role_is_given() {
+    let mut env = TestEnv::start().await;
+    env.start_operator(&[]).await;
+    let weak = env.sim.seed_account("weak", "no roles yet", false);
+    let (_, token) = issue(&env, &weak.id, "t").await;
+    env.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: weak-auth}}\nstringData: {{token: {}}}\n---\n\
+         apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {{name: weakling}}\n\
+         spec: {{konnect: {{authSecretRef: {{name: weak-auth}}}}}}\n",
+        token.expose()
+    ));
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "weakling", T, |a| {
+        ready_of(&a.status.clone().unwrap_or_default().conditions)
+            .is_some_and(|(_, r, _)| r == "AuthFailed")
+    })
+    .await;
+    let (_, _, msg) = ready_of(&sa.status.unwrap().conditions).unwrap();
+    assert!(
+        msg.contains("403")
+            && msg.contains("lacks the Identity Admin role")
+            && !msg.contains("rejected"),
+        "{msg}"
+    );
+    assert!(!msg.contains("spat_"), "{msg}");
+    env.sim.seed_assignment(&weak.id, identity_admin());
+    wait_for(&api, "weakling", Duration::from_secs(60), ready).await;
+    env.stop_operator().await;
+}
