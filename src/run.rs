@@ -26,6 +26,11 @@ pub struct RunArgs {
     /// Watched: a new value (a rotated Secret the kubelet swaps in) is used from the next request on.
     #[arg(long, env = "KONNECT_TOKEN_FILE")]
     pub konnect_token_file: Option<std::path::PathBuf>,
+    /// The Secret the token file is mounted from, as namespace/name (or name, in the pod's namespace),
+    /// when a SystemAccountToken of this operator writes it (self-managed identity): that token's
+    /// previous value is revoked only once the operator runs on the new one.
+    #[arg(long, env = "KONNECT_TOKEN_SECRET", default_value = "")]
+    pub konnect_token_secret: String,
     /// Namespaces to watch, comma separated. Empty: all namespaces.
     #[arg(
         long,
@@ -92,6 +97,18 @@ fn parse_cluster_name(s: &str) -> Result<String, String> {
             "{s:?} is not a lowercase DNS label (at most 63 letters, digits and '-', not starting or ending with '-')"
         ))
     }
+}
+
+/// `--konnect-token-secret` as (namespace, name); a bare name is in the pod's namespace.
+fn own_token_secret(args: &RunArgs) -> Option<(String, String)> {
+    let v = args.konnect_token_secret.trim();
+    if v.is_empty() {
+        return None;
+    }
+    Some(match v.split_once('/') {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => (args.leader_election_namespace.clone(), v.to_string()),
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -279,6 +296,7 @@ pub async fn run_with(
             } else {
                 std::time::Duration::from_secs(10)
             },
+            own_token_secret: own_token_secret(&args),
             ..Default::default()
         },
         max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),
