@@ -164,8 +164,11 @@ pub async fn run_with(
     }
 
     // Fail fast, before anything is created, on a token that cannot do the job.
-    let konnect = KonnectClient::new(ClientConfig::new(args.konnect_url.clone(), personal.clone()))
-        .map_err(|e| BootstrapError::Konnect(e.to_string()))?;
+    let konnect = KonnectClient::new(ClientConfig::new(
+        args.konnect_url.clone(),
+        personal.clone(),
+    ))
+    .map_err(|e| BootstrapError::Konnect(e.to_string()))?;
     konnect.me().await.map_err(|e| {
         BootstrapError::Konnect(format!("Konnect did not accept the personal token: {e}"))
     })?;
@@ -223,17 +226,22 @@ pub async fn run_with(
             args.secret_name
         ));
     } else {
-        let mut secret = existing.unwrap_or_else(|| typed(json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": args.secret_name, "namespace": ns}, "type": "Opaque",
-        })));
-        let ann = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        let mut secret = existing.unwrap_or_else(|| {
+            typed(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": args.secret_name, "namespace": ns}, "type": "Opaque",
+            }))
+        });
+        let ann = secret
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new);
         ann.insert(ANN_OWNER_UID.into(), uid.clone());
         ann.insert(ANN_OWNER_NAME.into(), args.name.clone());
-        secret
-            .data
-            .get_or_insert_with(BTreeMap::new)
-            .insert(args.secret_key.clone(), ByteString(personal.expose().as_bytes().to_vec()));
+        secret.data.get_or_insert_with(BTreeMap::new).insert(
+            args.secret_key.clone(),
+            ByteString(personal.expose().as_bytes().to_vec()),
+        );
         let what = format!("writing Secret {}", args.secret_name);
         if secret.metadata.resource_version.is_some() {
             secrets

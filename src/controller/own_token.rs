@@ -16,8 +16,29 @@ use crate::api::SystemAccountToken;
 use crate::k8s::conditions::{self, OPERATOR_CREDENTIAL, Reason};
 use crate::konnect::TokenValue;
 
-/// How soon a held revoke is looked at again.
-pub const RECHECK: Duration = Duration::from_secs(2);
+/// How soon a held revoke is looked at again (a Secret read each time; the file watch itself
+/// polls every second).
+pub const RECHECK: Duration = Duration::from_millis(500);
+
+/// Of the previous tokens `ids`, those already expired: revoking them cannot lock anyone out, so
+/// they go even while the others are held (the status does not keep growing).
+pub fn expired(
+    st: &crate::api::SystemAccountTokenStatus,
+    ids: &[String],
+    now: Timestamp,
+) -> Vec<String> {
+    st.previous_tokens
+        .iter()
+        .filter(|p| ids.contains(&p.id))
+        .filter(|p| {
+            p.expires_at
+                .as_deref()
+                .and_then(|e| e.parse::<Timestamp>().ok())
+                .is_some_and(|e| e <= now)
+        })
+        .map(|p| p.id.clone())
+        .collect()
+}
 
 /// Is the Secret `namespace/secret_name` the operator's own token Secret?
 pub fn is_own(ctx: &Context, namespace: &str, secret_name: &str) -> bool {
@@ -55,7 +76,9 @@ pub async fn may_revoke_previous(
         }
     };
     let Some(current) = current else {
-        return Err("the operator's token Secret holds no token; the previous token is kept".into());
+        return Err(
+            "the operator's token Secret holds no token; the previous token is kept".into(),
+        );
     };
     let client = &ctx.connections.default_connection().client;
     if !client.uses_token(&current) {
@@ -66,7 +89,9 @@ pub async fn may_revoke_previous(
         );
     }
     client.me().await.map(|_| ()).map_err(|e| {
-        format!("Konnect did not accept the operator's current token ({e}); the previous token is kept")
+        format!(
+            "Konnect did not accept the operator's current token ({e}); the previous token is kept"
+        )
     })
 }
 
@@ -116,7 +141,9 @@ pub async fn note(
     let (reason, message) = match held {
         None => (
             Reason::InUse,
-            format!("This is the operator's own Konnect token (Secret {ns}/{secret_name}); the operator runs on the current one"),
+            format!(
+                "This is the operator's own Konnect token (Secret {ns}/{secret_name}); the operator runs on the current one"
+            ),
         ),
         Some(why) => (
             Reason::Loading,

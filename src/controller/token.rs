@@ -219,6 +219,11 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                 match own_token::may_revoke_previous(&ctx, &ns, &w.secret_name, &key).await {
                     Ok(()) => revoke(&mut w, &ids).await?,
                     Err(why) => {
+                        let expired = own_token::expired(w.st(), &ids, Timestamp::now());
+                        if !expired.is_empty() {
+                            revoke(&mut w, &expired).await?;
+                            continue;
+                        }
                         held = Some(why);
                         settled = true;
                         break;
@@ -304,7 +309,8 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         wakeup = wakeup.min(RESTART_RETRY);
     }
     if loading {
-        wakeup = wakeup.min(own_token::RECHECK);
+        // A held revoke is due already (its revokeAt has passed): look again in a moment, not at once.
+        wakeup = own_token::RECHECK;
     }
     Ok(Action::requeue(wakeup))
 }
