@@ -115,7 +115,10 @@ impl Watchdog {
                     c.fetch_add(1, Ordering::SeqCst);
                     if code != 200 {
                         f.fetch_add(1, Ordering::SeqCst);
-                        eprintln!("the mounted token got {code}");
+                        eprintln!(
+                            "the mounted token got {code} at {}",
+                            k8s_openapi::jiff::Timestamp::now()
+                        );
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -396,7 +399,19 @@ async fn sigkill_during_self_rotation_never_leaves_a_dead_token() {
         child = env.spawn_operator(&flags, &log);
     }
     // Converges after the last restart: on its own token, rotated meanwhile, managing others.
-    let t = wait_for(&tokens, NAME, Duration::from_secs(90), in_use).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let t = loop {
+        if let Ok(t) = tokens.get(NAME).await
+            && in_use(&t)
+        {
+            break t;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = std::fs::copy(&log, "/tmp/wt15-chaos-fail.log");
+            panic!("seed {seed}: not back on its own token after the last restart");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     eprintln!(
         "{KILLS} kills; revisions {first}..{}",
         status(&t).revision.unwrap()
@@ -407,6 +422,9 @@ async fn sigkill_during_self_rotation_never_leaves_a_dead_token() {
         "the operator is running"
     );
     let (checks, failures) = watchdog.finish().await;
+    if failures > 0 {
+        let _ = std::fs::copy(&log, "/tmp/wt15-chaos-fail.log");
+    }
     assert!(checks > 20, "{checks}");
     assert_eq!(failures, 0, "seed {seed}: the mounted token always worked");
     let output = std::fs::read_to_string(&log).unwrap();

@@ -32,7 +32,9 @@ pub fn mirror_secret(secrets: Api<Secret>, name: &str, dir: PathBuf, period: Dur
     let task = tokio::spawn(async move {
         let mut last: Option<String> = None;
         loop {
-            if let Ok(Some(s)) = secrets.get_opt(&name).await
+            // A request that hangs must not stop the sync loop (the kubelet retries too).
+            let got = tokio::time::timeout(Duration::from_secs(2), secrets.get_opt(&name)).await;
+            if let Ok(Ok(Some(s))) = got
                 && let Some(v) = s.data.as_ref().and_then(|d| d.get("token"))
                 && let Ok(v) = String::from_utf8(v.0.clone())
                 && last.as_deref() != Some(v.as_str())
