@@ -12,6 +12,8 @@ struct Cli {
 enum Command {
     /// Run the operator (the controller manager).
     Run(konnect_sa_operator::run::RunArgs),
+    /// Move the operator from a personal token to a system account it manages itself (run once).
+    Bootstrap(konnect_sa_operator::bootstrap::BootstrapArgs),
     /// Print all CustomResourceDefinitions as YAML.
     Crds,
     /// Run the Konnect simulator (Identity v3 API, in memory).
@@ -29,6 +31,9 @@ async fn main() -> std::process::ExitCode {
                 .await
                 .map_err(Into::into)
         }
+        Command::Bootstrap(args) => konnect_sa_operator::bootstrap::run(args)
+            .await
+            .map_err(Into::into),
         Command::Crds => {
             print!("{}", konnect_sa_operator::api::crds_yaml());
             Ok(())

@@ -8,7 +8,7 @@ use crate::controller::connections::Connections;
 use crate::controller::context::ControllerConfig;
 use crate::controller::{self, Runtime};
 use crate::fence::{Fence, fenced_client};
-use crate::konnect::{ClientConfig, KonnectError, TokenValue};
+use crate::konnect::{ClientConfig, KonnectError, TokenFile, TokenValue};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::telemetry::{self, Health, LogFormat, Metrics};
 
@@ -23,8 +23,14 @@ pub struct RunArgs {
     )]
     pub konnect_url: String,
     /// File holding the Konnect token (kpat_/spat_) with the Identity Admin role. Alternative: KONNECT_TOKEN.
+    /// Watched: a new value (a rotated Secret the kubelet swaps in) is used from the next request on.
     #[arg(long, env = "KONNECT_TOKEN_FILE")]
     pub konnect_token_file: Option<std::path::PathBuf>,
+    /// The Secret the token file is mounted from, as namespace/name (or name, in the pod's namespace),
+    /// when a SystemAccountToken of this operator writes it (self-managed identity): that token's
+    /// previous value is revoked only once the operator runs on the new one.
+    #[arg(long, env = "KONNECT_TOKEN_SECRET", default_value = "")]
+    pub konnect_token_secret: String,
     /// Namespaces to watch, comma separated. Empty: all namespaces.
     #[arg(
         long,
@@ -93,6 +99,18 @@ fn parse_cluster_name(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--konnect-token-secret` as (namespace, name); a bare name is in the pod's namespace.
+fn own_token_secret(args: &RunArgs) -> Option<(String, String)> {
+    let v = args.konnect_token_secret.trim();
+    if v.is_empty() {
+        return None;
+    }
+    Some(match v.split_once('/') {
+        Some((ns, name)) => (ns.to_string(), name.to_string()),
+        None => (args.leader_election_namespace.clone(), v.to_string()),
+    })
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::api::duration::parse(s)
 }
@@ -130,15 +148,12 @@ pub enum RunError {
 
 fn read_token(args: &RunArgs) -> Result<TokenValue, RunError> {
     if let Some(path) = &args.konnect_token_file {
-        let raw = std::fs::read_to_string(path).map_err(|source| RunError::TokenFile {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let raw = raw.trim();
-        if raw.is_empty() {
-            return Err(RunError::MissingToken);
-        }
-        return Ok(TokenValue::new(raw));
+        return crate::konnect::token_file::read(path)
+            .map_err(|source| RunError::TokenFile {
+                path: path.display().to_string(),
+                source,
+            })?
+            .ok_or(RunError::MissingToken);
     }
     match std::env::var("KONNECT_TOKEN") {
         Ok(v) if !v.trim().is_empty() => Ok(TokenValue::new(v.trim())),
@@ -187,7 +202,26 @@ pub async fn run_with(
         Some(_) => fenced_client(kube.clone(), fence.clone()),
         None => kube.clone(),
     };
+    // With a token file, its current value wins over `token`, and it is watched from here on.
+    let token_file = match &args.konnect_token_file {
+        Some(path) => {
+            let (file, current) =
+                TokenFile::open(path.clone()).map_err(|source| RunError::TokenFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            Some((Arc::new(file), current))
+        }
+        None => None,
+    };
+    let token = token_file
+        .as_ref()
+        .and_then(|(_, t)| t.clone())
+        .unwrap_or(token);
     let mut konnect = ClientConfig::new(args.konnect_url.clone(), token);
+    if let Some((file, _)) = &token_file {
+        konnect.token_source = Some(file.clone());
+    }
     konnect.max_concurrency = args.konnect_max_concurrency;
     konnect.observer = Some(metrics.clone());
     if elector.is_some() {
@@ -236,6 +270,8 @@ pub async fn run_with(
         stopped(),
     ));
     let konnect_probe = tokio::spawn(probe_konnect(default.clone(), health.clone(), stopped()));
+    let token_watch =
+        token_file.map(|(file, _)| tokio::spawn(file.watch(default.clone(), stopped())));
 
     let namespaces: Vec<String> = args
         .namespaces
@@ -260,6 +296,7 @@ pub async fn run_with(
             } else {
                 std::time::Duration::from_secs(10)
             },
+            own_token_secret: own_token_secret(&args),
             ..Default::default()
         },
         max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),
@@ -281,6 +318,9 @@ pub async fn run_with(
     };
     let _ = stop_tx.send(true);
     let _ = konnect_probe.await;
+    if let Some(watch) = token_watch {
+        let _ = watch.await;
+    }
     if let Ok(Err(e)) = server.await {
         return Err(RunError::Metrics(e));
     }

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub drift_checks: Family<KindLabels, Counter>,
     pub leader: Gauge,
     pub drift_checks_deferred: Family<KindLabels, Counter>,
+    pub operator_token_expiration: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -110,6 +111,13 @@ impl Metrics {
         let drift_checks = Family::<KindLabels, Counter>::default();
         let leader = Gauge::default();
         let drift_checks_deferred = Family::<KindLabels, Counter>::default();
+        let operator_token_expiration = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "konnect_sa_operator_token_expiration_timestamp_seconds",
+            "Expiry of the Konnect token the operator itself runs on (Unix seconds); only when that token is a \
+             SystemAccountToken it manages (--konnect-token-secret)",
+            operator_token_expiration.clone(),
+        );
         registry.register(
             "konnect_sa_leader",
             "1 while this replica runs the controllers (holds the leader Lease, or runs without leader election)",
@@ -184,6 +192,7 @@ impl Metrics {
             drift_checks,
             leader,
             drift_checks_deferred,
+            operator_token_expiration,
         }
     }
 
@@ -230,6 +239,11 @@ impl Metrics {
 
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Expiry of the token the operator runs on (its own SystemAccountToken).
+    pub fn set_operator_token_expiry(&self, unix_seconds: f64) {
+        self.operator_token_expiration.set(unix_seconds);
     }
 
     pub fn set_token_times(&self, namespace: &str, name: &str, expires: f64, renewal: f64) {

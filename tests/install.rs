@@ -375,6 +375,7 @@ fn chart_deployment_passes_the_same_flags() {
         "- --metrics-addr=0.0.0.0:{{ .Values.metrics.port }}",
         "- --leader-elect",
         "- --namespaces={{ join \",\" . }}",
+        "- --konnect-token-secret={{ .Release.Namespace }}/{{ include \"konnect-sa-operator.tokenSecretName\" . }}",
         "path: /healthz",
         "path: /readyz",
         "mountPath: /var/run/konnect",
@@ -406,6 +407,7 @@ fn manifest_flags_exist_in_the_cli() {
         "--log-format",
         "--metrics-addr",
         "--leader-elect",
+        "--konnect-token-secret",
     ] {
         assert!(help.contains(flag), "`run --help` has no {flag}");
     }
@@ -564,6 +566,11 @@ fn chart_values_validate_against_the_schema() {
             "{key}: want {want:?}, got {errors:?}"
         );
     }
+    let mut self_managed = default_values();
+    self_managed["konnect"]["token"]["selfManaged"] = serde_json::json!(true);
+    assert_eq!(values_errors(&self_managed), Vec::<String>::new());
+    self_managed["konnect"]["token"]["selfManaged"] = serde_json::json!("yes");
+    assert!(!values_errors(&self_managed).is_empty());
     let mut no_token = default_values();
     no_token["konnect"]["token"] =
         serde_json::json!({"existingSecret": "", "existingSecretKey": "token", "value": ""});

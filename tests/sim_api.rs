@@ -183,8 +183,8 @@ async fn accounts_tokens_roles_teams_follow_the_spec_rules() {
     assert_eq!(as_sa.get("/v3/organizations/me").await.0, 200);
     assert_eq!(
         as_sa.get("/v3/system-accounts").await.0,
-        200,
-        "no RBAC: a spat may list"
+        403,
+        "an account without the Identity Admin role may not manage identities"
     );
     assert_eq!(sim.live_tokens(&id).len(), 1);
     assert_eq!(
@@ -597,4 +597,77 @@ async fn no_token_value_in_logs_or_debug_output() {
 struct SimCli {
     #[command(flatten)]
     args: konnect_sa_operator::sim::SimArgs,
+}
+
+/// Like Konnect: a `spat_` manages identities only with the Identity Admin role (directly or
+/// through the Organization Admin team); the token check works for any token; a person's `kpat_`
+/// (made and revoked through the admin endpoints) may do everything until revoked.
+#[tokio::test]
+async fn a_spat_needs_identity_admin_and_personal_tokens_come_and_go() {
+    let (sim, api) = start(false).await;
+    let mk = |n: &str| json!({"name": n, "description": "d"});
+    let (_, a) = api.post("/v3/system-accounts", mk("direct")).await;
+    let (_, b) = api.post("/v3/system-accounts", mk("via-team")).await;
+    let spat = |id: String| {
+        let api = &api;
+        async move {
+            let (_, t) = api
+                .post(
+                    &format!("/v3/system-accounts/{id}/access-tokens"),
+                    json!({"name": "t", "expires_at": expiry(1)}),
+                )
+                .await;
+            api.with_token(t["token"].as_str().unwrap())
+        }
+    };
+    let direct = spat(a["id"].as_str().unwrap().to_string()).await;
+    let via_team = spat(b["id"].as_str().unwrap().to_string()).await;
+    for who in [&direct, &via_team] {
+        assert_eq!(who.get("/v3/organizations/me").await.0, 200);
+        assert_eq!(who.get("/v3/roles").await.0, 200);
+        let (s, e) = who.get("/v3/system-accounts").await;
+        assert_eq!(
+            (s, e["status"].as_u64()),
+            (StatusCode::FORBIDDEN, Some(403))
+        );
+        assert_eq!(who.post("/v3/teams", json!({"name": "x"})).await.0, 403);
+    }
+    // A role on something else is not enough; Identity Admin is.
+    let roles = format!(
+        "/v3/system-accounts/{}/assigned-roles",
+        a["id"].as_str().unwrap()
+    );
+    api.post(&roles, json!({"role_name": "Admin", "entity_type_name": "Control Planes", "entity_id": "*", "entity_region": "*"})).await;
+    assert_eq!(direct.get("/v3/system-accounts").await.0, 403);
+    let (s, identity_admin) = api
+        .post(&roles, json!({"role_name": "Admin", "entity_type_name": "Identity", "entity_id": "*", "entity_region": "*"}))
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(direct.get("/v3/system-accounts").await.0, 200);
+    // The Organization Admin team grants it too.
+    let team = sim.seed_team("Organization Admin");
+    sim.seed_membership(&team.id, b["id"].as_str().unwrap());
+    assert_eq!(via_team.get("/v3/system-accounts").await.0, 200);
+    // Taken away, it is gone at once.
+    let role_path = format!("{roles}/{}", identity_admin["id"].as_str().unwrap());
+    assert_eq!(api.call(Method::DELETE, &role_path, None).await.0, 204);
+    assert_eq!(direct.get("/v3/system-accounts").await.0, 403);
+
+    // Personal tokens: admin endpoint only; full access until revoked.
+    let (s, _) = direct
+        .post("/_sim/personal-access-tokens", json!({"name": "alice"}))
+        .await;
+    assert_eq!(s, 401, "only the admin makes personal tokens");
+    let (s, p) = api
+        .post("/_sim/personal-access-tokens", json!({"name": "alice"}))
+        .await;
+    assert_eq!(s, 201);
+    let kpat = p["token"].as_str().unwrap();
+    assert!(kpat.starts_with("kpat_"));
+    let alice = api.with_token(kpat);
+    assert_eq!(alice.get("/v3/system-accounts").await.0, 200);
+    let revoke = format!("/_sim/personal-access-tokens/{}", p["id"].as_str().unwrap());
+    assert_eq!(api.call(Method::DELETE, &revoke, None).await.0, 204);
+    assert_eq!(alice.get("/v3/organizations/me").await.0, 401);
+    assert_eq!(api.call(Method::DELETE, &revoke, None).await.0, 404);
 }

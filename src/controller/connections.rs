@@ -36,18 +36,29 @@ pub struct Connections {
     kube: kube::Client,
     default: Connection,
     template: ClientConfig,
-    cache: Mutex<HashMap<ConnectionKey, KonnectClient>>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    clients: HashMap<ConnectionKey, KonnectClient>,
+    /// Which connection each auth Secret (namespace/name) used last: when its token is replaced,
+    /// the old client (and its pool) goes unless another Secret still holds that token.
+    by_secret: HashMap<String, ConnectionKey>,
 }
 
 impl Connections {
     pub fn new(kube: kube::Client, default_config: ClientConfig) -> crate::konnect::Result<Self> {
         let client = KonnectClient::new(default_config.clone())?;
         let key = key_for(client.base_url(), &default_config.token);
+        let mut template = default_config;
+        // Per-object tokens are re-read from their Secret on every reconcile, not from the file.
+        template.token_source = None;
         Ok(Self {
             kube,
             default: Connection { client, key },
-            template: default_config,
-            cache: Mutex::new(HashMap::new()),
+            template,
+            cache: Mutex::new(Cache::default()),
         })
     }
 
@@ -90,16 +101,43 @@ impl Connections {
             ))
         })?;
         let url = read(AUTH_SERVER_URL_KEY).unwrap_or_else(|| self.template.base_url.clone());
-        self.get_or_build(url, TokenValue::new(token))
+        self.get_or_build(
+            &format!("{namespace}/{secret_name}"),
+            url,
+            TokenValue::new(token),
+        )
     }
 
-    fn get_or_build(&self, url: String, token: TokenValue) -> Result<Connection, ReconcileError> {
+    /// Clients held for per-object auth Secrets (not the default one).
+    pub fn cached_clients(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clients
+            .len()
+    }
+
+    fn get_or_build(
+        &self,
+        secret: &str,
+        url: String,
+        token: TokenValue,
+    ) -> Result<Connection, ReconcileError> {
         let mut config = self.template.clone();
         config.base_url = url;
         config.token = token;
         let probe_key = key_for(&config.base_url, &config.token);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = cache.get(&probe_key) {
+        let replaced = cache
+            .by_secret
+            .insert(secret.to_string(), probe_key.clone())
+            .filter(|old| *old != probe_key);
+        if let Some(old) = replaced
+            && !cache.by_secret.values().any(|k| *k == old)
+        {
+            cache.clients.remove(&old);
+        }
+        if let Some(client) = cache.clients.get(&probe_key) {
             return Ok(Connection {
                 client: client.clone(),
                 key: probe_key,
@@ -108,7 +146,7 @@ impl Connections {
         let client = KonnectClient::new(config.clone())
             .map_err(|e| ReconcileError::InvalidSpec(format!("auth Secret serverURL: {e}")))?;
         let key = key_for(client.base_url(), &config.token);
-        cache.insert(probe_key, client.clone());
+        cache.clients.insert(probe_key, client.clone());
         Ok(Connection { client, key })
     }
 }
@@ -124,3 +162,43 @@ fn key_for(url: &str, token: &TokenValue) -> ConnectionKey {
 
 /// Shared across controllers.
 pub type SharedConnections = Arc<Connections>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections() -> Connections {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kube_config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let kube = kube::Client::try_from(kube_config).unwrap();
+        let config = ClientConfig::new("http://127.0.0.1:2", TokenValue::new("kpat_default"));
+        Connections::new(kube, config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replaced_auth_token_drops_its_client_unless_another_secret_uses_it() {
+        let c = connections();
+        let url = "http://127.0.0.1:3".to_string();
+        let a1 = c
+            .get_or_build("ns/a", url.clone(), TokenValue::new("spat_a1"))
+            .unwrap();
+        let again = c
+            .get_or_build("ns/a", url.clone(), TokenValue::new("spat_a1"))
+            .unwrap();
+        assert_eq!(a1.key, again.key);
+        assert_eq!(c.cached_clients(), 1);
+        // Rotated: the old client goes.
+        c.get_or_build("ns/a", url.clone(), TokenValue::new("spat_a2"))
+            .unwrap();
+        assert_eq!(c.cached_clients(), 1);
+        // Two Secrets sharing a token: replacing it in one keeps the client for the other.
+        c.get_or_build("ns/b", url.clone(), TokenValue::new("spat_a2"))
+            .unwrap();
+        c.get_or_build("ns/a", url.clone(), TokenValue::new("spat_a3"))
+            .unwrap();
+        assert_eq!(c.cached_clients(), 2);
+        c.get_or_build("ns/b", url, TokenValue::new("spat_a3"))
+            .unwrap();
+        assert_eq!(c.cached_clients(), 1);
+    }
+}

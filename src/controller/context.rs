@@ -27,6 +27,8 @@ pub struct ControllerConfig {
     pub cluster_name: String,
     /// How long an unfinished token issue is left to its writer before it is healed.
     pub pending_settle: Duration,
+    /// `--konnect-token-secret`: (namespace, name) of the Secret holding the operator's own token.
+    pub own_token_secret: Option<(String, String)>,
 }
 
 impl Default for ControllerConfig {
@@ -37,6 +39,7 @@ impl Default for ControllerConfig {
             konnect_budget: 300,
             cluster_name: String::new(),
             pending_settle: Duration::from_secs(10),
+            own_token_secret: None,
         }
     }
 }

@@ -80,9 +80,20 @@ impl ReconcileError {
     /// A message that says what happened and what to do about it.
     pub fn message(&self) -> String {
         match self {
-            Self::Konnect { source, .. } if source.is_auth() => format!(
-                "{self}. Check the Konnect token (operator flag --konnect-token-file / KONNECT_TOKEN, or the Secret \
-                 named in spec.konnect.authSecretRef): it must be valid and hold the Identity Admin role."
+            Self::Konnect {
+                source: KonnectError::Unauthorized { .. },
+                ..
+            } => format!(
+                "{self}. The token was rejected (expired, revoked or mistyped): check the Konnect token (operator \
+                 flag --konnect-token-file / KONNECT_TOKEN, or the Secret named in spec.konnect.authSecretRef)."
+            ),
+            Self::Konnect {
+                source: KonnectError::Forbidden { .. },
+                ..
+            } => format!(
+                "{self}. The token is valid but lacks the Identity Admin role: assign Identity Admin to its \
+                 account (or add it to the Organization Admin team) for the operator's token \
+                 (--konnect-token-file / KONNECT_TOKEN) or the Secret named in spec.konnect.authSecretRef."
             ),
             Self::Konnect {
                 source: KonnectError::RateLimited { retry_after },
@@ -202,7 +213,21 @@ mod tests {
             detail: "bad".into(),
         });
         assert_eq!(e.reason(), Reason::AuthFailed);
-        assert!(e.message().contains("Konnect token"));
+        assert!(
+            e.message().contains("token was rejected"),
+            "{}",
+            e.message()
+        );
+        let e = ReconcileError::konnect("reading account")(KonnectError::Forbidden {
+            detail: "no".into(),
+        });
+        assert_eq!(e.reason(), Reason::AuthFailed);
+        assert!(
+            e.message().contains("lacks the Identity Admin role")
+                && !e.message().contains("rejected"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]

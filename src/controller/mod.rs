@@ -11,6 +11,7 @@ pub mod connections;
 pub mod context;
 pub mod error;
 pub mod konnect_cache;
+pub mod own_token;
 pub mod reconciler;
 pub mod scopes;
 pub mod snapshot;

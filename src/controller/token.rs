@@ -14,6 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::account_ref::{self, ResolvedAccount};
 use super::context::Context;
 use super::error::ReconcileError;
+use super::own_token;
 use super::reconciler::{mark_ready, object_key, reconcile_with};
 use super::token_plan::{
     Found, Issued, Liveness, RotationReason, SecretCleanup, SecretView, TokenObserved, TokenStep,
@@ -194,6 +195,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     let mut found: Option<Vec<Found>> = None;
     let mut restart_tried = false;
     let mut settled = false;
+    let mut held: Option<String> = None;
     for _ in 0..MAX_STEPS {
         let view = w.view();
         let pending_view = w.pending_view();
@@ -257,7 +259,23 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                 restart_targets(&mut w).await;
                 restart_tried = true;
             }
-            TokenStep::Revoke(ids) => revoke(&mut w, &ids).await?,
+            TokenStep::Revoke(ids) => {
+                // The operator's own token: never revoke the one it may still be running on.
+                let (ns, key) = (ns.clone(), w.secret_key.clone());
+                match own_token::may_revoke_previous(&ctx, &ns, &w.secret_name, &key).await {
+                    Ok(()) => revoke(&mut w, &ids).await?,
+                    Err(why) => {
+                        let expired = own_token::expired(w.st(), &ids, Timestamp::now());
+                        if !expired.is_empty() {
+                            revoke(&mut w, &expired).await?;
+                            continue;
+                        }
+                        held = Some(why);
+                        settled = true;
+                        break;
+                    }
+                }
+            }
             TokenStep::WaitPending(at) => {
                 let wait = next_wakeup(Timestamp::now(), [at], w.ctx.resync_with_jitter());
                 tracing::info!(
@@ -312,6 +330,8 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         expires,
         renewal
     );
+    let secret_key = w.secret_key.clone();
+    let loading = own_token::note(&ctx, &mut w.obj, &w.secret_name, &secret_key, held).await;
     mark_ready(&mut w.obj, message);
     if w.obj.status != w.saved {
         w.save().await?;
@@ -333,6 +353,10 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
     if restarts_pending(&st, !obj.spec.rollout_restart_targets.is_empty()) {
         // A failed restart is tried again soon; the previous token waits for it.
         wakeup = wakeup.min(RESTART_RETRY);
+    }
+    if loading {
+        // A held revoke is due already (its revokeAt has passed): look again in a moment, not at once.
+        wakeup = own_token::RECHECK;
     }
     Ok(Action::requeue(wakeup))
 }

@@ -11,6 +11,8 @@ pub const READY: &str = crate::api::common::CONDITION_READY;
 pub const ISSUING: &str = crate::api::common::CONDITION_ISSUING;
 /// Token only: a rollout restart target could not be patched.
 pub const RESTART_TARGETS: &str = "RestartTargetsReady";
+/// Token only: this token's Secret is the operator's own credential (`--konnect-token-secret`).
+pub const OPERATOR_CREDENTIAL: &str = "OperatorCredential";
 
 /// The condition reasons of API.md (CamelCase).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,11 @@ pub enum Reason {
     TargetNotFound,
     /// Secondary conditions only: a restart failed and is retried (the previous token is kept).
     RestartFailed,
+    /// OperatorCredential only: the operator runs on the current token.
+    InUse,
+    /// OperatorCredential only: the operator has not loaded the current token yet; the previous
+    /// one is kept until it has.
+    Loading,
 }
 
 impl Reason {
@@ -48,6 +55,8 @@ impl Reason {
             Reason::DeletionBlocked => reason::DELETION_BLOCKED,
             Reason::TargetNotFound => "TargetNotFound",
             Reason::RestartFailed => "RestartFailed",
+            Reason::InUse => "InUse",
+            Reason::Loading => "Loading",
         }
     }
 }

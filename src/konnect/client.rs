@@ -37,6 +37,13 @@ pub trait WriteGate: Send + Sync {
     fn check(&self) -> std::result::Result<(), String>;
 }
 
+/// Where a client's token comes from when it may change under it (the operator's token file).
+pub trait TokenSource: Send + Sync {
+    /// Reads the token again from its origin: `Some` only when it differs from the one last
+    /// returned (or given at start), `None` when unchanged or unreadable.
+    fn reload(&self) -> Option<TokenValue>;
+}
+
 /// How to reach one Konnect organisation.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -55,6 +62,8 @@ pub struct ClientConfig {
     pub observer: Option<Arc<dyn RequestObserver>>,
     /// Refuses writes when this replica may not write (None: always allowed).
     pub write_gate: Option<Arc<dyn WriteGate>>,
+    /// Read again once on a 401 before the 401 counts (None: the token is fixed).
+    pub token_source: Option<Arc<dyn TokenSource>>,
 }
 
 impl ClientConfig {
@@ -68,6 +77,7 @@ impl ClientConfig {
             max_concurrency: 16,
             observer: None,
             write_gate: None,
+            token_source: None,
         }
     }
 }
@@ -84,6 +94,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("max_concurrency", &self.max_concurrency)
             .field("observer", &self.observer.as_ref().map(|_| "set"))
             .field("write_gate", &self.write_gate.as_ref().map(|_| "set"))
+            .field("token_source", &self.token_source.as_ref().map(|_| "set"))
             .finish()
     }
 }
@@ -112,8 +123,8 @@ pub struct KonnectClient {
 struct Inner {
     http: reqwest::Client,
     base_url: String,
-    /// `Bearer <token>`, marked sensitive.
-    auth: HeaderValue,
+    /// `Bearer <token>`, marked sensitive; replaced when the token is reloaded.
+    auth: std::sync::RwLock<HeaderValue>,
     config: ClientConfig,
     limit: Semaphore,
 }
@@ -165,14 +176,7 @@ impl KonnectClient {
                 "request_timeout must be positive".into(),
             ));
         }
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.token.expose()))
-            // Not echoing the value: it is the secret.
-            .map_err(|_| {
-                KonnectError::Config(
-                    "the Konnect token contains characters not allowed in a header".into(),
-                )
-            })?;
-        auth.set_sensitive(true);
+        let auth = auth_header(&config.token)?;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -186,11 +190,28 @@ impl KonnectClient {
             inner: Arc::new(Inner {
                 http,
                 base_url,
-                auth,
+                auth: std::sync::RwLock::new(auth),
                 config,
                 limit,
             }),
         })
+    }
+
+    /// Uses `token` from the next request on (clones share it). False when it is the one in use.
+    pub fn set_token(&self, token: &TokenValue) -> Result<bool> {
+        let auth = auth_header(token)?;
+        let mut current = self.inner.auth.write().unwrap_or_else(|p| p.into_inner());
+        if *current == auth {
+            return Ok(false);
+        }
+        *current = auth;
+        Ok(true)
+    }
+
+    /// True when `token` is the one this client sends.
+    pub fn uses_token(&self, token: &TokenValue) -> bool {
+        auth_header(token)
+            .is_ok_and(|auth| *self.inner.auth.read().unwrap_or_else(|p| p.into_inner()) == auth)
     }
 
     /// The normalised base URL (global host, no trailing slash).
@@ -593,6 +614,7 @@ impl KonnectClient {
         let mut delays = backoff_delays(max_attempts);
         let mut ambiguous = false;
         let mut attempt = 0u32;
+        let mut reloaded = false;
         loop {
             attempt += 1;
             let last = attempt >= max_attempts;
@@ -614,6 +636,13 @@ impl KonnectClient {
                         });
                     }
                     tokio::time::sleep(wait).await;
+                }
+                // The token may have been replaced under us (a rotated token file): read it
+                // once more and repeat with the new one before the 401 counts. Konnect did
+                // nothing with a rejected request, so repeating is safe for every method.
+                Ok(reply) if reply.status == 401 && !reloaded && self.reload_token() => {
+                    reloaded = true;
+                    attempt -= 1;
                 }
                 Ok(reply) if reply.status >= 500 && may_retry_failure => {
                     ambiguous = true;
@@ -639,6 +668,17 @@ impl KonnectClient {
         }
     }
 
+    /// Re-reads the token from its source; true when a different one is now in use.
+    fn reload_token(&self) -> bool {
+        let Some(source) = &self.inner.config.token_source else {
+            return false;
+        };
+        match source.reload() {
+            Some(token) => self.set_token(&token).unwrap_or(false),
+            None => false,
+        }
+    }
+
     /// One HTTP exchange under the concurrency limit and the per-attempt timeout; reported to the observer.
     async fn attempt(
         &self,
@@ -653,7 +693,10 @@ impl KonnectClient {
         let mut request = inner
             .http
             .request(call.method.clone(), url.clone())
-            .header(header::AUTHORIZATION, inner.auth.clone())
+            .header(
+                header::AUTHORIZATION,
+                inner.auth.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            )
             .header(header::ACCEPT, "application/json, application/problem+json");
         if let Some(body) = &call.body {
             request = request
@@ -725,6 +768,19 @@ impl KonnectClient {
         }
         Ok(url)
     }
+}
+
+/// `Bearer <token>`, marked sensitive.
+fn auth_header(token: &TokenValue) -> Result<HeaderValue> {
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        // Not echoing the value: it is the secret.
+        .map_err(|_| {
+            KonnectError::Config(
+                "the Konnect token contains characters not allowed in a header".into(),
+            )
+        })?;
+    auth.set_sensitive(true);
+    Ok(auth)
 }
 
 /// A list reply; `meta` is optional here so a reply without it is read as the only page.

@@ -4,8 +4,12 @@ pub mod error;
 pub mod models;
 mod response;
 pub mod retry;
+pub mod token_file;
 pub mod url;
 
-pub use client::{AccountFilter, ClientConfig, Created, KonnectClient, RequestObserver, WriteGate};
+pub use client::{
+    AccountFilter, ClientConfig, Created, KonnectClient, RequestObserver, TokenSource, WriteGate,
+};
 pub use error::{IgnoreNotFound, KonnectError, Result};
 pub use models::*;
+pub use token_file::TokenFile;

@@ -30,6 +30,11 @@ pub fn admin_router() -> Router<Arc<Shared>> {
             "/_sim/system-accounts/{account_id}/access-tokens/{token_id}/expire",
             post(expire_token),
         )
+        .route("/_sim/personal-access-tokens", post(create_personal_token))
+        .route(
+            "/_sim/personal-access-tokens/{token_id}",
+            axum::routing::delete(revoke_personal_token),
+        )
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
@@ -114,5 +119,33 @@ async fn expire_token(
     Path((a, t)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     s.store().expire_token_now(Timestamp::now(), &a, &t)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct PersonalTokenBody {
+    name: String,
+}
+
+/// A person's `kpat_` with full access; the value is in this reply only.
+async fn create_personal_token(State(s): S, body: Bytes) -> Result<Response, ApiError> {
+    let b: PersonalTokenBody = parse(&body)?;
+    let created = s.store().create_personal_token(&b.name);
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "id": created.id,
+            "name": created.name,
+            "token": created.token.expose(),
+        })),
+    )
+        .into_response())
+}
+
+async fn revoke_personal_token(
+    State(s): S,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store().revoke_personal_token(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,7 @@
-//! Bearer authentication: the admin token, or a live `spat_` token issued by this simulator.
-//! RBAC is not modelled: any accepted token may call every operation.
+//! Bearer authentication: the admin token, a person's `kpat_`, or a live `spat_` token issued by
+//! this simulator. Authorisation as Konnect does it for the identity API: a `spat_` whose account
+//! lacks the Identity Admin role (directly or through the Organization Admin team) gets 403 on
+//! everything but the token check (`/organizations/me`) and the roles reference.
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -42,10 +44,22 @@ pub async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    match principal(&shared, req.headers(), Timestamp::now()) {
-        Some(_) => next.run(req).await,
-        None => ApiError::unauthorized().into_response(),
+    let Some(who) = principal(&shared, req.headers(), Timestamp::now()) else {
+        return ApiError::unauthorized().into_response();
+    };
+    if !open_to_every_token(req.uri().path()) && !shared.store().is_identity_admin(&who) {
+        return ApiError::forbidden().into_response();
     }
+    next.run(req).await
+}
+
+/// Paths any authenticated token may read, whatever its roles.
+fn open_to_every_token(path: &str) -> bool {
+    let rest = path
+        .strip_prefix("/v3")
+        .or_else(|| path.strip_prefix("/v2"))
+        .unwrap_or(path);
+    matches!(rest, "/organizations/me" | "/roles")
 }
 
 /// `/_sim/` routes: the admin token only.

@@ -2,12 +2,16 @@
 //! system-accounts paths of the Konnect docs' examples), in memory, with Bearer auth, the spec's 404/409
 //! rules, pagination, filters, problem+json errors and fault injection.
 //!
-//! Not modelled: RBAC permissions (every accepted token may call every operation, so no 403), team
-//! update/delete, label filters, users.
+//! Authorisation: the admin token and personal tokens (`kpat_`) may do everything; a `spat_` may
+//! call the identity endpoints only when its account holds the Identity Admin role (directly, or
+//! as a member of the Organization Admin team), else 403, like Konnect. Not modelled: other roles'
+//! permissions, team role assignments, team update/delete, label filters, users.
 //!
 //! Admin endpoints (admin token only, never faulted): `GET|PUT /_sim/faults`, `GET /_sim/state`,
 //! `GET /_sim/counts`, `POST /_sim/counts/reset`, `POST /_sim/reset`, `POST /_sim/teams`,
-//! `POST /_sim/system-accounts`, `POST /_sim/system-accounts/{id}/access-tokens/{id}/expire`.
+//! `POST /_sim/system-accounts`, `POST /_sim/system-accounts/{id}/access-tokens/{id}/expire`,
+//! `POST /_sim/personal-access-tokens` (`{"name"}`: a person's `kpat_`, value in the reply),
+//! `DELETE /_sim/personal-access-tokens/{id}`.
 mod admin;
 mod auth;
 mod conn;
@@ -302,6 +306,15 @@ impl RunningSim {
             .store()
             .add_member(team_id, account_id)
             .unwrap_or_else(|e| panic!("seed_membership({team_id}, {account_id}): {}", e.detail))
+    }
+    /// A person's `kpat_` with full access: (id, value).
+    pub fn create_personal_token(&self, name: &str) -> (String, TokenValue) {
+        let created = self.shared.store().create_personal_token(name);
+        (created.id, created.token)
+    }
+    /// Revokes a person's token; false when it does not exist.
+    pub fn revoke_personal_token(&self, id: &str) -> bool {
+        self.shared.store().revoke_personal_token(id).is_ok()
     }
     /// Makes a token expire now; false when it does not exist.
     pub fn expire_token_now(&self, account_id: &str, token_id: &str) -> bool {

@@ -18,6 +18,9 @@ use crate::konnect::models::{
 /// SPAT lifetime limit: "12 months" in the docs; 366 days are accepted so a leap year fits.
 pub const MAX_TOKEN_LIFETIME: SignedDuration = SignedDuration::from_hours(366 * 24);
 const TOKEN_PREFIX: &str = "spat_";
+const PERSONAL_TOKEN_PREFIX: &str = "kpat_";
+/// Members of this predefined team may do everything, Identity administration included.
+pub const ORGANIZATION_ADMIN_TEAM: &str = "Organization Admin";
 const TOKEN_RANDOM_LEN: usize = 50;
 
 /// RFC 3339, UTC, whole seconds (Konnect's response form).
@@ -67,6 +70,11 @@ struct RoleRec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Admin,
+    /// A person's `kpat_` (made through `/_sim/personal-access-tokens`): full access, like the
+    /// organisation owner who made it.
+    Personal {
+        token_id: String,
+    },
     SystemAccount {
         account_id: String,
         token_id: String,
@@ -173,6 +181,22 @@ pub struct Store {
     roles: Vec<RoleRec>,
     teams: Vec<Team>,
     memberships: BTreeSet<Membership>,
+    personal_tokens: Vec<PersonalToken>,
+}
+
+/// A person's access token (`kpat_`): never listed by the API, made and revoked by the admin.
+struct PersonalToken {
+    id: String,
+    value: TokenValue,
+}
+
+/// A personal token as `/_sim/personal-access-tokens` returns it on create (the only time the
+/// value is shown).
+#[derive(Debug, Clone)]
+pub struct PersonalTokenCreated {
+    pub id: String,
+    pub name: String,
+    pub token: TokenValue,
 }
 
 impl Store {
@@ -198,6 +222,7 @@ impl Store {
             roles: Vec::new(),
             teams: Vec::new(),
             memberships: BTreeSet::new(),
+            personal_tokens: Vec::new(),
         }
     }
 
@@ -507,8 +532,73 @@ impl Store {
         Ok(())
     }
 
-    /// The principal of a non-admin bearer token: a live `spat_` token. Marks it used.
+    /// Makes a person's token (`kpat_`); its value is returned once.
+    pub fn create_personal_token(&mut self, name: &str) -> PersonalTokenCreated {
+        let value: String = (&mut self.rng)
+            .sample_iter(Alphanumeric)
+            .take(TOKEN_RANDOM_LEN)
+            .map(char::from)
+            .collect();
+        let rec = PersonalToken {
+            id: new_id(&mut self.rng),
+            value: TokenValue::new(format!("{PERSONAL_TOKEN_PREFIX}{value}")),
+        };
+        let created = PersonalTokenCreated {
+            id: rec.id.clone(),
+            name: name.to_string(),
+            token: rec.value.clone(),
+        };
+        self.personal_tokens.push(rec);
+        created
+    }
+
+    /// Revokes a person's token (404 when unknown).
+    pub fn revoke_personal_token(&mut self, id: &str) -> StoreResult<()> {
+        let before = self.personal_tokens.len();
+        self.personal_tokens.retain(|t| t.id != id);
+        if self.personal_tokens.len() == before {
+            return Err(ApiError::not_found(format!(
+                "Personal access token [{id}] not found"
+            )));
+        }
+        Ok(())
+    }
+
+    /// May this principal manage identities (system accounts, their tokens, roles, teams)?
+    /// Konnect: the Identity `Admin` role, assigned directly or held through the Organization
+    /// Admin team. Team role assignments are not modelled, so that team is the only way in.
+    pub fn is_identity_admin(&self, principal: &Principal) -> bool {
+        let account_id = match principal {
+            Principal::Admin | Principal::Personal { .. } => return true,
+            Principal::SystemAccount { account_id, .. } => account_id,
+        };
+        let direct = self.roles.iter().any(|r| {
+            &r.account_id == account_id
+                && r.role.role.role_name == "Admin"
+                && r.role.role.entity_type_name == "Identity"
+        });
+        let through_team = self.memberships.iter().any(|m| {
+            &m.account_id == account_id
+                && self
+                    .teams
+                    .iter()
+                    .any(|t| t.id == m.team_id && t.name == ORGANIZATION_ADMIN_TEAM)
+        });
+        direct || through_team
+    }
+
+    /// The principal of a non-admin bearer token: a person's `kpat_` or a live `spat_` token.
+    /// Marks a `spat_` used.
     pub fn authenticate(&mut self, now: Timestamp, bearer: &str) -> Option<Principal> {
+        if let Some(p) = self
+            .personal_tokens
+            .iter()
+            .find(|t| t.value.expose() == bearer)
+        {
+            return Some(Principal::Personal {
+                token_id: p.id.clone(),
+            });
+        }
         let rec = self
             .tokens
             .iter_mut()

@@ -3,6 +3,7 @@
 
 pub mod env;
 pub mod kube_api;
+pub mod kubelet;
 pub mod proxy;
 
 #[allow(unused_imports)]
