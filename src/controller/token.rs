@@ -473,6 +473,10 @@ async fn check_live(w: &Work<'_>) -> Result<Liveness, ReconcileError> {
         w.ctx.metrics.drift_check("SystemAccountToken");
     }
     match w.k.get_access_token(account_id, token_id).await {
+        // Konnect still lists it, but its own expiry says it no longer authenticates.
+        Ok(t) if t.expires_at.parse::<Timestamp>().is_ok_and(|e| e <= Timestamp::now()) => {
+            Ok(Liveness::Gone)
+        }
         Ok(_) => {
             w.ctx.mark_verified(&key, token_id);
             Ok(Liveness::Live)
