@@ -21,10 +21,10 @@ struct Cli {
     run: RunArgs,
 }
 
-/// The operator running in this process, with its own flags (the shared helper fixes some).
+/// The operator running in this process, with its own flags (the shared helper fixes some); its failure
+/// fails the test where it happens (support/operator.rs).
 struct Operator {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    process: support::operator::InProcess,
     metrics_port: u16,
 }
 
@@ -48,28 +48,15 @@ impl Operator {
         ])
         .expect("valid flags")
         .run;
-        let client = env.client();
-        let token = env.sim.admin_token();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = rx.await;
-            };
-            if let Err(e) = konnect_sa_operator::run::run_with(client, token, args, shutdown).await
-            {
-                panic!("operator stopped with an error: {e}");
-            }
-        });
+        let process = env.spawn_in_process(env.sim.admin_token(), args);
         Operator {
-            stop,
-            task,
+            process,
             metrics_port,
         }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        self.process.stop().await;
     }
 
     async fn metrics(&self) -> String {
@@ -188,24 +175,9 @@ where
 
 /// Invariant 3: no token value in any Event or in any of our objects (status included), and
 /// every token Konnect knows still has a value nobody printed.
+/// No issued value, raw, base64 or as bytes, in a captured log, an Event or an object (support/leak.rs).
 fn assert_no_token_value_exposed(env: &TestEnv) {
-    let mut texts: Vec<(String, String)> = env
-        .kube
-        .events()
-        .into_iter()
-        .map(|e| ("Event".to_string(), e.to_string()))
-        .collect();
-    for plural in ["systemaccounttokens", "systemaccounts"] {
-        for o in env.kube.list("konnect-sa.dev", "v1alpha1", plural, None) {
-            texts.push((plural.to_string(), o.to_string()));
-        }
-    }
-    for (what, text) in texts {
-        assert!(
-            !text.contains("spat_") && !text.contains("kpat_"),
-            "a token value appears in a {what}: {text}"
-        );
-    }
+    env.assert_no_token_leak();
 }
 
 fn parse_ts(s: &Option<String>) -> Timestamp {
@@ -380,7 +352,7 @@ async fn token_lands_in_an_owned_secret_and_authenticates() {
     }
     let found = gauge(&last);
     assert!(found, "expiry gauge for the CR in /metrics:\n{last}");
-    assert!(!last.contains("spat_"));
+    support::leak::assert_clean(&env.token_values(), &last, "/metrics");
     assert_no_token_value_exposed(&env);
     op.stop().await;
 }
@@ -1970,5 +1942,125 @@ spec: {{deletionPolicy: Orphan, konnect: {{authSecretRef: {{name: org-b-auth}}}}
     let (_, _, msg) = ready_of(&status(&blocked).conditions).unwrap();
     assert!(msg.contains("org-b-auth"), "{msg}");
     assert_eq!(org_b.live_tokens(&account_id).len(), 1, "nothing guessed");
+    op.stop().await;
+}
+
+// ---- the stand-in's fault tools aimed at the operator -----------------------------------------------------
+
+/// Operator Secret writes that reached the stand-in (creates and updates, dry runs left out).
+fn operator_secret_writes(env: &TestEnv) -> usize {
+    env.kube
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.user.is_some()
+                && !r.dry_run
+                && r.plural == "secrets"
+                && matches!(r.verb.as_str(), "create" | "update")
+        })
+        .count()
+}
+
+/// The Secret write fails (500) after Konnect issued the token: the write is retried, the Secret ends up
+/// holding a working token, and no other token of the account stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_write_failing_after_the_issue_leaves_one_working_token() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "faulty").await;
+    // The dry run passes; the real create fails.
+    env.kube.inject_failure("create", "secrets", 1, 500);
+    env.apply(&token_yaml(
+        "faulty-token",
+        "faulty",
+        "  previousTokenRetention: 0s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "faulty-token", T, ready).await;
+    assert!(
+        operator_secret_writes(&env) >= 2,
+        "the failed write was retried"
+    );
+    let s = secret(&env, "faulty-token").await.expect("Secret written");
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/token-id"),
+        status(&tok).token_id
+    );
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "one live token: {:?}",
+        env.sim.live_tokens(&account_id)
+    );
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+/// A status write answered 409 in the middle of a rotation: the rotation completes once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_status_write_conflict_mid_rotation_rotates_once() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "conflicted").await;
+    env.apply(&token_yaml(
+        "conflicted-token",
+        "conflicted",
+        "  previousTokenRetention: 0s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "conflicted-token", T, |t| ready_at(t, 1)).await;
+    let issued = token_creates(&env);
+    env.kube
+        .inject_failure("update", "systemaccounttokens", 1, 409);
+    merge_patch(
+        &api,
+        "conflicted-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "once"}}}),
+    )
+    .await;
+    let tok = wait_for(&api, "conflicted-token", T, |t| ready_at(t, 2)).await;
+    let s = secret(&env, "conflicted-token").await.unwrap();
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/token-id"),
+        status(&tok).token_id
+    );
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "the replaced token is revoked"
+    );
+    assert_eq!(
+        token_creates(&env) - issued,
+        1,
+        "one token issued for one rotation"
+    );
+    op.stop().await;
+}
+
+/// Every watch ends with 410 Gone mid-run (compaction, a short history, watches cut after 1 s): the
+/// operator relists and still sees a new object at once (its resync only revisits known objects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watches_ending_in_410_mid_run_are_relisted() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    ready_account(&env, "relisted").await;
+    env.kube.set_history_limit(1);
+    env.kube.set_max_watch_duration(Duration::from_secs(1));
+    env.kube.compact();
+    let relists = |env: &TestEnv| {
+        env.kube
+            .requests()
+            .iter()
+            .filter(|r| r.user.is_some() && r.verb == "list" && r.plural == "systemaccounttokens")
+            .count()
+    };
+    let before = relists(&env);
+    assert!(
+        eventually(T, || relists(&env) > before).await,
+        "the token watcher relisted after 410"
+    );
+    env.apply(&token_yaml("after-410", "relisted", ""));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "after-410", T, ready).await;
     op.stop().await;
 }
