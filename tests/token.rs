@@ -59,6 +59,27 @@ impl Operator {
         self.process.stop().await;
     }
 
+    /// Waits until the operator has reconciled SystemAccountTokens twice more (its reconcile counter): a
+    /// change the test made has been looked at and a resync has looked again, so a "nothing happened"
+    /// check rests on what the operator recorded, not on a fixed sleep (and fails against a dead one).
+    async fn settled(&self) {
+        let count = |m: &str| {
+            support::env::metric_total(m, |l| {
+                l.starts_with("konnect_sa_reconciles_total") && l.contains("SystemAccountToken")
+            })
+        };
+        let start = count(&self.metrics().await);
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            support::operator::check_operators();
+            if count(&self.metrics().await) >= start + 2 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the operator reconciles again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn metrics(&self) -> String {
         let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
         match reqwest::get(&url).await {
@@ -473,21 +494,21 @@ async fn rotate_annotation_rotates_once_per_new_value() {
 
     // The same value again (a re-apply of the same manifest) does not rotate ...
     merge_patch(&api, "manual-token", rotate("now")).await;
-    // ... an unrelated metadata change neither; wait past a few resyncs to be sure.
+    // ... an unrelated metadata change neither, however often the operator looks again.
     merge_patch(
         &api,
         "manual-token",
         json!({"metadata": {"labels": {"team": "ci"}}}),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    op.settled().await;
     let tok = api.get("manual-token").await.unwrap();
     assert_eq!(status(&tok).revision, Some(2), "same value: no rotation");
 
     // A new value rotates once more.
     merge_patch(&api, "manual-token", rotate("again")).await;
     wait_for(&api, "manual-token", T, |t| ready_at(t, 3)).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    op.settled().await;
     let tok = api.get("manual-token").await.unwrap();
     assert_eq!(status(&tok).revision, Some(3), "one rotation per value");
     assert_eq!(env.sim.live_tokens(&account_id).len(), 1);
@@ -724,7 +745,7 @@ spec:
             .wait_until(T, |k| k.request_count_for("get", "secrets") >= 2)
             .await
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    op.settled().await;
     let d3 = deployment(&env, "ci-runner");
     assert_eq!(d3["metadata"]["resourceVersion"], rv);
     assert_eq!(d3["metadata"]["generation"], generation);
@@ -998,7 +1019,7 @@ async fn crash_points_are_healed_without_leaks_or_double_rotation() {
     );
     assert_eq!(env.sim.live_tokens(&account_id)[0].id, id2);
     // Past a couple of resyncs: still r2 (one rotation per request), and it works.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    op.settled().await;
     let tok = api.get("heal-token").await.unwrap();
     assert_eq!(status(&tok).revision, Some(2), "no second rotation");
     let s = secret(&env, "heal-token").await.unwrap();

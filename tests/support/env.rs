@@ -228,10 +228,11 @@ impl TestEnv {
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
             .env("KONNECT_TOKEN", self.sim.admin_token().expose())
-            // Trace for the operator and its client libraries: the leak check reads this log.
+            // Trace for the operator, debug for its client libraries: the leak check reads this log (the
+            // in-process capture covers kube and reqwest at trace; here they would only slow the binary).
             .env(
                 "RUST_LOG",
-                "info,konnect_sa_operator=trace,kube=trace,kube_client=trace,kube_runtime=trace,reqwest=trace",
+                "info,konnect_sa_operator=trace,kube=debug,kube_client=debug,kube_runtime=debug,reqwest=debug",
             )
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
