@@ -75,7 +75,10 @@ impl Operator {
             if count(&self.metrics().await) >= start + 2 {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the operator reconciles again");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the operator reconciles again"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -2083,5 +2086,156 @@ async fn watches_ending_in_410_mid_run_are_relisted() {
     env.apply(&token_yaml("after-410", "relisted", ""));
     let api = env.api::<SystemAccountToken>();
     wait_for(&api, "after-410", T, ready).await;
+    op.stop().await;
+}
+
+// ---- README promises (issue 19, point 11) ------------------------------------------------------------------
+
+/// The rotation reasons the README's table promises, each seen where it says: the `reason` label of
+/// `konnect_sa_token_rotations_total` and the `Rotated` Event. Along the way: a custom `secretKey`,
+/// StatefulSet and DaemonSet restarts, and the template not overriding the operator's own metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readme_rotation_reasons_secret_key_and_statefulset_daemonset_restarts() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "promised").await;
+    env.apply(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  serviceName: db
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, image: busybox}]}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: agent, image: busybox}]}
+"#,
+    );
+    env.apply(&token_yaml(
+        "promised-token",
+        "promised",
+        r#"  secretKey: api-token
+  previousTokenRetention: 0s
+  secretTemplate:
+    labels: {app.kubernetes.io/managed-by: someone-else}
+  rolloutRestartTargets:
+    - {kind: StatefulSet, name: db}
+    - {kind: DaemonSet, name: agent}"#,
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "promised-token", T, |t| ready_at(t, 1)).await;
+
+    // secretKey: the value under the custom key only; the operator's own label wins over the template's.
+    let s = secret(&env, "promised-token").await.unwrap();
+    let data = s.data.clone().unwrap_or_default();
+    assert!(
+        data.contains_key("api-token") && !data.contains_key("token"),
+        "{:?}",
+        data.keys()
+    );
+    let value = String::from_utf8(data["api-token"].0.clone()).unwrap();
+    assert_eq!(auth_status(&env, &value).await, 200);
+    assert_eq!(
+        s.metadata
+            .labels
+            .unwrap_or_default()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("konnect-sa-operator")
+    );
+    // Both kinds restarted for revision 1.
+    let rev1 = format!("{}/r1", status(&tok).last_rotation_time.unwrap());
+    for plural in ["statefulsets", "daemonsets"] {
+        let target = env.kube.get(
+            "apps",
+            "v1",
+            plural,
+            NS,
+            if plural == "statefulsets" {
+                "db"
+            } else {
+                "agent"
+            },
+        );
+        assert_eq!(
+            restarted_at(&target.unwrap()),
+            Some(rev1.clone()),
+            "{plural}"
+        );
+    }
+
+    // TokenRevoked: someone revokes the token in Konnect; a new one is issued.
+    let current = status(&tok).token_id.unwrap();
+    let admin = konnect_sa_operator::konnect::KonnectClient::new(
+        konnect_sa_operator::konnect::ClientConfig::new(env.sim.base_url(), env.sim.admin_token()),
+    )
+    .unwrap();
+    admin
+        .delete_access_token(&account_id, &current)
+        .await
+        .unwrap();
+    wait_for(&api, "promised-token", T, |t| ready_at(t, 2)).await;
+
+    // DurationChanged.
+    merge_patch(
+        &api,
+        "promised-token",
+        json!({"spec": {"duration": "1000h"}}),
+    )
+    .await;
+    wait_for(&api, "promised-token", T, |t| ready_at(t, 3)).await;
+
+    // SecretLost, by key removal and by a token-id that no longer matches.
+    env.kube
+        .modify_raw("", "v1", "secrets", NS, "promised-token", |s| {
+            s["data"].as_object_mut().unwrap().remove("api-token");
+        })
+        .unwrap();
+    wait_for(&api, "promised-token", T, |t| ready_at(t, 4)).await;
+    env.kube
+        .modify_raw("", "v1", "secrets", NS, "promised-token", |s| {
+            s["metadata"]["annotations"]["konnect-sa.dev/token-id"] = json!("someone-elses-id");
+        })
+        .unwrap();
+    wait_for(&api, "promised-token", T, |t| ready_at(t, 5)).await;
+
+    let metrics = op.metrics().await;
+    for reason in ["Initial", "TokenRevoked", "DurationChanged", "SecretLost"] {
+        let n = support::env::metric_total(&metrics, |l| {
+            l.starts_with("konnect_sa_token_rotations_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        });
+        assert!(
+            n >= 1,
+            "rotations with reason {reason} in /metrics:\n{metrics}"
+        );
+        let noted = env.kube.events().iter().any(|e| {
+            e["regarding"]["name"] == "promised-token"
+                && matches!(e["reason"].as_str(), Some("Issued" | "Rotated"))
+                && e["note"].as_str().is_some_and(|n| n.contains(reason))
+        });
+        assert!(noted, "an Issued/Rotated Event names {reason}");
+    }
+    assert_eq!(
+        support::env::metric_total(&metrics, |l| l
+            .starts_with("konnect_sa_token_rotations_total")
+            && l.contains("reason=\"SecretLost\"")),
+        2
+    );
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "replaced tokens revoked: {:?}",
+        env.sim.live_tokens(&account_id)
+    );
     op.stop().await;
 }
