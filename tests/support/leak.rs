@@ -128,11 +128,11 @@ pub fn assert_clean(values: &[String], text: &str, what: &str) {
 /// Objects as they may be shown to people: everything but Secret `data` and `stringData`.
 pub fn visible(obj: &Value) -> Value {
     let mut obj = obj.clone();
-    if obj["kind"] == "Secret" {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("data");
-            m.remove("stringData");
-        }
+    if obj["kind"] == "Secret"
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("data");
+        m.remove("stringData");
     }
     obj
 }
