@@ -201,6 +201,12 @@ where
 /// every token Konnect knows still has a value nobody printed.
 /// No issued value, raw, base64 or as bytes, in a captured log, an Event or an object (support/leak.rs).
 fn assert_no_token_value_exposed(env: &TestEnv) {
+    // The scan covers the in-process operator's own lines, at trace, in both formats.
+    let log = support::logs::captured();
+    assert!(
+        log.contains("TRACE") && log.contains("\"target\":\"konnect_sa_operator"),
+        "the in-process operator's logs are captured (text and JSON)"
+    );
     env.assert_no_token_leak();
 }
 
