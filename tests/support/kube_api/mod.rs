@@ -20,15 +20,19 @@
 //! generation (spec changes only when there is a status subresource; also when deletion starts); namespace
 //! from the URL; `/status` changes only `.status` and the main resource never does; finalizers hold a deletion
 //! with deletionTimestamp (new finalizers then refused with 422); ownerReference garbage collection
-//! (background, done at once); CRD schema pruning, defaults and validation (`schema.rs`); Secret `stringData`
-//! folded into `data`; watch from a resourceVersion with a bounded history, 410 Expired when it is too old
-//! or after `compact()`, bookmarks, `sendInitialEvents`, `timeoutSeconds`.
+//! (asynchronous, 50-100 ms after the change, honouring propagationPolicy Background, Orphan and Foreground
+//! with blockOwnerDeletion); namespaces must exist (404) and a terminating one refuses new objects (403), is
+//! emptied, then removed; empty or null metadata lists and maps (and nulls in built-in kinds) are not stored;
+//! a PUT naming another uid is refused (409); CRD schema pruning, defaults and validation (`schema.rs`);
+//! Secret `stringData` folded into `data`, data keys and base64 validated (`fidelity.rs`); watch from a
+//! resourceVersion with a bounded history, 410 Expired when it is too old or after `compact()`, bookmarks,
+//! `sendInitialEvents`, `timeoutSeconds`; paged lists are one snapshot at the first page's resourceVersion.
+//! Each request records the bearer token it carried (`RequestRecord::user`, see `client_as`).
 //!
-//! Approximations: lists always serve the latest state (resourceVersion/resourceVersionMatch accepted and
-//! ignored; continue pages are not a snapshot); server-side apply has no managedFields and no conflicts (see
-//! `patch.rs`); strategic merge patch merges only `metadata.finalizers` lists; no CEL rules, admission, RBAC,
-//! defaults of built-in kinds (except Secret `type`), namespace deletion cascade, foreground/orphan
-//! propagation, or conversion between CRD versions; core and events.k8s.io Events are separate stores;
+//! Approximations: lists serve the latest state (resourceVersion/resourceVersionMatch accepted and ignored);
+//! server-side apply has no managedFields and no conflicts (see `patch.rs`); strategic merge patch merges only
+//! `metadata.finalizers` lists; no CEL rules, admission, RBAC, defaults of built-in kinds (except Secret
+//! `type`), or conversion between CRD versions; core and events.k8s.io Events are separate stores;
 //! Metadata-only requests (`Accept: ...;as=PartialObjectMetadata...`) get PartialObjectMetadata objects, lists
 //! and watch events, as from a real server.
 //! `dryRun` runs the checks of create and update (PUT) and stores nothing, and is refused with 400 elsewhere.
