@@ -484,7 +484,17 @@ fn table(f: &Figures) {
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // `cargo test --all-targets` runs this main too, without `--bench` and in a debug build: the smoke size
+    // (what CI's benchmark step runs), not N = 1000.
+    if !args.bench && std::env::args().len() == 1 {
+        eprintln!(
+            "not run by `cargo bench`: the N = 20 smoke (cargo bench --bench scale for the real run)"
+        );
+        args.accounts = 20;
+        args.resync = 3;
+        args.sweeps = 1;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

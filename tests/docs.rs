@@ -419,3 +419,283 @@ fn the_readme_names_every_flag_field_reason_and_metric() {
         "README.md does not mention: {missing:#?}"
     );
 }
+
+/// The rows of the first Markdown table after `heading` (cells trimmed, header and rule left out).
+fn table_after(readme: &str, heading: &str) -> Vec<Vec<String>> {
+    let start = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has {heading}"));
+    readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            // `\|` inside a cell is a literal bar.
+            let l = l.replace("\\|", "\u{1}");
+            l.trim()
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().replace('\u{1}', "|"))
+                .collect()
+        })
+        .collect()
+}
+
+/// The `--flags` of a table's first column (`--admin-token` (env ...) too).
+fn flag_of(cell: &str) -> Option<String> {
+    let flag = cell.trim_start_matches('`').split('`').next()?;
+    flag.starts_with("--").then(|| flag.to_string())
+}
+
+/// README drift, the other way and deeper than `the_readme_names_every_flag_field_reason_and_metric`:
+/// every flag the README lists exists with the env variable and default it states; every field path in
+/// the API reference exists in the CRDs and every nested field is named in its row; every metric's type
+/// and labels are as documented and every documented metric exists; every `konnect-sa.dev/` key the
+/// operator writes is documented and every documented one exists.
+#[test]
+fn the_readme_and_the_code_agree_both_ways() {
+    use clap::Args;
+    let readme = read("README.md");
+    let mut wrong = Vec::new();
+
+    // Flags: env and default of `run`, existence and default of `sim`.
+    let run = konnect_sa_operator::run::RunArgs::augment_args(clap::Command::new("run"));
+    let sim = konnect_sa_operator::sim::SimArgs::augment_args(clap::Command::new("sim"));
+    for (cmd, heading, default_col) in [
+        (&run, "### `konnect-sa-operator run`", 2),
+        (&sim, "## The Konnect simulator", 1),
+    ] {
+        for row in table_after(&readme, heading) {
+            let Some(flag) = flag_of(&row[0]) else {
+                continue;
+            };
+            let Some(arg) = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(&flag[2..]))
+            else {
+                wrong.push(format!(
+                    "{} {flag}: documented, no such flag",
+                    cmd.get_name()
+                ));
+                continue;
+            };
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned())
+                .filter(|d| !d.is_empty())
+                .collect();
+            for d in defaults {
+                if !row[default_col].contains(&format!("`{d}`")) {
+                    wrong.push(format!(
+                        "{flag}: default `{d}`, README says {}",
+                        row[default_col]
+                    ));
+                }
+            }
+            if let Some(env) = arg.get_env() {
+                let env = env.to_string_lossy();
+                if !row.iter().any(|c| c.contains(&format!("`{env}`"))) {
+                    wrong.push(format!("{flag}: env {env} not in its row"));
+                }
+            }
+        }
+    }
+
+    // Fields: every documented path exists; every nested field is named in its row.
+    for crd in api::crds() {
+        let kind = crd.spec.names.kind.clone();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let root = schema["openAPIV3Schema"].clone();
+        let rows = table_after(&readme, &format!("### {kind}"));
+        let documented: Vec<(String, String)> = rows
+            .iter()
+            .flat_map(|row| {
+                row[0]
+                    .split('`')
+                    .filter(|p| p.starts_with("spec.") || p.starts_with("status."))
+                    .map(|p| (p.to_string(), row.join(" | ")))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (path, _) in &documented {
+            let mut node = &root;
+            for part in path.split('.') {
+                let name = part.trim_end_matches("[]");
+                node = &node["properties"][name];
+                if part.ends_with("[]") {
+                    node = &node["items"];
+                }
+            }
+            if node.is_null() {
+                wrong.push(format!("{kind} {path}: documented, not in the CRD"));
+            }
+        }
+        // Nested fields, one level below a documented path: named in that path's row.
+        for (path, row) in &documented {
+            let mut node = &root;
+            for part in path.split('.') {
+                node = &node["properties"][part.trim_end_matches("[]")];
+                if part.ends_with("[]") {
+                    node = &node["items"];
+                }
+            }
+            let inner = node["properties"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default();
+            for field in inner {
+                let named = documented
+                    .iter()
+                    .any(|(p, _)| p.starts_with(&format!("{path}.")))
+                    || row.contains(&format!("`{field}`"))
+                    || row.contains(&format!(".{field}`"))
+                    || row.contains(&format!("{{{field}"))
+                    || row.contains(&format!(" {field},"))
+                    || row.contains(&format!(" {field}}}"))
+                    || row.contains(&format!("{field}:"));
+                if !named {
+                    wrong.push(format!("{kind} {path}.{field}: not named in its row"));
+                }
+            }
+        }
+    }
+
+    // Metrics: type and labels as documented, nothing documented that is not exported.
+    let metrics = konnect_sa_operator::telemetry::Metrics::new();
+    let kind = konnect_sa_operator::telemetry::KindLabels { kind: "x".into() };
+    metrics.reconciles.get_or_create(&kind).inc();
+    metrics
+        .reconcile_errors
+        .get_or_create(&konnect_sa_operator::telemetry::ErrorLabels {
+            kind: "x".into(),
+            category: "x".into(),
+        })
+        .inc();
+    metrics.reconcile_duration.get_or_create(&kind).observe(1.0);
+    metrics
+        .konnect_requests
+        .get_or_create(&konnect_sa_operator::telemetry::RequestLabels {
+            operation: "x".into(),
+            code: "x".into(),
+        })
+        .inc();
+    let token = konnect_sa_operator::telemetry::TokenLabels {
+        namespace: "x".into(),
+        name: "x".into(),
+    };
+    metrics.token_expiration.get_or_create(&token).set(1.0);
+    metrics.token_renewal.get_or_create(&token).set(1.0);
+    metrics
+        .token_rotations
+        .get_or_create(&konnect_sa_operator::telemetry::ReasonLabels { reason: "x".into() })
+        .inc();
+    metrics.drift_checks.get_or_create(&kind).inc();
+    metrics.drift_checks_deferred.get_or_create(&kind).inc();
+    let text = metrics.encode();
+    let mut exported = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut w = rest.split_whitespace();
+            let (name, kind) = (w.next().unwrap(), w.next().unwrap());
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            exported.insert(name, (kind.to_string(), BTreeSet::<String>::new()));
+        }
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, _) = line.split_once(' ').unwrap_or((line, ""));
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains_key(*b)))
+            .unwrap_or(name);
+        if let Some((_, set)) = exported.get_mut(base) {
+            for pair in labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|p| !p.is_empty())
+            {
+                let key = pair.split('=').next().unwrap();
+                if key != "le" {
+                    set.insert(key.to_string());
+                }
+            }
+        }
+    }
+    let rows = table_after(&readme, "## Metrics and health");
+    let mut documented = BTreeSet::new();
+    for row in &rows {
+        let name = row[0].trim_matches('`').to_string();
+        documented.insert(name.clone());
+        let Some((kind, labels)) = exported.get(&name) else {
+            wrong.push(format!("metric {name}: documented, not exported"));
+            continue;
+        };
+        if &row[1] != kind {
+            wrong.push(format!(
+                "metric {name}: type {kind}, README says {}",
+                row[1]
+            ));
+        }
+        let doc_labels: BTreeSet<String> = row[2]
+            .split(',')
+            .map(|l| l.trim().trim_matches('`').to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        if &doc_labels != labels {
+            wrong.push(format!(
+                "metric {name}: labels {labels:?}, README says {doc_labels:?}"
+            ));
+        }
+    }
+    for name in exported.keys() {
+        if !documented.contains(name) {
+            wrong.push(format!(
+                "metric {name}: exported, not in the README's table"
+            ));
+        }
+    }
+
+    // `konnect-sa.dev/` keys: what the code writes is documented, what is documented exists.
+    // Keys, not resource names (`systemaccount.konnect-sa.dev/name` in kubectl output).
+    let key = regex::Regex::new(r"(?:^|[^A-Za-z.])konnect-sa\.dev/([A-Za-z-]+)").unwrap();
+    let mut in_code = BTreeSet::new();
+    let mut stack = vec![crate_dir().join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                in_code.extend(key.captures_iter(&text).map(|c| c[1].to_string()));
+            }
+        }
+    }
+    let in_readme: BTreeSet<String> = key
+        .captures_iter(&readme)
+        .map(|c| c[1].to_string())
+        .collect();
+    for k in &in_code {
+        // The README lists the Secret annotations once in full and then by their short names.
+        if !in_readme.contains(k) && !readme.contains(&format!("`{k}`")) {
+            wrong.push(format!(
+                "konnect-sa.dev/{k}: used by the operator, not documented"
+            ));
+        }
+    }
+    for k in &in_readme {
+        if !in_code.contains(k) {
+            wrong.push(format!(
+                "konnect-sa.dev/{k}: documented, not used by the operator"
+            ));
+        }
+    }
+
+    assert!(wrong.is_empty(), "README and code disagree: {wrong:#?}");
+}

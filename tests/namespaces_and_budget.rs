@@ -153,8 +153,16 @@ async fn namespaced_mode_shares_one_binding_cache_and_one_snapshot() {
     };
     let before = drift(&metrics(&addr).await);
     env.sim.reset_counts();
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    let checks = drift(&metrics(&addr).await) - before;
+    // Until the operator has recorded three sweeps' worth of checks (7 accounts), not for a fixed time.
+    let deadline = Instant::now() + T;
+    let checks = loop {
+        let checks = drift(&metrics(&addr).await) - before;
+        if checks >= 21 {
+            break checks;
+        }
+        assert!(Instant::now() < deadline, "drift checks ran: {checks}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let lists = env
         .sim
         .counts()
@@ -254,6 +262,116 @@ async fn a_spent_drift_budget_delays_neither_new_objects_nor_due_renewals() {
     assert!(
         late < k8s_openapi::jiff::SignedDuration::from_secs(8),
         "the renewal waited {late:?}"
+    );
+    env.stop_operator().await;
+}
+
+/// `--namespaces team-a,team-b` (the README's namespaced install: one Role per watched namespace, no
+/// ClusterRole): objects in a third namespace are never touched, and the operator makes no cluster-scoped
+/// request at all (a real API server would refuse it 403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn namespaced_mode_leaves_other_namespaces_alone_and_asks_nothing_cluster_wide() {
+    let mut env = TestEnv::start().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    // The third namespace's objects exist before the operator starts: watched, they would be seen at once.
+    for ns in ["team-a", "team-b", "team-c"] {
+        // Konnect names are one space: a name per namespace.
+        env.apply(&account(ns, &format!("bot-{ns}")));
+        env.apply(&token(ns, "ci", &format!("bot-{ns}"), ""));
+    }
+    env.start_operator(&[
+        "--namespaces",
+        "team-a,team-b",
+        "--resync-period",
+        "2s",
+        "--metrics-addr",
+        &addr,
+    ])
+    .await;
+    for ns in ["team-a", "team-b"] {
+        let accounts: Api<SystemAccount> = Api::namespaced(env.client(), ns);
+        let tokens: Api<SystemAccountToken> = Api::namespaced(env.client(), ns);
+        wait_for(&accounts, &format!("bot-{ns}"), T, account_ready).await;
+        wait_for(&tokens, "ci", T, token_ready).await;
+    }
+    // Two full drift sweeps after that (each watched account checked again): time enough for any
+    // object the operator saw to be acted on.
+    let drift = |m: &str| {
+        metric_total(m, |l| {
+            l.starts_with("konnect_sa_drift_checks_total") && l.contains("SystemAccount")
+        })
+    };
+    let start = drift(&metrics(&addr).await);
+    let deadline = Instant::now() + T;
+    while drift(&metrics(&addr).await) < start + 4 {
+        assert!(Instant::now() < deadline, "drift checks ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let c_account = env
+        .kube
+        .get(
+            "konnect-sa.dev",
+            "v1alpha1",
+            "systemaccounts",
+            "team-c",
+            "bot-team-c",
+        )
+        .unwrap();
+    let c_token = env
+        .kube
+        .get(
+            "konnect-sa.dev",
+            "v1alpha1",
+            "systemaccounttokens",
+            "team-c",
+            "ci",
+        )
+        .unwrap();
+    for obj in [&c_account, &c_token] {
+        assert!(obj.get("status").is_none(), "untouched: {obj}");
+        assert!(
+            obj.pointer("/metadata/finalizers").is_none(),
+            "untouched: {obj}"
+        );
+        assert_eq!(
+            obj.pointer("/metadata/generation"),
+            Some(&serde_json::json!(1))
+        );
+    }
+    assert!(
+        env.kube
+            .list("", "v1", "secrets", Some("team-c"))
+            .is_empty()
+    );
+    let names: Vec<String> = env
+        .sim
+        .state()
+        .accounts
+        .iter()
+        .map(|a| a.account.name.clone())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "one account per watched namespace: {names:?}"
+    );
+
+    let operator_requests: Vec<_> = env
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.is_some())
+        .collect();
+    assert!(!operator_requests.is_empty());
+    let outside: Vec<String> = operator_requests
+        .iter()
+        .filter(|r| !matches!(r.namespace.as_deref(), Some("team-a" | "team-b")))
+        .map(|r| format!("{} {} in {:?}", r.verb, r.plural, r.namespace))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests outside team-a and team-b: {outside:?}"
     );
     env.stop_operator().await;
 }

@@ -3,8 +3,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use konnect_sa_operator::api::{RoleBinding, SystemAccount};
@@ -100,6 +98,26 @@ fn event_reasons(env: &TestEnv, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The assignment writes sent for an account, in order: `METHOD path body -> status`.
+fn role_writes(env: &TestEnv, account_id: &str) -> Vec<String> {
+    env.sim
+        .journal()
+        .into_iter()
+        .filter(|e| {
+            e.path.contains(account_id) && e.path.contains("assigned-roles") && e.method != "GET"
+        })
+        .map(|e| {
+            format!(
+                "{} {} {} -> {}",
+                e.method,
+                e.path,
+                e.request_body.map(|b| b.to_string()).unwrap_or_default(),
+                e.status
+            )
+        })
+        .collect()
+}
+
 async fn wait_gone(env: &TestEnv, name: &str) {
     assert!(
         eventually(T, || env
@@ -148,43 +166,34 @@ async fn binding_lifecycle_with_the_documented_tuple() {
     );
     assert!(event_reasons(&env, "ci-viewer").contains(&"Assigned".to_string()));
 
-    // Viewer -> Admin while a poller watches Konnect: the account must hold one of the two at
-    // every moment (Konnect has no update: create the new one first, then delete the old).
+    // Viewer -> Admin without an access gap: Konnect has no update, so the new assignment must be
+    // created (201) before the old one is deleted, in the order the simulator's journal recorded them.
     let old_id = roles[0].id.clone();
-    let done = AtomicBool::new(false);
-    let gaps = Mutex::new(Vec::new());
-    let snapshots = std::sync::atomic::AtomicUsize::new(0);
-    let poller = async {
-        while !done.load(Ordering::SeqCst) {
-            let roles = konnect_roles(&env, "ci-bot");
-            let has = |r: &str| roles.iter().any(|a| a.role == docs_tuple(r));
-            if !has("Viewer") && !has("Admin") {
-                gaps.lock().unwrap().push(roles);
-            }
-            snapshots.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(3)).await;
-        }
-    };
-    let change = async {
-        merge_patch(
-            &api,
-            "ci-viewer",
-            serde_json::json!({"spec": {"roleName": "Admin"}}),
-        )
-        .await;
-        let b = wait_for(&api, "ci-viewer", T, |b| {
-            is_ready(b) && b.metadata.generation == Some(2)
-        })
-        .await;
-        // A few more polls after the controller is done.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        done.store(true, Ordering::SeqCst);
-        b
-    };
-    let ((), b) = tokio::join!(poller, change);
-    let gaps = gaps.into_inner().unwrap();
-    assert!(gaps.is_empty(), "access gap(s) seen: {gaps:?}");
-    assert!(snapshots.load(Ordering::SeqCst) > 10, "the poller ran");
+    merge_patch(
+        &api,
+        "ci-viewer",
+        serde_json::json!({"spec": {"roleName": "Admin"}}),
+    )
+    .await;
+    let b = wait_for(&api, "ci-viewer", T, |b| {
+        is_ready(b) && b.metadata.generation == Some(2)
+    })
+    .await;
+    assert!(
+        eventually(T, || konnect_roles(&env, "ci-bot").len() == 1).await,
+        "the old assignment goes"
+    );
+    let order = role_writes(&env, &account_id);
+    let created = order
+        .iter()
+        .position(|w| w.starts_with("POST") && w.contains("\"Admin\"") && w.ends_with("201"));
+    let deleted = order
+        .iter()
+        .position(|w| w.starts_with("DELETE") && w.contains(&old_id));
+    assert!(
+        matches!((created, deleted), (Some(c), Some(d)) if c < d),
+        "the new assignment is created before the old one is deleted: {order:#?}"
+    );
     let roles = konnect_roles(&env, "ci-bot");
     assert_eq!(roles.len(), 1, "the old assignment is gone: {roles:?}");
     assert_eq!(roles[0].role, docs_tuple("Admin"));
@@ -363,6 +372,23 @@ async fn two_bindings_share_one_assignment() {
     assert_eq!(roles.len(), 1, "{roles:?}");
     assert_eq!(assigned_id(&a), roles[0].id);
     assert_eq!(assigned_id(&b), roles[0].id);
+    // What was sent, not only what Konnect kept: at most one create per binding (no retry loop), one of
+    // them created; a binding that lost the race got 409 and adopted (Konnect's documented pattern).
+    let statuses: Vec<u16> =
+        support::journal::of(&env.sim, "post-system-accounts-accountId-assigned-roles")
+            .iter()
+            .map(|e| e.status)
+            .collect();
+    assert!(statuses.len() <= 2, "creates sent: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
 
     delete(&api, "first").await;
     wait_gone(&env, "first").await;
@@ -542,6 +568,16 @@ async fn hundred_bindings_converge_under_rate_limiting() {
             .collect();
         assert_eq!(distinct, want, "{name}");
     }
+    // No create sent again once one was delivered as created (Konnect would refuse it 409).
+    let again = support::journal::creates_after_success(
+        &env.sim,
+        "post-system-accounts-accountId-assigned-roles",
+        support::journal::assignment_key,
+    );
+    assert!(
+        again.is_empty(),
+        "assignment creates sent again after a 201: {again:?}"
+    );
     let throttled = env.sim.counts_detail().total;
     eprintln!("simulator requests: {throttled}");
     env.stop_operator().await;
@@ -634,5 +670,64 @@ async fn a_gitops_rename_never_deletes_the_shared_assignment() {
     delete(&api, "new-name").await;
     wait_gone(&env, "new-name").await;
     assert!(konnect_roles(&env, "renamed-bot").is_empty());
+    env.stop_operator().await;
+}
+
+/// Two bindings share one assignment and one of them changes role: the other keeps the shared assignment
+/// (never deleted, so it has no gap either), the changed one gets an assignment of its own, created before
+/// anything of the shared one is touched; deleting the changed binding then removes only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_of_two_bindings_sharing_an_assignment_changes_role() {
+    let mut env = TestEnv::start().await;
+    env.start_operator(&[]).await;
+    env.apply(&account_yaml("ci-bot"));
+    env.apply(&format!(
+        "{}---\n{}",
+        docs_binding("first", "ci-bot", "Viewer", ""),
+        docs_binding("second", "ci-bot", "Viewer", "")
+    ));
+    let api = env.api::<RoleBinding>();
+    let sa = wait_for(&env.api::<SystemAccount>(), "ci-bot", T, account_ready).await;
+    let account_id = sa.status.unwrap().id.unwrap();
+    wait_for(&api, "first", T, is_ready).await;
+    let second = wait_for(&api, "second", T, is_ready).await;
+    let shared = assigned_id(&second);
+
+    merge_patch(
+        &api,
+        "second",
+        serde_json::json!({"spec": {"roleName": "Admin"}}),
+    )
+    .await;
+    let second = wait_for(&api, "second", T, |b| {
+        is_ready(b) && b.metadata.generation == Some(2)
+    })
+    .await;
+    assert_ne!(assigned_id(&second), shared, "an assignment of its own");
+    let first = wait_for(&api, "first", T, is_ready).await;
+    assert_eq!(
+        assigned_id(&first),
+        shared,
+        "the other keeps the shared one"
+    );
+    let mut roles: Vec<String> = konnect_roles(&env, "ci-bot")
+        .iter()
+        .map(|r| r.role.role_name.clone())
+        .collect();
+    roles.sort();
+    assert_eq!(roles, ["Admin", "Viewer"]);
+    let writes = role_writes(&env, &account_id);
+    assert!(
+        !writes
+            .iter()
+            .any(|w| w.starts_with("DELETE") && w.contains(&shared)),
+        "the shared assignment was never deleted: {writes:#?}"
+    );
+
+    delete(&api, "second").await;
+    wait_gone(&env, "second").await;
+    let roles = konnect_roles(&env, "ci-bot");
+    assert_eq!(roles.len(), 1, "{roles:?}");
+    assert_eq!(roles[0].id, shared);
     env.stop_operator().await;
 }

@@ -32,6 +32,10 @@ fn fixture_dir() -> PathBuf {
 async fn start() -> (FakeKube, kube::Client) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kube = FakeKube::start(&fixture_dir()).await;
+    // Namespaces must exist before anything is created in them, as in a real cluster.
+    for ns in [NS, "a", "b"] {
+        kube.create_namespace(ns);
+    }
     let client = kube.client();
     (kube, client)
 }
@@ -135,7 +139,7 @@ async fn create_get_replace_conflict_and_errors() {
         .unwrap_err();
     assert_eq!(api_code(&nameless), Some((422, "Invalid".into())));
 
-    // The test API sees the same objects, and the namespace was created on the way.
+    // The test API sees the same objects.
     assert_eq!(
         kube.get("", "v1", "secrets", NS, "s1").unwrap()["metadata"]["labels"]["edited"],
         "yes"
@@ -788,7 +792,13 @@ async fn owner_deletion_collects_owned_secrets() {
         .unwrap();
 
     api.delete("w1", &DeleteParams::background()).await.unwrap();
-    assert_eq!(secrets.get_opt("owned").await.unwrap(), None);
+    // The collector is asynchronous, as in a real cluster.
+    assert!(
+        kube.wait_until(Duration::from_secs(5), |k| k
+            .get("", "v1", "secrets", NS, "owned")
+            .is_none())
+            .await
+    );
     assert!(secrets.get_opt("unrelated").await.unwrap().is_some());
 
     // Manifests apply like `kubectl apply --server-side`, and raw patches go through the same path as PATCH.
@@ -1287,4 +1297,365 @@ async fn metadata_only_requests_get_no_data() {
         body.contains("PartialObjectMetadata") && !body.contains("\"data\""),
         "{body}"
     );
+}
+
+// ---- fidelity probes: where the stand-in once differed from a real kube-apiserver (v1.36) --------------------
+
+/// A paged list is one snapshot: later pages show the state and resourceVersion of the first, so a watch
+/// from that resourceVersion sees every change made while paging (kube-runtime pages by 500).
+#[tokio::test]
+async fn paged_lists_are_one_snapshot_and_expire_with_compaction() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    for i in 0..5 {
+        api.create(&PostParams::default(), &widget(&format!("w{i}"), json!({})))
+            .await
+            .unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let rv = first.metadata.resource_version.clone().unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    // Changes between pages.
+    api.delete("w3", &DeleteParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &widget("w9", json!({})))
+        .await
+        .unwrap();
+    let mut names: Vec<String> = first.items.iter().map(|o| o.name_any()).collect();
+    let mut token = Some(token);
+    while let Some(t) = token.take() {
+        let page = api
+            .list(&ListParams::default().limit(2).continue_token(&t))
+            .await
+            .unwrap();
+        assert_eq!(page.metadata.resource_version.as_deref(), Some(rv.as_str()));
+        names.extend(page.items.iter().map(|o| o.name_any()));
+        token = page.metadata.continue_.filter(|c| !c.is_empty());
+    }
+    assert_eq!(
+        names,
+        ["w0", "w1", "w2", "w3", "w4"],
+        "the state at the first page"
+    );
+    // A watch from the snapshot's resourceVersion sees what paging did not.
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(2), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match stream.try_next().await.unwrap() {
+            Some(WatchEvent::Added(o)) => seen.push(format!("+{}", o.name_any())),
+            Some(WatchEvent::Deleted(o)) => seen.push(format!("-{}", o.name_any())),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["-w3", "+w9"]);
+    // A continue token outlives no compaction: 410, start again.
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    kube.compact();
+    let err = api
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(first.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((410, "Expired".into())));
+    kube.shutdown().await;
+}
+
+/// Empty finalizers, labels and annotations and null fields are not stored, so a JSON patch that tests
+/// `/metadata/finalizers` for null (the operator's guard when it adds its finalizer) passes once the last
+/// finalizer is gone.
+#[tokio::test]
+async fn empty_metadata_and_nulls_are_dropped() {
+    let (kube, client) = start().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &ApiResource::erase::<Secret>(&()));
+    let mut body: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bare", "labels": {}, "annotations": {}, "finalizers": [], "ownerReferences": []},
+        "immutable": null,
+        "data": {"k": "dg=="},
+    }))
+    .unwrap();
+    body.metadata.namespace = None;
+    raw.create(&PostParams::default(), &body).await.unwrap();
+    let stored = kube.get("", "v1", "secrets", NS, "bare").unwrap();
+    for field in ["labels", "annotations", "finalizers", "ownerReferences"] {
+        assert!(stored["metadata"].get(field).is_none(), "{field}: {stored}");
+    }
+    assert!(stored.get("immutable").is_none(), "{stored}");
+
+    let api = widgets(&client, NS);
+    let mut w = widget("held", json!({}));
+    w.metadata.finalizers = Some(vec!["example.dev/hold".into()]);
+    api.create(&PostParams::default(), &w).await.unwrap();
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": []}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        kube.get("example.dev", "v1", "widgets", NS, "held")
+            .unwrap()["metadata"]
+            .get("finalizers")
+            .is_none()
+    );
+    let guarded: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": null},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["example.dev/again"]},
+    ]))
+    .unwrap();
+    api.patch("held", &PatchParams::default(), &Patch::<()>::Json(guarded))
+        .await
+        .expect("the null test passes on a stored object without finalizers");
+    let _ = secrets;
+    kube.shutdown().await;
+}
+
+/// Secret data keys are config keys and values base64, or the write is refused (422 and 400).
+#[tokio::test]
+async fn secret_data_keys_and_base64_are_validated() {
+    let (kube, client) = start().await;
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &ApiResource::erase::<Secret>(&()));
+    let secret_with = |name: &str, data: Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data,
+        }))
+        .unwrap()
+    };
+    let bad_key = raw
+        .create(
+            &PostParams::default(),
+            &secret_with("k", json!({"not a key": "dg=="})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&bad_key), Some((422, "Invalid".into())));
+    let bad_value = raw
+        .create(
+            &PostParams::default(),
+            &secret_with("v", json!({"k": "not base64!"})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&bad_value).map(|c| c.0), Some(400));
+    let string_data: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"a/b": "x"},
+    }))
+    .unwrap();
+    let bad_string_key = raw
+        .create(&PostParams::default(), &string_data)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&bad_string_key), Some((422, "Invalid".into())));
+    raw.create(
+        &PostParams::default(),
+        &secret_with(
+            "ok",
+            json!({"token": "dg==", "ca.crt": "", "A_b-c.d": "dg=="}),
+        ),
+    )
+    .await
+    .expect("valid keys and values");
+    kube.shutdown().await;
+}
+
+/// Nothing springs into a namespace that does not exist (404); a terminating namespace takes no new
+/// object (403), has its content deleted (finalizers still hold it), and goes when empty, for good.
+#[tokio::test]
+async fn namespaces_must_exist_and_a_terminating_one_refuses_new_objects() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let (kube, client) = start().await;
+    let nowhere = widgets(&client, "nowhere")
+        .create(&PostParams::default(), &widget("w", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&nowhere), Some((404, "NotFound".into())));
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("doomed".into());
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let api = widgets(&client, "doomed");
+    let mut held = widget("held", json!({}));
+    held.metadata.finalizers = Some(vec!["example.dev/hold".into()]);
+    api.create(&PostParams::default(), &held).await.unwrap();
+    api.create(&PostParams::default(), &widget("plain", json!({})))
+        .await
+        .unwrap();
+
+    namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let phase = |k: &FakeKube| {
+        k.get("", "v1", "namespaces", "", "doomed")
+            .and_then(|n| n.pointer("/status/phase").cloned())
+    };
+    assert_eq!(phase(&kube), Some(json!("Terminating")));
+    let refused = api
+        .create(&PostParams::default(), &widget("late", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&refused), Some((403, "Forbidden".into())));
+    // The namespace controller deletes the content; the finalizer holds one object, and with it the namespace.
+    assert!(
+        kube.wait_until(Duration::from_secs(5), |k| {
+            k.get("example.dev", "v1", "widgets", "doomed", "plain")
+                .is_none()
+                && k.get("example.dev", "v1", "widgets", "doomed", "held")
+                    .is_some_and(|w| w.pointer("/metadata/deletionTimestamp").is_some())
+        })
+        .await
+    );
+    assert_eq!(phase(&kube), Some(json!("Terminating")));
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        kube.wait_until(Duration::from_secs(5), |k| k
+            .get("", "v1", "namespaces", "", "doomed")
+            .is_none())
+            .await
+    );
+    let gone = api
+        .create(&PostParams::default(), &widget("again", json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_code(&gone),
+        Some((404, "NotFound".into())),
+        "it does not come back"
+    );
+    kube.shutdown().await;
+}
+
+/// DELETE of a custom resource without finalizers answers with the object (a built-in kind: a Status); a PUT
+/// carrying another object's uid (same name, recreated since) is refused with 409.
+#[tokio::test]
+async fn delete_answers_and_put_with_another_uid() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    api.create(&PostParams::default(), &widget("w", json!({})))
+        .await
+        .unwrap();
+    let answer = api.delete("w", &DeleteParams::default()).await.unwrap();
+    assert!(answer.left().is_some_and(|o| o.name_any() == "w"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(&PostParams::default(), &secret("s", &[]))
+        .await
+        .unwrap();
+    let old = secrets.get("s").await.unwrap();
+    let answer = secrets.delete("s", &DeleteParams::default()).await.unwrap();
+    assert!(answer.right().is_some(), "a Status for a built-in kind");
+
+    secrets
+        .create(&PostParams::default(), &secret("s", &[]))
+        .await
+        .unwrap();
+    let current = secrets.get("s").await.unwrap();
+    let mut stale = old.clone();
+    stale.metadata.resource_version = current.metadata.resource_version.clone();
+    let err = secrets
+        .replace("s", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((409, "Conflict".into())));
+    assert!(err.to_string().contains("UID in precondition"), "{err}");
+    kube.shutdown().await;
+}
+
+/// Garbage collection is asynchronous and honours propagationPolicy: Orphan keeps the dependents (without
+/// the reference), Foreground deletes them first while the owner waits with a deletionTimestamp.
+#[tokio::test]
+async fn garbage_collection_honours_the_propagation_policy() {
+    let (kube, client) = start().await;
+    let api = widgets(&client, NS);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let owned_by = |owner: &DynamicObject, name: &str| {
+        let mut s = secret(name, &[]);
+        s.metadata.owner_references = Some(vec![
+            owner.controller_owner_ref(&widget_resource()).unwrap(),
+        ]);
+        s
+    };
+
+    let orphaner = api
+        .create(&PostParams::default(), &widget("orphaner", json!({})))
+        .await
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &owned_by(&orphaner, "kept"))
+        .await
+        .unwrap();
+    api.delete("orphaner", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    assert!(
+        kube.wait_until(Duration::from_secs(5), |k| k
+            .get("example.dev", "v1", "widgets", NS, "orphaner")
+            .is_none())
+            .await
+    );
+    let kept = kube
+        .get("", "v1", "secrets", NS, "kept")
+        .expect("orphaned, not deleted");
+    assert!(kept["metadata"].get("ownerReferences").is_none(), "{kept}");
+
+    let foreground = api
+        .create(&PostParams::default(), &widget("fg", json!({})))
+        .await
+        .unwrap();
+    let mut held = owned_by(&foreground, "held");
+    // A blocking dependent: the owner waits for it.
+    held.metadata.owner_references.as_mut().unwrap()[0].block_owner_deletion = Some(true);
+    held.metadata.finalizers = Some(vec!["example.dev/hold".into()]);
+    secrets.create(&PostParams::default(), &held).await.unwrap();
+    api.delete("fg", &DeleteParams::foreground()).await.unwrap();
+    let owner = kube.get("example.dev", "v1", "widgets", NS, "fg").unwrap();
+    assert!(owner["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(
+        owner["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    // The blocking dependent is being deleted, its finalizer holds it, and so the owner waits.
+    assert!(
+        kube.wait_until(Duration::from_secs(5), |k| k
+            .get("", "v1", "secrets", NS, "held")
+            .is_some_and(|s| s["metadata"]["deletionTimestamp"].is_string()))
+            .await
+    );
+    assert!(kube.get("example.dev", "v1", "widgets", NS, "fg").is_some());
+    secrets
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        kube.wait_until(Duration::from_secs(5), |k| k
+            .get("example.dev", "v1", "widgets", NS, "fg")
+            .is_none())
+            .await
+    );
+    kube.shutdown().await;
 }

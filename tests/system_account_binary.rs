@@ -11,13 +11,9 @@ use support::{TestEnv, ready_of, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 
-fn assert_no_token_values(output: &str) {
-    for prefix in ["kpat_", "spat_"] {
-        assert!(
-            !output.contains(prefix),
-            "output must not contain a {prefix} value:\n{output}"
-        );
-    }
+/// No token value (any issued one, the admin token, or any raw `kpat_`/`spat_` value) in the output.
+fn assert_no_token_values(env: &TestEnv, output: &str) {
+    support::leak::assert_clean(&env.token_values(), output, "the binary's output");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -63,7 +59,7 @@ spec: {description: from the binary}
     let output = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(0), "clean exit; output:\n{output}");
     assert!(output.contains("shutting down"), "{output}");
-    assert_no_token_values(&output);
+    assert_no_token_values(&env, &output);
 }
 
 /// Runs the binary to completion with the given environment; returns (exit code, stdout+stderr).
@@ -115,7 +111,7 @@ async fn binary_exits_nonzero_when_the_token_is_rejected() {
         output.contains("rejected the token") && output.contains("Identity Admin"),
         "says what is wrong and what to check:\n{output}"
     );
-    assert_no_token_values(&output);
+    assert_no_token_values(&env, &output);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -130,5 +126,5 @@ async fn binary_exits_nonzero_without_kubernetes() {
         output.contains("cannot reach Kubernetes") && output.contains("KUBECONFIG"),
         "says what is wrong and what to do:\n{output}"
     );
-    assert_no_token_values(&output);
+    assert_no_token_values(&env, &output);
 }

@@ -21,10 +21,10 @@ struct Cli {
     run: RunArgs,
 }
 
-/// The operator running in this process, with its own flags (the shared helper fixes some).
+/// The operator running in this process, with its own flags (the shared helper fixes some); its failure
+/// fails the test where it happens (support/operator.rs).
 struct Operator {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    process: support::operator::InProcess,
     metrics_port: u16,
 }
 
@@ -48,28 +48,39 @@ impl Operator {
         ])
         .expect("valid flags")
         .run;
-        let client = env.client();
-        let token = env.sim.admin_token();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = rx.await;
-            };
-            if let Err(e) = konnect_sa_operator::run::run_with(client, token, args, shutdown).await
-            {
-                panic!("operator stopped with an error: {e}");
-            }
-        });
+        let process = env.spawn_in_process(env.sim.admin_token(), args);
         Operator {
-            stop,
-            task,
+            process,
             metrics_port,
         }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        self.process.stop().await;
+    }
+
+    /// Waits until the operator has reconciled SystemAccountTokens twice more (its reconcile counter): a
+    /// change the test made has been looked at and a resync has looked again, so a "nothing happened"
+    /// check rests on what the operator recorded, not on a fixed sleep (and fails against a dead one).
+    async fn settled(&self) {
+        let count = |m: &str| {
+            support::env::metric_total(m, |l| {
+                l.starts_with("konnect_sa_reconciles_total") && l.contains("SystemAccountToken")
+            })
+        };
+        let start = count(&self.metrics().await);
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            support::operator::check_operators();
+            if count(&self.metrics().await) >= start + 2 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the operator reconciles again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn metrics(&self) -> String {
@@ -188,24 +199,15 @@ where
 
 /// Invariant 3: no token value in any Event or in any of our objects (status included), and
 /// every token Konnect knows still has a value nobody printed.
+/// No issued value, raw, base64 or as bytes, in a captured log, an Event or an object (support/leak.rs).
 fn assert_no_token_value_exposed(env: &TestEnv) {
-    let mut texts: Vec<(String, String)> = env
-        .kube
-        .events()
-        .into_iter()
-        .map(|e| ("Event".to_string(), e.to_string()))
-        .collect();
-    for plural in ["systemaccounttokens", "systemaccounts"] {
-        for o in env.kube.list("konnect-sa.dev", "v1alpha1", plural, None) {
-            texts.push((plural.to_string(), o.to_string()));
-        }
-    }
-    for (what, text) in texts {
-        assert!(
-            !text.contains("spat_") && !text.contains("kpat_"),
-            "a token value appears in a {what}: {text}"
-        );
-    }
+    // The scan covers the in-process operator's own lines, at trace, in both formats.
+    let log = support::logs::captured();
+    assert!(
+        log.contains("TRACE") && log.contains("\"target\":\"konnect_sa_operator"),
+        "the in-process operator's logs are captured (text and JSON)"
+    );
+    env.assert_no_token_leak();
 }
 
 fn parse_ts(s: &Option<String>) -> Timestamp {
@@ -380,7 +382,7 @@ async fn token_lands_in_an_owned_secret_and_authenticates() {
     }
     let found = gauge(&last);
     assert!(found, "expiry gauge for the CR in /metrics:\n{last}");
-    assert!(!last.contains("spat_"));
+    support::leak::assert_clean(&env.token_values(), &last, "/metrics");
     assert_no_token_value_exposed(&env);
     op.stop().await;
 }
@@ -501,21 +503,21 @@ async fn rotate_annotation_rotates_once_per_new_value() {
 
     // The same value again (a re-apply of the same manifest) does not rotate ...
     merge_patch(&api, "manual-token", rotate("now")).await;
-    // ... an unrelated metadata change neither; wait past a few resyncs to be sure.
+    // ... an unrelated metadata change neither, however often the operator looks again.
     merge_patch(
         &api,
         "manual-token",
         json!({"metadata": {"labels": {"team": "ci"}}}),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    op.settled().await;
     let tok = api.get("manual-token").await.unwrap();
     assert_eq!(status(&tok).revision, Some(2), "same value: no rotation");
 
     // A new value rotates once more.
     merge_patch(&api, "manual-token", rotate("again")).await;
     wait_for(&api, "manual-token", T, |t| ready_at(t, 3)).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    op.settled().await;
     let tok = api.get("manual-token").await.unwrap();
     assert_eq!(status(&tok).revision, Some(3), "one rotation per value");
     assert_eq!(env.sim.live_tokens(&account_id).len(), 1);
@@ -844,7 +846,7 @@ spec:
             .wait_until(T, |k| k.request_count_for("get", "secrets") >= 2)
             .await
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    op.settled().await;
     let d3 = deployment(&env, "ci-runner");
     assert_eq!(d3["metadata"]["resourceVersion"], rv);
     assert_eq!(d3["metadata"]["generation"], generation);
@@ -1118,7 +1120,7 @@ async fn crash_points_are_healed_without_leaks_or_double_rotation() {
     );
     assert_eq!(env.sim.live_tokens(&account_id)[0].id, id2);
     // Past a couple of resyncs: still r2 (one rotation per request), and it works.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    op.settled().await;
     let tok = api.get("heal-token").await.unwrap();
     assert_eq!(status(&tok).revision, Some(2), "no second rotation");
     let s = secret(&env, "heal-token").await.unwrap();
@@ -2062,5 +2064,276 @@ spec: {{deletionPolicy: Orphan, konnect: {{authSecretRef: {{name: org-b-auth}}}}
     let (_, _, msg) = ready_of(&status(&blocked).conditions).unwrap();
     assert!(msg.contains("org-b-auth"), "{msg}");
     assert_eq!(org_b.live_tokens(&account_id).len(), 1, "nothing guessed");
+    op.stop().await;
+}
+
+// ---- the stand-in's fault tools aimed at the operator -----------------------------------------------------
+
+/// Operator Secret writes that reached the stand-in (creates and updates, dry runs left out).
+fn operator_secret_writes(env: &TestEnv) -> usize {
+    env.kube
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.user.is_some()
+                && !r.dry_run
+                && r.plural == "secrets"
+                && matches!(r.verb.as_str(), "create" | "update")
+        })
+        .count()
+}
+
+/// The Secret write fails (500) after Konnect issued the token: the write is retried, the Secret ends up
+/// holding a working token, and no other token of the account stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_write_failing_after_the_issue_leaves_one_working_token() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "faulty").await;
+    // The dry run passes; the real create fails.
+    env.kube.inject_failure("create", "secrets", 1, 500);
+    env.apply(&token_yaml(
+        "faulty-token",
+        "faulty",
+        "  previousTokenRetention: 0s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "faulty-token", T, ready).await;
+    assert!(
+        operator_secret_writes(&env) >= 2,
+        "the failed write was retried"
+    );
+    let s = secret(&env, "faulty-token").await.expect("Secret written");
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/token-id"),
+        status(&tok).token_id
+    );
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "one live token: {:?}",
+        env.sim.live_tokens(&account_id)
+    );
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+/// A status write answered 409 in the middle of a rotation: the rotation completes once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_status_write_conflict_mid_rotation_rotates_once() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "conflicted").await;
+    env.apply(&token_yaml(
+        "conflicted-token",
+        "conflicted",
+        "  previousTokenRetention: 0s",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "conflicted-token", T, |t| ready_at(t, 1)).await;
+    let issued = token_creates(&env);
+    env.kube
+        .inject_failure("update", "systemaccounttokens", 1, 409);
+    merge_patch(
+        &api,
+        "conflicted-token",
+        json!({"metadata": {"annotations": {"konnect-sa.dev/rotate": "once"}}}),
+    )
+    .await;
+    let tok = wait_for(&api, "conflicted-token", T, |t| ready_at(t, 2)).await;
+    let s = secret(&env, "conflicted-token").await.unwrap();
+    assert_eq!(
+        annotation(&s, "konnect-sa.dev/token-id"),
+        status(&tok).token_id
+    );
+    assert_eq!(auth_status(&env, &value_of(&s)).await, 200);
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "the replaced token is revoked"
+    );
+    assert_eq!(
+        token_creates(&env) - issued,
+        1,
+        "one token issued for one rotation"
+    );
+    op.stop().await;
+}
+
+/// Every watch ends with 410 Gone mid-run (compaction, a short history, watches cut after 1 s): the
+/// operator relists and still sees a new object at once (its resync only revisits known objects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watches_ending_in_410_mid_run_are_relisted() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "10m").await;
+    ready_account(&env, "relisted").await;
+    env.kube.set_history_limit(1);
+    env.kube.set_max_watch_duration(Duration::from_secs(1));
+    env.kube.compact();
+    let relists = |env: &TestEnv| {
+        env.kube
+            .requests()
+            .iter()
+            .filter(|r| r.user.is_some() && r.verb == "list" && r.plural == "systemaccounttokens")
+            .count()
+    };
+    let before = relists(&env);
+    assert!(
+        eventually(T, || relists(&env) > before).await,
+        "the token watcher relisted after 410"
+    );
+    env.apply(&token_yaml("after-410", "relisted", ""));
+    let api = env.api::<SystemAccountToken>();
+    wait_for(&api, "after-410", T, ready).await;
+    op.stop().await;
+}
+
+// ---- README promises (issue 19, point 11) ------------------------------------------------------------------
+
+/// The rotation reasons the README's table promises, each seen where it says: the `reason` label of
+/// `konnect_sa_token_rotations_total` and the `Rotated` Event. Along the way: a custom `secretKey`,
+/// StatefulSet and DaemonSet restarts, and the template not overriding the operator's own metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readme_rotation_reasons_secret_key_and_statefulset_daemonset_restarts() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "promised").await;
+    env.apply(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  serviceName: db
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, image: busybox}]}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: agent, image: busybox}]}
+"#,
+    );
+    env.apply(&token_yaml(
+        "promised-token",
+        "promised",
+        r#"  secretKey: api-token
+  previousTokenRetention: 0s
+  secretTemplate:
+    labels: {app.kubernetes.io/managed-by: someone-else}
+  rolloutRestartTargets:
+    - {kind: StatefulSet, name: db}
+    - {kind: DaemonSet, name: agent}"#,
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let tok = wait_for(&api, "promised-token", T, |t| ready_at(t, 1)).await;
+
+    // secretKey: the value under the custom key only; the operator's own label wins over the template's.
+    let s = secret(&env, "promised-token").await.unwrap();
+    let data = s.data.clone().unwrap_or_default();
+    assert!(
+        data.contains_key("api-token") && !data.contains_key("token"),
+        "{:?}",
+        data.keys()
+    );
+    let value = String::from_utf8(data["api-token"].0.clone()).unwrap();
+    assert_eq!(auth_status(&env, &value).await, 200);
+    assert_eq!(
+        s.metadata
+            .labels
+            .unwrap_or_default()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("konnect-sa-operator")
+    );
+    // Both kinds restarted for revision 1.
+    let rev1 = format!("{}/r1", status(&tok).last_rotation_time.unwrap());
+    for plural in ["statefulsets", "daemonsets"] {
+        let target = env.kube.get(
+            "apps",
+            "v1",
+            plural,
+            NS,
+            if plural == "statefulsets" {
+                "db"
+            } else {
+                "agent"
+            },
+        );
+        assert_eq!(
+            restarted_at(&target.unwrap()),
+            Some(rev1.clone()),
+            "{plural}"
+        );
+    }
+
+    // TokenRevoked: someone revokes the token in Konnect; a new one is issued.
+    let current = status(&tok).token_id.unwrap();
+    let admin = konnect_sa_operator::konnect::KonnectClient::new(
+        konnect_sa_operator::konnect::ClientConfig::new(env.sim.base_url(), env.sim.admin_token()),
+    )
+    .unwrap();
+    admin
+        .delete_access_token(&account_id, &current)
+        .await
+        .unwrap();
+    wait_for(&api, "promised-token", T, |t| ready_at(t, 2)).await;
+
+    // DurationChanged.
+    merge_patch(
+        &api,
+        "promised-token",
+        json!({"spec": {"duration": "1000h"}}),
+    )
+    .await;
+    wait_for(&api, "promised-token", T, |t| ready_at(t, 3)).await;
+
+    // SecretLost, by key removal and by a token-id that no longer matches.
+    env.kube
+        .modify_raw("", "v1", "secrets", NS, "promised-token", |s| {
+            s["data"].as_object_mut().unwrap().remove("api-token");
+        })
+        .unwrap();
+    wait_for(&api, "promised-token", T, |t| ready_at(t, 4)).await;
+    env.kube
+        .modify_raw("", "v1", "secrets", NS, "promised-token", |s| {
+            s["metadata"]["annotations"]["konnect-sa.dev/token-id"] = json!("someone-elses-id");
+        })
+        .unwrap();
+    wait_for(&api, "promised-token", T, |t| ready_at(t, 5)).await;
+
+    let metrics = op.metrics().await;
+    for reason in ["Initial", "TokenRevoked", "DurationChanged", "SecretLost"] {
+        let n = support::env::metric_total(&metrics, |l| {
+            l.starts_with("konnect_sa_token_rotations_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+        });
+        assert!(
+            n >= 1,
+            "rotations with reason {reason} in /metrics:\n{metrics}"
+        );
+        let noted = env.kube.events().iter().any(|e| {
+            e["regarding"]["name"] == "promised-token"
+                && matches!(e["reason"].as_str(), Some("Issued" | "Rotated"))
+                && e["note"].as_str().is_some_and(|n| n.contains(reason))
+        });
+        assert!(noted, "an Issued/Rotated Event names {reason}");
+    }
+    assert_eq!(
+        support::env::metric_total(&metrics, |l| l
+            .starts_with("konnect_sa_token_rotations_total")
+            && l.contains("reason=\"SecretLost\"")),
+        2
+    );
+    assert!(
+        eventually(T, || env.sim.live_tokens(&account_id).len() == 1).await,
+        "replaced tokens revoked: {:?}",
+        env.sim.live_tokens(&account_id)
+    );
     op.stop().await;
 }

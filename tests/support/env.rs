@@ -2,6 +2,7 @@
 //! operator, either in-process (`start_operator`) or as the real binary (`spawn_operator`).
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Parser;
@@ -13,7 +14,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use base64::Engine;
+
 use super::FakeKube;
+use super::leak;
+use super::operator::{InProcess, check_operators};
+use super::rbac::{self, Grant};
 
 /// A later flag overrides an earlier one: tests pass e.g. `--resync-period` over the default here.
 #[derive(Parser)]
@@ -28,11 +34,12 @@ pub const NS: &str = "platform";
 pub struct TestEnv {
     pub kube: FakeKube,
     pub sim: RunningSim,
-    operator: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-    )>,
+    operator: Option<InProcess>,
     pub dir: tempfile::TempDir,
+    /// What each operator started here may do (`rbac.rs`), checked against its requests when the env ends.
+    grants: Mutex<Vec<Grant>>,
+    /// Log files of the operator binaries started here, read by the leak check.
+    log_files: Mutex<Vec<PathBuf>>,
 }
 
 pub fn crate_dir() -> PathBuf {
@@ -44,9 +51,15 @@ impl TestEnv {
         Self::start_with(SimConfig::default()).await
     }
 
-    pub async fn start_with(sim_config: SimConfig) -> Self {
+    /// The simulator's journal is always on: the leak check reads the token values it issued there.
+    pub async fn start_with(mut sim_config: SimConfig) -> Self {
+        sim_config.journal = true;
         let _ = rustls::crypto::ring::default_provider().install_default();
+        super::logs::capture();
         let kube = FakeKube::start(&crate_dir().join("crds")).await;
+        // The test namespace, and the operator's own (its Leases) as an install creates it.
+        kube.create_namespace(NS);
+        kube.create_namespace("konnect-sa-system");
         let sim = Simulator::start(sim_config)
             .await
             .expect("simulator starts");
@@ -55,6 +68,8 @@ impl TestEnv {
             sim,
             operator: None,
             dir: tempfile::tempdir().unwrap(),
+            grants: Mutex::new(Vec::new()),
+            log_files: Mutex::new(Vec::new()),
         }
     }
 
@@ -88,24 +103,91 @@ impl TestEnv {
 
     pub async fn start_operator_with_token(&mut self, extra: &[&str], token: TokenValue) {
         let args = self.run_args(extra);
-        let client = self.client();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = rx.await;
-            };
-            if let Err(e) = konnect_sa_operator::run::run_with(client, token, args, shutdown).await
-            {
-                panic!("operator stopped with an error: {e}");
-            }
-        });
-        self.operator = Some((tx, handle));
+        self.operator = Some(self.spawn_in_process(token, args));
+    }
+
+    /// An operator in this process with `args`, under an identity of its own whose requests the end of the
+    /// env checks against the RBAC rules (several may run at once).
+    pub fn spawn_in_process(&self, token: TokenValue, args: RunArgs) -> InProcess {
+        let client = self.kube.client_as(&self.grant(&args));
+        InProcess::spawn(client, token, args)
+    }
+
+    /// Registers a new operator identity with the permissions the manifests give for `args`; returns its name.
+    fn grant(&self, args: &RunArgs) -> String {
+        let mut grants = self.grants.lock().unwrap();
+        let user = format!("operator-{}", grants.len() + 1);
+        grants.push(Grant::for_args(&user, args));
+        user
     }
 
     pub async fn stop_operator(&mut self) {
-        if let Some((tx, handle)) = self.operator.take() {
-            let _ = tx.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        if let Some(op) = self.operator.take() {
+            op.stop().await;
+        }
+    }
+
+    /// Panics listing every request an operator of this env made that its RBAC rules do not allow.
+    pub fn assert_requests_allowed(&self) {
+        let grants = self.grants.lock().unwrap().clone();
+        let denied = rbac::unauthorised(&grants, &self.kube.requests());
+        assert!(
+            denied.is_empty(),
+            "requests the operator's RBAC (src/api/rbac.rs) does not allow, the real API server would answer \
+             403:\n{}",
+            denied.join("\n")
+        );
+    }
+
+    /// Every token value of this world: issued by the simulator, its admin token, and any held in a Secret.
+    pub fn token_values(&self) -> Vec<String> {
+        let mut values = leak::issued_values(&self.sim);
+        for secret in self.kube.list("", "v1", "secrets", None) {
+            for v in secret["data"]
+                .as_object()
+                .into_iter()
+                .flat_map(|d| d.values())
+            {
+                let decoded = v
+                    .as_str()
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                    .and_then(|b| String::from_utf8(b).ok());
+                if let Some(d) =
+                    decoded.filter(|d| d.starts_with("spat_") || d.starts_with("kpat_"))
+                {
+                    values.push(d.trim().to_string());
+                }
+            }
+        }
+        values.sort();
+        values.dedup();
+        values
+    }
+
+    /// Panics if a token value shows in a captured log (the in-process operators', text and JSON at trace
+    /// level; the binaries' log files), an Event, or any object other than a Secret's data.
+    pub fn assert_no_token_leak(&self) {
+        let leaks = leak::Detector::new(&self.token_values());
+        leaks.assert_clean(&super::logs::captured(), "the in-process log");
+        for path in self.log_files.lock().unwrap().iter() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            leaks.assert_clean(&text, &format!("the log {}", path.display()));
+        }
+        let kinds = [
+            ("", "v1", "secrets"),
+            ("", "v1", "configmaps"),
+            ("", "v1", "events"),
+            ("events.k8s.io", "v1", "events"),
+            ("konnect-sa.dev", "v1alpha1", "systemaccounts"),
+            ("konnect-sa.dev", "v1alpha1", "systemaccounttokens"),
+            ("konnect-sa.dev", "v1alpha1", "rolebindings"),
+            ("apps", "v1", "deployments"),
+        ];
+        for (group, version, plural) in kinds {
+            for obj in self.kube.list(group, version, plural, None) {
+                let shown = leak::visible(&obj).to_string();
+                leaks.assert_clean(&shown, &format!("a {plural} object"));
+            }
         }
     }
 
@@ -121,8 +203,19 @@ impl TestEnv {
         envs: &[(&str, &str)],
         log: &Path,
     ) -> tokio::process::Child {
-        let kubeconfig = self.dir.path().join("kubeconfig");
-        self.kube.write_kubeconfig(&kubeconfig).unwrap();
+        let args = self.run_args(extra);
+        let user = self.grant(&args);
+        let kubeconfig = self.dir.path().join(format!("kubeconfig-{user}"));
+        self.kube
+            .write_kubeconfig_as(&kubeconfig, Some(&user))
+            .unwrap();
+        // A kubeconfig of the caller's (e.g. through a proxy) gets this identity's token too.
+        if let Some((_, own)) = envs.iter().find(|(k, _)| *k == "KUBECONFIG") {
+            let text = std::fs::read_to_string(own).expect("the caller's kubeconfig");
+            let text = text.replace("  user: {}\n", &format!("  user: {{token: {user}}}\n"));
+            std::fs::write(own, text).unwrap();
+        }
+        self.log_files.lock().unwrap().push(log.to_path_buf());
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -135,7 +228,12 @@ impl TestEnv {
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
             .env("KONNECT_TOKEN", self.sim.admin_token().expose())
-            .env("RUST_LOG", "info,konnect_sa_operator=debug")
+            // Trace for the operator, debug for its client libraries: the leak check reads this log (the
+            // in-process capture covers kube and reqwest at trace; here they would only slow the binary).
+            .env(
+                "RUST_LOG",
+                "info,konnect_sa_operator=trace,kube=debug,kube_client=debug,kube_runtime=debug,reqwest=debug",
+            )
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
@@ -154,6 +252,21 @@ impl TestEnv {
 
     pub fn set_faults(&self, f: Faults) {
         self.sim.set_faults(f);
+    }
+}
+
+impl Drop for TestEnv {
+    /// The end of every test world: its operators made only requests their RBAC allows, showed no token
+    /// value anywhere, and did not fail unnoticed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(op) = &self.operator {
+            op.fate().raise();
+        }
+        self.assert_requests_allowed();
+        self.assert_no_token_leak();
     }
 }
 
@@ -185,6 +298,7 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = None;
     loop {
+        check_operators();
         if let Ok(Some(obj)) = api.get_opt(name).await {
             if cond(&obj) {
                 return obj;
@@ -212,6 +326,7 @@ pub fn ready_of(
 pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        check_operators();
         if f() {
             return true;
         }

@@ -34,6 +34,8 @@ pub struct RequestRecord {
     pub dry_run: bool,
     /// Metadata only (`as=PartialObjectMetadata`): no Secret data in the answer.
     pub metadata_only: bool,
+    /// Who asked: the bearer token sent (`FakeKube::client_as`), None without one.
+    pub user: Option<String>,
 }
 
 /// A failure to inject into matching requests.
@@ -283,6 +285,11 @@ async fn handle(
             subresource: route.subresource.clone(),
             dry_run: params.get("dryRun").is_some(),
             metadata_only: wants_partial(&headers),
+            user: headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(String::from),
         });
     // Dry runs of POST and PUT run every check and store nothing; elsewhere they are refused rather
     // than silently committed, so a test relying on one notices.
@@ -319,7 +326,7 @@ async fn handle(
         "create" => create(&shared, &route, &body, dry_run),
         "update" => replace(&shared, &route, &body, dry_run),
         "patch" => patch(&shared, &route, &params, &headers, &body),
-        "delete" => delete(&shared, &route, &body),
+        "delete" => delete(&shared, &route, &params, &body),
         "deletecollection" => delete_collection(&shared, &route, &params),
         _ => Err(ApiError::new(
             405,
@@ -378,49 +385,33 @@ fn ns(route: &Route) -> &str {
     route.namespace.as_deref().unwrap_or("")
 }
 
-/// Lists always serve the latest state, whatever resourceVersion / resourceVersionMatch ask for; `limit` and
-/// `continue` page through it (later pages see later state, not a snapshot).
+/// Lists serve the latest state, whatever resourceVersion / resourceVersionMatch ask for; with `limit` the
+/// pages are one snapshot, taken at the first page (`fidelity::Pages`), as etcd serves them.
 fn list(shared: &Shared, route: &Route, params: &Params) -> Outcome {
     let (labels, fields) = selectors(params)?;
-    let store = shared.store.lock().expect("store lock");
+    let mut store = shared.store.lock().expect("store lock");
     let rt = store.resource_type(route.type_id).clone();
-    let mut items = store.list(route.type_id, route.namespace.as_deref(), &labels, &fields);
-    if let Some(after) = params.get("continue").filter(|c| !c.is_empty()) {
-        let (cns, cname) = after.split_once('/').unwrap_or(("", after));
-        let key = |o: &Value| {
-            (
-                o.pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                o.pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        };
-        items.retain(|o| key(o) > (cns.to_string(), cname.to_string()));
-    }
     let limit = params
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0);
-    let mut metadata = json!({"resourceVersion": store.resource_version().to_string()});
-    if let Some(limit) = limit
-        && items.len() > limit
-    {
-        items.truncate(limit);
-        let last = &items[limit - 1];
-        let token = format!(
-            "{}/{}",
-            last.pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or(""),
-            last.pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        );
-        metadata["continue"] = Value::String(token);
+    let (rv, items, next) = match params.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => store.pages.next(token, limit)?,
+        None => {
+            let items = store.list(route.type_id, route.namespace.as_deref(), &labels, &fields);
+            let rv = store.resource_version();
+            match limit {
+                Some(limit) => {
+                    let (page, next) = store.pages.first(rv, items, limit);
+                    (rv, page, next)
+                }
+                None => (rv, items, None),
+            }
+        }
+    };
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(next) = next {
+        metadata["continue"] = Value::String(next);
     }
     let items: Vec<Value> = items
         .iter()
@@ -513,12 +504,15 @@ fn patch(
     Ok((code, store.render(route.type_id, &route.version, &obj)))
 }
 
-fn delete(shared: &Shared, route: &Route, body: &[u8]) -> Outcome {
-    let options: Value = if body.is_empty() {
-        Value::Null
+fn delete(shared: &Shared, route: &Route, params: &Params, body: &[u8]) -> Outcome {
+    let mut options: Value = if body.is_empty() {
+        json!({})
     } else {
         parse_json(body)?
     };
+    if let (Some(p), Some(o)) = (params.get("propagationPolicy"), options.as_object_mut()) {
+        o.insert("propagationPolicy".into(), Value::String(p.to_string()));
+    }
     let pre = Preconditions {
         uid: options
             .pointer("/preconditions/uid")
@@ -528,6 +522,7 @@ fn delete(shared: &Shared, route: &Route, body: &[u8]) -> Outcome {
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(String::from),
+        propagation_policy: propagation_policy(&options)?,
     };
     let mut store = shared.store.lock().expect("store lock");
     let rt = store.resource_type(route.type_id).clone();
@@ -548,6 +543,23 @@ fn delete(shared: &Shared, route: &Route, body: &[u8]) -> Outcome {
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": obj.pointer("/metadata/uid")},
             }),
+        )),
+    }
+}
+
+/// `propagationPolicy` of DeleteOptions: Orphan, Background or Foreground (anything else: 422 like the real server).
+fn propagation_policy(options: &Value) -> Result<Option<String>, ApiError> {
+    match options.get("propagationPolicy") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(p)) if matches!(p.as_str(), "Orphan" | "Background" | "Foreground") => {
+            Ok(Some(p.clone()))
+        }
+        Some(other) => Err(ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "propagationPolicy: Unsupported value: {other}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+            ),
         )),
     }
 }

@@ -20,15 +20,19 @@
 //! generation (spec changes only when there is a status subresource; also when deletion starts); namespace
 //! from the URL; `/status` changes only `.status` and the main resource never does; finalizers hold a deletion
 //! with deletionTimestamp (new finalizers then refused with 422); ownerReference garbage collection
-//! (background, done at once); CRD schema pruning, defaults and validation (`schema.rs`); Secret `stringData`
-//! folded into `data`; watch from a resourceVersion with a bounded history, 410 Expired when it is too old
-//! or after `compact()`, bookmarks, `sendInitialEvents`, `timeoutSeconds`.
+//! (asynchronous, 50-100 ms after the change, honouring propagationPolicy Background, Orphan and Foreground
+//! with blockOwnerDeletion); namespaces must exist (404) and a terminating one refuses new objects (403), is
+//! emptied, then removed; empty or null metadata lists and maps (and nulls in built-in kinds) are not stored;
+//! a PUT naming another uid is refused (409); CRD schema pruning, defaults and validation (`schema.rs`);
+//! Secret `stringData` folded into `data`, data keys and base64 validated (`fidelity.rs`); watch from a
+//! resourceVersion with a bounded history, 410 Expired when it is too old or after `compact()`, bookmarks,
+//! `sendInitialEvents`, `timeoutSeconds`; paged lists are one snapshot at the first page's resourceVersion.
+//! Each request records the bearer token it carried (`RequestRecord::user`, see `client_as`).
 //!
-//! Approximations: lists always serve the latest state (resourceVersion/resourceVersionMatch accepted and
-//! ignored; continue pages are not a snapshot); server-side apply has no managedFields and no conflicts (see
-//! `patch.rs`); strategic merge patch merges only `metadata.finalizers` lists; no CEL rules, admission, RBAC,
-//! defaults of built-in kinds (except Secret `type`), namespace deletion cascade, foreground/orphan
-//! propagation, or conversion between CRD versions; core and events.k8s.io Events are separate stores;
+//! Approximations: lists serve the latest state (resourceVersion/resourceVersionMatch accepted and ignored);
+//! server-side apply has no managedFields and no conflicts (see `patch.rs`); strategic merge patch merges only
+//! `metadata.finalizers` lists; no CEL rules, admission, RBAC, defaults of built-in kinds (except Secret
+//! `type`), or conversion between CRD versions; core and events.k8s.io Events are separate stores;
 //! Metadata-only requests (`Accept: ...;as=PartialObjectMetadata...`) get PartialObjectMetadata objects, lists
 //! and watch events, as from a real server.
 //! `dryRun` runs the checks of create and update (PUT) and stores nothing, and is refused with 400 elsewhere.
@@ -37,6 +41,7 @@
 
 pub mod builtin;
 pub mod crd;
+pub mod fidelity;
 pub mod http;
 pub mod patch;
 pub mod schema;
@@ -95,6 +100,11 @@ impl FakeKube {
         for t in extra {
             store.add_type(t);
         }
+        // What every cluster has; other namespaces are created by the test (or its harness writes).
+        for ns in ["default", "kube-system", "kube-public"] {
+            store.ensure_namespace(ns);
+        }
+        store.deferred_gc = true;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             store: Arc::new(Mutex::new(store)),
@@ -117,6 +127,10 @@ impl FakeKube {
                 })
                 .await;
         });
+        tokio::spawn(garbage_collector(
+            Arc::downgrade(&shared.store),
+            shared.shutdown.subscribe(),
+        ));
         FakeKube {
             addr,
             shared,
@@ -135,13 +149,28 @@ impl FakeKube {
         kube::Client::try_from(config).expect("kube client")
     }
 
+    /// A kube client that sends `user` as its bearer token; the stand-in records it with each request
+    /// (`RequestRecord::user`), so a test can tell the operator's requests from its own.
+    pub fn client_as(&self, user: &str) -> kube::Client {
+        let mut config = kube::Config::new(self.url().parse().expect("valid URL"));
+        config.auth_info.token = Some(user.to_string().into());
+        kube::Client::try_from(config).expect("kube client")
+    }
+
     /// Writes a kubeconfig that points at the stand-in (default namespace `default`), for the real binary.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        self.write_kubeconfig_as(path, None)
+    }
+
+    /// `write_kubeconfig` for a client that sends `user` as its bearer token (see `client_as`).
+    pub fn write_kubeconfig_as(&self, path: &Path, user: Option<&str>) -> std::io::Result<()> {
+        let user = user.map_or("{}".to_string(), |u| format!("{{token: {u}}}"));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {}\n\
              contexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\n    namespace: default\n\
-             current-context: standin\nusers:\n- name: standin\n  user: {{}}\n",
-            self.url()
+             current-context: standin\nusers:\n- name: standin\n  user: {}\n",
+            self.url(),
+            user
         );
         std::fs::write(path, text)
     }
@@ -237,6 +266,9 @@ impl FakeKube {
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
             .map(String::from);
+        if store.resource_type(t).namespaced {
+            store.ensure_namespace(ns.as_deref().unwrap_or("default"));
+        }
         store
             .create(t, ns.as_deref(), obj)
             .map(|o| store.render(t, version, &o))
@@ -363,6 +395,9 @@ impl FakeKube {
                 .and_then(Value::as_str)
                 .unwrap_or(default_ns)
                 .to_string();
+            if store.resource_type(t).namespaced {
+                store.ensure_namespace(&ns);
+            }
             let bytes = obj.to_string();
             let out = store.patch(
                 t,
@@ -404,6 +439,12 @@ impl FakeKube {
         let mut store = self.store();
         let t = Self::type_of(&store, group, version, plural);
         store.purge(t, ns, name)
+    }
+
+    /// Creates a namespace if it does not exist (`kubectl create namespace`). Objects can only be created in
+    /// an existing namespace; the harness writes (`create_raw`, `apply_manifest`) create theirs themselves.
+    pub fn create_namespace(&self, name: &str) {
+        self.store().ensure_namespace(name);
     }
 
     /// Forgets the watch history and ends every open watch with 410 Gone: watchers must relist.
@@ -525,6 +566,35 @@ impl FakeKube {
                 tracing::warn!("stand-in did not stop within 3 s; aborting it");
                 abort.abort();
             }
+        }
+    }
+}
+
+/// The garbage collector and namespace controller of the stand-in: like a real cluster's, they act some
+/// 50-100 ms after the change that gave them work, not within the request.
+async fn garbage_collector(
+    store: std::sync::Weak<Mutex<Store>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let mut store = store.lock().expect("store lock");
+        match due {
+            None if store.garbage_collection_due() => {
+                due = Some(tokio::time::Instant::now() + Duration::from_millis(50));
+            }
+            Some(at) if tokio::time::Instant::now() >= at => {
+                store.run_garbage_collector();
+                due = None;
+            }
+            _ => {}
         }
     }
 }

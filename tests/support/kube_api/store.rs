@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use super::builtin::{check_builtin, check_event, check_metadata};
+use super::fidelity::{self, Pages};
 use super::patch::{self, PatchKind};
 use super::schema;
 use super::selector::{FieldSelector, LabelSelector};
@@ -60,6 +61,8 @@ pub enum Target {
 pub struct Preconditions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
+    /// `DeleteOptions.propagationPolicy`: Background (the default), Orphan or Foreground.
+    pub propagation_policy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +101,18 @@ pub struct Store {
     uids: HashSet<String>,
     /// Set for one request with `dryRun=All`: every check runs, nothing is stored.
     pub(crate) dry_run: bool,
+    /// Garbage collection and namespace cleanup wait for `run_garbage_collector` (a task of `FakeKube` calls
+    /// it, like the real collector some 50-100 ms after the change) instead of running at once.
+    pub(crate) deferred_gc: bool,
+    gc_pending: bool,
+    collecting: bool,
+    /// Paged lists in progress (`fidelity::Pages`).
+    pub(crate) pages: Pages,
 }
+
+/// The garbage collector's finalizers for DELETE with propagationPolicy Orphan and Foreground.
+const ORPHAN: &str = "orphan";
+const FOREGROUND: &str = "foregroundDeletion";
 
 /// Initial resourceVersion; anything below is "too old" from the start.
 const FIRST_RV: u64 = 100;
@@ -208,6 +222,10 @@ impl Store {
             applied: BTreeMap::new(),
             uids: HashSet::new(),
             dry_run: false,
+            deferred_gc: false,
+            gc_pending: false,
+            collecting: false,
+            pages: Pages::default(),
         }
     }
 
@@ -368,7 +386,7 @@ impl Store {
             object: obj.clone(),
             previous: None,
         });
-        self.collect_garbage();
+        self.gc_soon();
         Some(obj)
     }
 
@@ -420,7 +438,8 @@ impl Store {
         }
     }
 
-    fn ensure_namespace(&mut self, ns: &str) {
+    /// Creates namespace `ns` when it does not exist (test setup, like `kubectl create namespace`).
+    pub fn ensure_namespace(&mut self, ns: &str) {
         let Some(t) = self.type_id("", "v1", "namespaces") else {
             return;
         };
@@ -524,21 +543,23 @@ impl Store {
                 obj.insert("status".into(), json!({}));
             }
         }
+        fidelity::drop_empty(&rt, &mut body);
         check_schema(&rt, &key.1, &mut body)?;
         check_builtin(&rt, &key.1, None, &mut body)?;
+        fidelity::check_secret_data(&rt, &key.1, &body)?;
         check_metadata(&rt, &key.1, &body)?;
         check_event(&rt, &key.1, &body)?;
+        if rt.namespaced {
+            self.check_namespace(&ns)?;
+        }
         if self.dry_run {
             return Ok(body);
-        }
-        if rt.namespaced {
-            self.ensure_namespace(&ns);
         }
         let created = self.commit_put(t, body, None);
         // An object created with owners that are all gone is collected, like the real garbage collector would.
         let owners = owner_uids(&created);
         if owners.iter().any(|u| !self.uids.contains(u)) {
-            self.collect_garbage();
+            self.gc_soon();
         }
         Ok(created)
     }
@@ -716,6 +737,19 @@ impl Store {
         {
             return Err(ApiError::stale(&rt, name));
         }
+        // A body naming another object (same name, recreated since) is refused, not applied to this one.
+        if let Some(uid) = meta_str(&new, "uid").filter(|s| !s.is_empty())
+            && Some(uid) != meta_str(&old, "uid")
+        {
+            return Err(ApiError::conflict(
+                &rt,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&old, "uid").unwrap_or_default()
+                ),
+            ));
+        }
         if let Some(body_name) = meta_str(&new, "name").filter(|s| !s.is_empty())
             && body_name != name
         {
@@ -798,8 +832,10 @@ impl Store {
             }
         }
 
+        fidelity::drop_empty(&rt, &mut new);
         check_schema(&rt, name, &mut new)?;
         check_builtin(&rt, name, Some(&old), &mut new)?;
+        fidelity::check_secret_data(&rt, name, &new)?;
         check_metadata(&rt, name, &new)?;
         check_event(&rt, name, &new)?;
         if rt.has_generation && spec_part(&rt, &old) != spec_part(&rt, &new) {
@@ -875,6 +911,24 @@ impl Store {
                 ),
             ));
         }
+        if rt.group.is_empty() && rt.plural == "namespaces" {
+            return Ok(DeleteOutcome::Pending(
+                self.terminate_namespace(t, key, old),
+            ));
+        }
+        let held_by = match pre.propagation_policy.as_deref() {
+            Some("Orphan") => Some(ORPHAN),
+            Some("Foreground") => Some(FOREGROUND),
+            _ => None,
+        };
+        if let Some(finalizer) = held_by
+            && !finalizers(&old).iter().any(|f| f == finalizer)
+            && meta(&old).is_some_and(|m| !m.contains_key("deletionTimestamp"))
+        {
+            return Ok(DeleteOutcome::Pending(
+                self.hold_for_collector(t, old, finalizer),
+            ));
+        }
         if finalizers(&old).is_empty() {
             let gone = self.commit_remove(t, key).expect("present");
             return Ok(DeleteOutcome::Deleted(gone));
@@ -901,11 +955,217 @@ impl Store {
         self.commit_remove(t, &key)
     }
 
+    // ---- the garbage collector and namespace lifecycle (asynchronous, as in a real cluster) ---------------
+
+    /// Marks collection as due: at once, or on the next `run_garbage_collector` when deferred.
+    fn gc_soon(&mut self) {
+        self.gc_pending = true;
+        if !self.deferred_gc {
+            self.run_garbage_collector();
+        }
+    }
+
+    /// Whether collection is due (a change since the last run left work).
+    pub fn garbage_collection_due(&self) -> bool {
+        self.gc_pending
+    }
+
+    /// One run of the collectors until nothing is left to do: owners gone (background), owners deleted with
+    /// propagationPolicy Orphan or Foreground, terminating namespaces.
+    pub fn run_garbage_collector(&mut self) {
+        if self.collecting {
+            return;
+        }
+        self.collecting = true;
+        while std::mem::take(&mut self.gc_pending) {
+            self.collect_garbage();
+            self.collect_held();
+            self.clean_namespaces();
+        }
+        self.collecting = false;
+    }
+
+    /// DELETE with propagationPolicy Orphan or Foreground: the owner stays, with a deletionTimestamp and the
+    /// collector's finalizer, until its dependents are orphaned or deleted.
+    fn hold_for_collector(&mut self, t: TypeId, old: Value, finalizer: &str) -> Value {
+        let mut new = old.clone();
+        let m = meta_mut(&mut new);
+        m.insert("deletionTimestamp".into(), Value::String(now()));
+        m.insert("deletionGracePeriodSeconds".into(), json!(0));
+        let mut list = finalizers(&old);
+        list.push(finalizer.to_string());
+        m.insert("finalizers".into(), json!(list));
+        if let Some(g) = m.get("generation").and_then(Value::as_i64)
+            && g > 0
+        {
+            m.insert("generation".into(), json!(g + 1));
+        }
+        let held = self.commit_put(t, new, Some(old));
+        self.gc_soon();
+        held
+    }
+
+    /// Owners held by `orphan` lose their references from their dependents, then the finalizer; owners held
+    /// by `foregroundDeletion` get their dependents deleted and go when no blocking dependent is left.
+    fn collect_held(&mut self) {
+        let mut held = Vec::new();
+        for (t, objects) in self.objects.iter().enumerate() {
+            for (key, obj) in objects {
+                if meta(obj).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+                    for f in finalizers(obj) {
+                        if f == ORPHAN || f == FOREGROUND {
+                            let uid = meta_str(obj, "uid").unwrap_or_default().to_string();
+                            held.push((t, key.clone(), uid, f));
+                        }
+                    }
+                }
+            }
+        }
+        for (t, key, uid, finalizer) in held {
+            let uid = uid.as_str();
+            let dependents: Vec<(TypeId, Key, bool)> = self
+                .objects
+                .iter()
+                .enumerate()
+                .flat_map(|(dt, objects)| {
+                    objects.iter().filter_map(move |(dk, d)| {
+                        let r = meta(d)?
+                            .get("ownerReferences")?
+                            .as_array()?
+                            .iter()
+                            .find(|r| r.get("uid").and_then(Value::as_str) == Some(uid))?;
+                        let blocks = r.get("blockOwnerDeletion") == Some(&Value::Bool(true));
+                        Some((dt, dk.clone(), blocks))
+                    })
+                })
+                .collect();
+            let mut blocked = false;
+            for (dt, dk, blocks) in dependents {
+                let Some(d) = self.objects[dt].get(&dk).cloned() else {
+                    continue;
+                };
+                if finalizer == ORPHAN {
+                    let mut new = d.clone();
+                    if let Some(refs) = meta_mut(&mut new)
+                        .get_mut("ownerReferences")
+                        .and_then(Value::as_array_mut)
+                    {
+                        refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+                    }
+                    fidelity::drop_empty(&self.types[dt].clone(), &mut new);
+                    self.commit_put(dt, new, Some(d));
+                    continue;
+                }
+                if meta(&d).is_some_and(|m| !m.contains_key("deletionTimestamp")) {
+                    let _ = self.delete_key(dt, &dk, &Preconditions::default());
+                }
+                blocked |= blocks && self.objects[dt].contains_key(&dk);
+            }
+            if !blocked {
+                self.release(t, &key, &finalizer);
+            }
+        }
+    }
+
+    /// Removes one finalizer; the object goes when it was the last.
+    fn release(&mut self, t: TypeId, key: &Key, finalizer: &str) {
+        let Some(old) = self.objects[t].get(key).cloned() else {
+            return;
+        };
+        let mut new = old.clone();
+        let rest: Vec<String> = finalizers(&old)
+            .into_iter()
+            .filter(|f| f != finalizer)
+            .collect();
+        meta_mut(&mut new).insert("finalizers".into(), json!(rest));
+        fidelity::drop_empty(&self.types[t].clone(), &mut new);
+        if rest.is_empty() {
+            self.objects[t].insert(key.clone(), new);
+            self.commit_remove(t, key);
+        } else {
+            self.commit_put(t, new, Some(old));
+        }
+    }
+
+    /// Creating in a namespace needs it to exist (404) and not to be terminating (403).
+    fn check_namespace(&self, ns: &str) -> Result<(), ApiError> {
+        let Some(t) = self.type_id("", "v1", "namespaces") else {
+            return Ok(());
+        };
+        match self.objects[t].get(&(String::new(), ns.to_string())) {
+            None => Err(ApiError::not_found(&self.types[t], ns)),
+            Some(n) if meta(n).is_some_and(|m| m.contains_key("deletionTimestamp")) => {
+                Err(ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
+                ))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// DELETE of a namespace: Terminating until the namespace controller has deleted everything in it.
+    fn terminate_namespace(&mut self, t: TypeId, key: &Key, old: Value) -> Value {
+        if meta(&old).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+            return old;
+        }
+        let mut new = old.clone();
+        meta_mut(&mut new).insert("deletionTimestamp".into(), Value::String(now()));
+        new["spec"] = json!({"finalizers": ["kubernetes"]});
+        new["status"] = json!({"phase": "Terminating"});
+        let _ = key;
+        let out = self.commit_put(t, new, Some(old));
+        self.gc_soon();
+        out
+    }
+
+    /// The namespace controller: deletes what is in a terminating namespace (finalizers still hold objects),
+    /// and removes the namespace once it is empty.
+    fn clean_namespaces(&mut self) {
+        let Some(nt) = self.type_id("", "v1", "namespaces") else {
+            return;
+        };
+        let terminating: Vec<String> = self.objects[nt]
+            .iter()
+            .filter(|(_, n)| meta(n).is_some_and(|m| m.contains_key("deletionTimestamp")))
+            .map(|(k, _)| k.1.clone())
+            .collect();
+        for ns in terminating {
+            let mut left = false;
+            for t in 0..self.types.len() {
+                if !self.types[t].namespaced {
+                    continue;
+                }
+                let keys: Vec<Key> = self.objects[t]
+                    .keys()
+                    .filter(|k| k.0 == ns)
+                    .cloned()
+                    .collect();
+                for k in keys {
+                    let pending = self.objects[t].get(&k).is_some_and(|o| {
+                        meta(o).is_some_and(|m| m.contains_key("deletionTimestamp"))
+                    });
+                    if !pending {
+                        let _ = self.delete_key(t, &k, &Preconditions::default());
+                    }
+                    left |= self.objects[t].contains_key(&k);
+                }
+            }
+            if !left {
+                self.commit_remove(nt, &(String::new(), ns));
+            }
+        }
+    }
+
     // ---- watch --------------------------------------------------------------------------------------------
 
     /// Forgets the watch history: any watch from an older resourceVersion gets 410 Gone, and open watches end
     /// with 410, which makes kube-runtime's watcher relist.
     pub fn compact(&mut self) {
+        self.pages.forget();
         self.history.clear();
         self.floor = self.rv;
         let _ = self.tx.send(Arc::new(WatchRecord::Compacted));
@@ -1000,6 +1260,9 @@ mod tests {
         let mut s = Store::new(builtin_types());
         let w = s.add_type(widget_type());
         let secrets = s.type_id("", "v1", "secrets").unwrap();
+        for ns in ["ns", "ns1"] {
+            s.ensure_namespace(ns);
+        }
         (s, w, secrets)
     }
 
@@ -1042,10 +1305,11 @@ mod tests {
             .create(w, Some("ns1"), json!({"metadata": {"generateName": "g-"}}))
             .unwrap();
         assert!(meta_str(&generated, "name").unwrap().starts_with("g-"));
-        assert!(
-            s.get(s.type_id("", "v1", "namespaces").unwrap(), "", "ns1")
-                .is_ok()
-        );
+        // Namespaces must exist: nothing springs into existence on first write.
+        let missing = s
+            .create(w, Some("nowhere"), json!({"metadata": {"name": "a"}}))
+            .unwrap_err();
+        assert_eq!(missing.code, 404, "{missing:?}");
     }
 
     #[test]
