@@ -78,6 +78,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         ctx.metrics.drift_check("SystemAccount");
     }
     let mut created = false;
+    let mut announce: Option<(&str, String)> = None;
     let mut working = (*obj).clone();
     let mut adopted = old_status.adopted;
     let account = loop {
@@ -155,18 +156,14 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                 } else {
                     "Created"
                 };
-                events::publish(
-                    &ctx.events,
-                    &*obj,
-                    false,
+                // Published once its teams are joined: one Event says both.
+                announce = Some((
                     verb,
-                    "Create",
                     format!(
                         "{verb} Konnect system account '{}' ({})",
                         new.value.name, new.value.id
                     ),
-                )
-                .await;
+                ));
                 adopted = Some(false);
                 observed = ObservedAccount {
                     by_id: Some(new.value),
@@ -249,7 +246,18 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         &old_status,
         MembershipSource::pick(created, background),
     )
-    .await?;
+    .await;
+    if let Some((verb, note)) = announce {
+        let note = match &teams {
+            Ok(teams) if !teams.is_empty() => {
+                let names: Vec<&str> = teams.iter().map(|t| t.name.as_str()).collect();
+                format!("{note} in team(s) [{}]", names.join(", "))
+            }
+            _ => note,
+        };
+        events::publish(&ctx.events, &*obj, false, verb, "Create", note).await;
+    }
+    let teams = teams?;
 
     let status = working.status.get_or_insert_with(Default::default);
     status.id = Some(account.id.clone());
@@ -494,7 +502,8 @@ async fn converge_teams(
             .map_err(ReconcileError::konnect("removing a team membership"))?;
         ctx.snapshot.note_member(conn, id, &account.id, false).await;
     }
-    if !plan.add.is_empty() || !plan.remove.is_empty() {
+    // A new account's teams are named in its Created Event.
+    if (!plan.add.is_empty() || !plan.remove.is_empty()) && source != MembershipSource::NewAccount {
         let added: Vec<&str> = plan.add.iter().map(|t| t.name.as_str()).collect();
         events::publish(
             &ctx.events,

@@ -20,6 +20,10 @@ pub enum ReconcileError {
     /// The referenced SystemAccount is not Ready yet; its watch wakes us.
     #[error("{0}")]
     WaitingForSystemAccount(String),
+    /// The referenced SystemAccount exists and is being created, with no failure so far: a wait of
+    /// moments (its Ready event wakes us), reported like `WaitingForSystemAccount`.
+    #[error("{0}")]
+    SystemAccountInProgress(String),
     /// Another object of this cluster is about to take something over (a shared role assignment);
     /// looked at again shortly.
     #[error("{0}")]
@@ -59,7 +63,9 @@ impl ReconcileError {
             Self::InvalidSpec(_) => Reason::InvalidSpec,
             Self::Conflict(_) => Reason::Conflict,
             Self::SecretConflict(_) => Reason::SecretConflict,
-            Self::WaitingForSystemAccount(_) => Reason::WaitingForSystemAccount,
+            Self::WaitingForSystemAccount(_) | Self::SystemAccountInProgress(_) => {
+                Reason::WaitingForSystemAccount
+            }
             Self::Handover(_) => Reason::Pending,
             Self::Auth(_) => Reason::AuthFailed,
             Self::Konnect { source, .. } => match source {
@@ -122,7 +128,15 @@ impl ReconcileError {
     /// Waiting for the SystemAccount: a state reported in the condition, not a failure (no
     /// Warning Event, no error metric, no warning log).
     pub fn is_waiting(&self) -> bool {
-        matches!(self, Self::WaitingForSystemAccount(_))
+        matches!(
+            self,
+            Self::WaitingForSystemAccount(_) | Self::SystemAccountInProgress(_)
+        )
+    }
+
+    /// Waiting on an account that is being created right now (see [`Self::SystemAccountInProgress`]).
+    pub fn is_brief_wait(&self) -> bool {
+        matches!(self, Self::SystemAccountInProgress(_))
     }
 }
 

@@ -13,7 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::context::Context;
+use super::context::{CacheCopy, Context};
 use super::error::{ReconcileError, retry_delay};
 use crate::k8s::conditions::{self, READY, Reason};
 use crate::k8s::events;
@@ -126,22 +126,27 @@ where
         let started = Instant::now();
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
-        // The cache can lag our own writes (a trigger from an older event runs after we wrote): when
-        // it shows another version than the last one we know of, act on what the API server has now,
-        // so no decision is made on a stale status.
-        let obj = if ctx.is_latest_known(&*obj) {
-            obj
-        } else {
-            match api.get_opt(&obj.name_any()).await {
+        // The cache can lag our own writes (a trigger from an older event runs after we wrote): no
+        // decision is made on a stale status. A copy older than our last write is skipped (the
+        // watch event of that write wakes the object again, with no read); one that cannot be
+        // ordered is read afresh.
+        let obj = match ctx.cache_copy(&*obj) {
+            CacheCopy::Latest => obj,
+            CacheCopy::Older => {
+                tracing::trace!("the cache lags our last write; its watch event wakes us");
+                return Ok(Action::await_change());
+            }
+            CacheCopy::Unknown => match api.get_opt(&obj.name_any()).await {
                 Ok(Some(fresh)) => {
                     ctx.note_version(&fresh);
                     Arc::new(fresh)
                 }
                 Ok(None) => return Ok(Action::await_change()),
                 Err(e) => return Err(ReconcileError::kube("reading the object")(e)),
-            }
+            },
         };
-        let result = with_finalizer(&api, obj.clone(), &ctx, apply, cleanup).await;
+        let mut obj = obj;
+        let result = with_finalizer(&api, &mut obj, &ctx, apply, cleanup).await;
         // Waiting for an account is a state, not an error.
         let category = result
             .as_ref()
@@ -174,7 +179,7 @@ where
 /// finalizer, and fail (to be retried) if the list changed meanwhile.
 async fn with_finalizer<K, A, AF, C, CF>(
     api: &Api<K>,
-    obj: Arc<K>,
+    current: &mut Arc<K>,
     ctx: &Arc<Context>,
     apply: A,
     cleanup: C,
@@ -186,6 +191,7 @@ where
     C: FnOnce(Arc<K>, Arc<Context>) -> CF,
     CF: Future<Output = Result<Action, ReconcileError>>,
 {
+    let obj = current.clone();
     let name = obj.name_any();
     let finalizers = obj.finalizers().to_vec();
     let index = finalizers.iter().position(|f| f == FINALIZER);
@@ -241,7 +247,9 @@ where
                 .await
                 .map_err(finalizer_err)?;
             ctx.note_version(&updated);
-            Arc::new(updated)
+            // The caller reports a failure of `apply` on this version, not the one before.
+            *current = Arc::new(updated);
+            current.clone()
         }
     };
     apply(obj, ctx.clone()).await
@@ -257,8 +265,20 @@ async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError,
     if shows_failure(obj, err) {
         return;
     }
-    let Ok(mut fresh) = api.get_status(&obj.name_any()).await else {
+    // A new object whose account is being created right now: its account's Ready event wakes it
+    // in moments, and a status saying so would be one more write per object of a bulk apply.
+    if err.is_brief_wait() && conditions::get(obj.conditions(), READY).is_none() {
         return;
+    }
+    // The object in hand is the newest we know of unless this reconcile wrote its status before
+    // failing: only then is it read again (the write is resourceVersion-guarded either way).
+    let mut fresh = if ctx.is_latest_known(obj) {
+        obj.clone()
+    } else {
+        match api.get_status(&obj.name_any()).await {
+            Ok(fresh) => fresh,
+            Err(_) => return,
+        }
     };
     if shows_failure(&fresh, err) {
         return;
