@@ -70,6 +70,18 @@ pub struct Cost {
     commit: Mutex<()>,
     /// Requests answered 429 so far.
     pub rejected: AtomicU64,
+    /// Every request the model saw (watches apart): when it arrived, what it was, and whether it
+    /// was answered 429. Empty while the model is free.
+    pub log: std::sync::Mutex<Vec<Arrival>>,
+}
+
+/// One request as the cost model saw it.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub at: std::time::Instant,
+    /// Method and path, e.g. `GET /apis/konnect-sa.dev/v1alpha1/namespaces/ns/systemaccounts`.
+    pub request: String,
+    pub rejected: bool,
 }
 
 impl Cost {
@@ -80,6 +92,7 @@ impl Cost {
             waiting: AtomicUsize::new(0),
             commit: Mutex::new(()),
             rejected: AtomicU64::new(0),
+            log: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -90,17 +103,29 @@ impl Cost {
 
     /// Takes a seat, waits the latency and, for a write, its turn at the commit. The seat is held
     /// until the returned guard is dropped (after the answer is made). `Err` is the 429 to send.
-    pub async fn admit(&self, write: bool) -> Result<Option<OwnedSemaphorePermit>, Response> {
+    pub async fn admit(
+        &self,
+        request: String,
+        write: bool,
+    ) -> Result<Option<OwnedSemaphorePermit>, Response> {
         if self.is_free() {
             return Ok(None);
         }
+        let at = std::time::Instant::now();
         let seat = match &self.seats {
             None => None,
             Some(seats) => match seats.clone().try_acquire_owned() {
                 Ok(seat) => Some(seat),
-                Err(_) => Some(self.wait_for_seat(seats.clone()).await?),
+                Err(_) => match self.wait_for_seat(seats.clone()).await {
+                    Ok(seat) => Some(seat),
+                    Err(too_many) => {
+                        self.note(at, request, true);
+                        return Err(too_many);
+                    }
+                },
             },
         };
+        self.note(at, request, false);
         if !self.model.latency.is_zero() {
             tokio::time::sleep(self.model.latency).await;
         }
@@ -109,6 +134,14 @@ impl Cost {
             tokio::time::sleep(self.model.write_cost()).await;
         }
         Ok(seat)
+    }
+
+    fn note(&self, at: std::time::Instant, request: String, rejected: bool) {
+        self.log.lock().expect("cost log").push(Arrival {
+            at,
+            request,
+            rejected,
+        });
     }
 
     async fn wait_for_seat(&self, seats: Arc<Semaphore>) -> Result<OwnedSemaphorePermit, Response> {

@@ -298,7 +298,10 @@ async fn handle(
     let cost = shared.cost.lock().expect("cost lock").clone();
     let _seat = match verb {
         "watch" => None,
-        _ => match cost.admit(is_write(verb) && !dry_run).await {
+        _ => match cost
+            .admit(format!("{method} {}", uri.path()), is_write(verb) && !dry_run)
+            .await
+        {
             Ok(seat) => seat,
             Err(too_many) => return too_many,
         },

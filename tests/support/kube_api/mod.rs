@@ -455,6 +455,13 @@ impl FakeKube {
             .load(Ordering::Relaxed)
     }
 
+    /// The requests the cost model saw since it was last set (none while it is free).
+    pub fn cost_log(&self) -> Vec<cost::Arrival> {
+        let cost = self.shared.cost.lock().expect("cost lock").clone();
+        let log = cost.log.lock().expect("cost log").clone();
+        log
+    }
+
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.requests.lock().expect("requests lock").clone()
