@@ -100,9 +100,9 @@ async fn converging_costs_the_fewest_writes_and_a_quiet_sweep_costs_none() {
 
     let requests = env.kube.requests();
     let w = writes(&requests);
-    // SystemAccount: the finalizer, the write-ahead marker (status.pendingCreate), Ready.
+    // SystemAccount: the finalizer with the write-ahead marker of its create (one patch), Ready.
     assert_eq!(count(&w, "systemaccounts patch"), 1, "{w:#?}");
-    assert_eq!(count(&w, "systemaccounts/status update"), 2, "{w:#?}");
+    assert_eq!(count(&w, "systemaccounts/status update"), 1, "{w:#?}");
     assert_eq!(events_about(&env, "SystemAccount"), ["Created"]);
     // Token: the finalizer, the write-ahead marker (status.pendingTokenName), the Secret, Ready
     // (the issued token is recorded with it).
@@ -114,8 +114,8 @@ async fn converging_costs_the_fewest_writes_and_a_quiet_sweep_costs_none() {
     assert_eq!(count(&w, "rolebindings patch"), 1, "{w:#?}");
     assert_eq!(count(&w, "rolebindings/status update"), 1, "{w:#?}");
     assert_eq!(events_about(&env, "RoleBinding"), ["Assigned"]);
-    // Nothing else: 12 writes for the three objects.
-    assert_eq!(w.values().sum::<usize>(), 12, "{w:#?}");
+    // Nothing else: 11 writes for the three objects.
+    assert_eq!(w.values().sum::<usize>(), 11, "{w:#?}");
     // No GET of what the watch caches hold (the token's Secret is read: its cache holds metadata only).
     let gets: Vec<&RequestRecord> = requests
         .iter()

@@ -37,12 +37,27 @@ pub trait Managed:
     /// Creates the status when absent.
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn set_observed_generation(&mut self, generation: Option<i64>);
+    /// The kind adds the finalizer itself, with [`add_finalizer`], right before its first change
+    /// in Konnect, together with its write-ahead marker (one write where there would be two).
+    const OWN_FINALIZER: bool = false;
 }
+
+/// Where a kind that adds its own finalizer records its first Konnect create before making it,
+/// in the finalizer's patch (see [`Managed::OWN_FINALIZER`]). Its meaning belongs to the kind.
+pub const WRITE_AHEAD_ANNOTATION: &str = "konnect-sa.dev/pending-create";
 
 /// Implements [`Managed`] for a kind whose status has `conditions` and `observed_generation`.
 #[macro_export]
 macro_rules! impl_managed {
     ($kind:ty, $name:literal) => {
+        $crate::impl_managed!($kind, $name, {});
+    };
+    ($kind:ty, $name:literal, own_finalizer) => {
+        $crate::impl_managed!($kind, $name, {
+            const OWN_FINALIZER: bool = true;
+        });
+    };
+    ($kind:ty, $name:literal, { $($extra:tt)* }) => {
         impl $crate::controller::reconciler::Managed for $kind {
             const KIND: &'static str = $name;
             fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
@@ -60,6 +75,7 @@ macro_rules! impl_managed {
                     .get_or_insert_with(Default::default)
                     .observed_generation = generation;
             }
+            $($extra)*
         }
     };
 }
@@ -195,17 +211,6 @@ where
     let name = obj.name_any();
     let finalizers = obj.finalizers().to_vec();
     let index = finalizers.iter().position(|f| f == FINALIZER);
-    // The JSON patch's `test` failing (422) means the list changed under us: a stale copy, retried
-    // at once with fresh data like a 409, not a refusal.
-    let finalizer_err = |source: kube::Error| ReconcileError::Kube {
-        context: "updating finalizers".into(),
-        source: match source {
-            kube::Error::Api(s) if s.code == 422 => kube::Error::Api(Box::new(
-                kube::core::Status::failure(&s.message, "Conflict").with_code(409),
-            )),
-            other => other,
-        },
-    };
     if obj.meta().deletion_timestamp.is_some() {
         let Some(i) = index else {
             return Ok(Action::await_change());
@@ -220,7 +225,7 @@ where
             .map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
         api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await
-            .map_err(finalizer_err)?;
+            .map_err(finalizer_error)?;
         let verified_key = format!("{}/{}", K::KIND, obj.uid().unwrap_or_default());
         ctx.forget_object(&*obj, &verified_key);
         ctx.backoffs.record_success(&object_key(&*obj));
@@ -228,31 +233,70 @@ where
     }
     let obj = match index {
         Some(_) => obj,
+        // Added by the kind itself, with its write-ahead marker, before its first Konnect change.
+        None if K::OWN_FINALIZER => obj,
         None => {
-            let patch = if obj.meta().finalizers.is_none() {
-                serde_json::json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": null},
-                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-                ])
-            } else {
-                serde_json::json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
-                    {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-                ])
-            };
-            let patch: json_patch::Patch = serde_json::from_value(patch)
-                .map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
-            let updated = api
-                .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-                .map_err(finalizer_err)?;
-            ctx.note_version(&updated);
+            let updated = add_finalizer(api, &obj, ctx, None).await?;
             // The caller reports a failure of `apply` on this version, not the one before.
             *current = Arc::new(updated);
             current.clone()
         }
     };
     apply(obj, ctx.clone()).await
+}
+
+/// Adds the finalizer with a JSON patch whose `test` fails (retried like a 409) if the list
+/// changed meanwhile, and with it `marker` as [`WRITE_AHEAD_ANNOTATION`]: one write for both.
+pub async fn add_finalizer<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    ctx: &Context,
+    marker: Option<String>,
+) -> Result<K, ReconcileError> {
+    let finalizers = obj.finalizers().to_vec();
+    let mut patch = if obj.meta().finalizers.is_none() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    };
+    if let (Some(marker), Some(ops)) = (marker, patch.as_array_mut()) {
+        ops.push(if obj.meta().annotations.is_none() {
+            serde_json::json!({"op": "add", "path": "/metadata/annotations",
+                "value": {WRITE_AHEAD_ANNOTATION: marker}})
+        } else {
+            let key = WRITE_AHEAD_ANNOTATION.replace('~', "~0").replace('/', "~1");
+            serde_json::json!({"op": "add", "path": format!("/metadata/annotations/{key}"),
+                "value": marker})
+        });
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
+    let updated = api
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(finalizer_error)?;
+    ctx.note_version(&updated);
+    Ok(updated)
+}
+
+/// The JSON patch's `test` failing (422) means the list changed under us: a stale copy, retried
+/// at once with fresh data like a 409, not a refusal.
+fn finalizer_error(source: kube::Error) -> ReconcileError {
+    ReconcileError::Kube {
+        context: "updating finalizers".into(),
+        source: match source {
+            kube::Error::Api(s) if s.code == 422 => kube::Error::Api(Box::new(
+                kube::core::Status::failure(&s.message, "Conflict").with_code(409),
+            )),
+            other => other,
+        },
+    }
 }
 
 /// Writes `Ready=False` with the error's reason and message, and a Warning Event when either
@@ -346,7 +390,12 @@ pub(crate) fn fingerprint<K: Managed>(obj: &K) -> u64 {
     let meta = obj.meta();
     meta.uid.hash(&mut h);
     meta.generation.hash(&mut h);
-    meta.annotations.hash(&mut h);
+    // Our own write-ahead marker is not the user's.
+    meta.annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k != WRITE_AHEAD_ANNOTATION)
+        .for_each(|kv| kv.hash(&mut h));
     meta.deletion_timestamp.is_some().hash(&mut h);
     h.finish()
 }
