@@ -165,7 +165,9 @@ pub fn retry_delay(
         // A deterministic refusal by the API server is a spec error in all but name.
         ReconcileError::Kube { source, .. } if crate::k8s::is_refusal(source) => backoff(30),
         // The account's watch wakes us; this is only the fallback, so it does not grow.
-        ReconcileError::WaitingForSystemAccount(_) => Duration::from_secs(30).min(max),
+        ReconcileError::WaitingForSystemAccount(_) | ReconcileError::SystemAccountInProgress(_) => {
+            Duration::from_secs(30).min(max)
+        }
         // The other object records it within a reconcile or two.
         ReconcileError::Handover(_) => Duration::from_secs(2).min(max),
         e if e.is_write_conflict() => Duration::from_millis(200),

@@ -309,9 +309,11 @@ async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError,
     if shows_failure(obj, err) {
         return;
     }
-    // A new object whose account is being created right now: its account's Ready event wakes it
-    // in moments, and a status saying so would be one more write per object of a bulk apply.
-    if err.is_brief_wait() && conditions::get(obj.conditions(), READY).is_none() {
+    // A new object whose account is being created, or not seen yet (applied in the same sync):
+    // the account's Ready event wakes it in moments, and a status saying so would be one more
+    // write per object of a bulk apply. A reference that stays unresolved is reported after
+    // the grace (see `error_policy`).
+    if quiet_wait(obj, err).is_some() {
         return;
     }
     // The object in hand is the newest we know of unless this reconcile wrote its status before
@@ -382,6 +384,25 @@ fn shows_failure<K: Managed>(obj: &K, err: &ReconcileError) -> bool {
     })
 }
 
+/// How long a new dependent waits quietly for an account applied in the same sync before it
+/// reports it as missing (a GitOps sync applies them together; the account appears in moments).
+const NEW_OBJECT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Some(time left of the grace; zero: no end) when waiting for the account writes no status: the
+/// object has never reported Ready either way, and its account is being created, or the object
+/// is younger than [`NEW_OBJECT_GRACE`].
+fn quiet_wait<K: Managed>(obj: &K, err: &ReconcileError) -> Option<std::time::Duration> {
+    if !err.is_waiting() || conditions::get(obj.conditions(), READY).is_some() {
+        return None;
+    }
+    if err.is_brief_wait() {
+        return Some(std::time::Duration::ZERO);
+    }
+    let created = obj.meta().creation_timestamp.as_ref()?.0;
+    let age = Timestamp::now().duration_since(created).unsigned_abs();
+    NEW_OBJECT_GRACE.checked_sub(age).filter(|left| !left.is_zero())
+}
+
 /// What the user controls of an object and the operator never writes: its spec (through the
 /// generation), annotations (a rotate request) and deletion. A change of it ends a backoff at once.
 pub(crate) fn fingerprint<K: Managed>(obj: &K) -> u64 {
@@ -405,6 +426,10 @@ pub(crate) fn fingerprint<K: Managed>(obj: &K) -> u64 {
 /// [`Backoffs::held_back`](super::backoff::Backoffs::held_back)); a stale copy (409) is retried at once, and waiting for the account
 /// is woken by the account's watch.
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    if let Some(left) = quiet_wait(&*obj, err).filter(|left| !left.is_zero()) {
+        // Looked at again when the grace ends: then a missing account is reported.
+        return Action::requeue(left + std::time::Duration::from_millis(100));
+    }
     let hold = !(err.is_waiting() || err.is_write_conflict());
     let delay = ctx.backoffs.record_failure(
         &object_key(&*obj),
