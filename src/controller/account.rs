@@ -249,17 +249,22 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         MembershipSource::pick(created, background),
     )
     .await;
-    if let Some((verb, note)) = announce {
-        let note = match &teams {
-            Ok(teams) if !teams.is_empty() => {
-                let names: Vec<&str> = teams.iter().map(|t| t.name.as_str()).collect();
-                format!("{note} in team(s) [{}]", names.join(", "))
+    let announce = announce.map(|(verb, note)| match &teams {
+        Ok(teams) if !teams.is_empty() => {
+            let names: Vec<&str> = teams.iter().map(|t| t.name.as_str()).collect();
+            (verb, format!("{note} in team(s) [{}]", names.join(", ")))
+        }
+        _ => (verb, note),
+    });
+    let teams = match teams {
+        Ok(teams) => teams,
+        Err(e) => {
+            if let Some((verb, note)) = announce {
+                events::publish(&ctx.events, &*obj, false, verb, "Create", note).await;
             }
-            _ => note,
-        };
-        events::publish(&ctx.events, &*obj, false, verb, "Create", note).await;
-    }
-    let teams = teams?;
+            return Err(e);
+        }
+    };
 
     let status = working.status.get_or_insert_with(Default::default);
     status.id = Some(account.id.clone());
@@ -274,7 +279,12 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
             account.name, account.id
         ),
     );
-    finish(&ctx, &*obj, &working).await
+    // Ready first: dependents wait for it, nobody waits for the Event.
+    let action = finish(&ctx, &*obj, &working).await;
+    if let Some((verb, note)) = announce {
+        events::publish(&ctx.events, &*obj, false, verb, "Create", note).await;
+    }
+    action
 }
 
 /// Reads the account by recorded id (from the shared snapshot during a drift check, confirming
