@@ -190,7 +190,8 @@ where
     tracing::Instrument::instrument(body, span).await
 }
 
-/// The finalizer is added before the first apply (in the same reconcile: no extra round trip) and
+/// The finalizer is added before the first apply (in the same reconcile: no extra round trip), or
+/// by a kind that adds its own ([`Managed::OWN_FINALIZER`]) before its first Konnect change, and
 /// removed only after cleanup succeeded. JSON patches with a `test` never touch someone else's
 /// finalizer, and fail (to be retried) if the list changed meanwhile.
 async fn with_finalizer<K, A, AF, C, CF>(
