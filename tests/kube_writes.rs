@@ -164,7 +164,8 @@ async fn the_operator_waits_out_retry_after_when_the_api_server_sheds_load() {
     );
     assert!(
         eventually(Duration::from_secs(90), || {
-            ready(&env, "systemaccounts", "shed") && ready(&env, "systemaccounttokens", "shed-token")
+            ready(&env, "systemaccounts", "shed")
+                && ready(&env, "systemaccounttokens", "shed-token")
         })
         .await,
         "converged while the API server shed load"
@@ -172,7 +173,10 @@ async fn the_operator_waits_out_retry_after_when_the_api_server_sheds_load() {
     let log = env.kube.cost_log();
     let ours = |a: &support::kube_api::cost::Arrival| a.request.contains(GROUP);
     let refused: Vec<_> = log.iter().filter(|a| a.rejected && ours(a)).collect();
-    assert!(!refused.is_empty(), "the API server shed some of the operator's requests");
+    assert!(
+        !refused.is_empty(),
+        "the API server shed some of the operator's requests"
+    );
     for r in refused {
         // The next time the same request arrives is the retry: at least Retry-After later.
         if let Some(next) = log

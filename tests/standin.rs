@@ -1359,8 +1359,8 @@ async fn writes_are_committed_one_at_a_time_at_the_set_rate() {
     let creates = (0..10).map(|i| {
         let api = api.clone();
         async move {
-            let s: Secret = serde_json::from_value(json!({"metadata": {"name": format!("s{i}")}}))
-                .unwrap();
+            let s: Secret =
+                serde_json::from_value(json!({"metadata": {"name": format!("s{i}")}})).unwrap();
             api.create(&PostParams::default(), &s).await.unwrap();
         }
     });

@@ -810,10 +810,9 @@ spec: {description: by a person, adoption: Adopt, teams: [{name: ops}, {name: de
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_first_create_recorded_with_the_finalizer_is_recognised_as_our_own() {
     let mut env = TestEnv::start().await;
-    let since = k8s_openapi::jiff::Timestamp::from_second(
-        k8s_openapi::jiff::Timestamp::now().as_second(),
-    )
-    .unwrap();
+    let since =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+            .unwrap();
     let marker = serde_json::json!({"name": "crashy", "since": since.to_string()}).to_string();
     env.apply(&format!(
         r#"

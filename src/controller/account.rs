@@ -1,8 +1,8 @@
 //! SystemAccount controller: observe Konnect -> plan (account_plan) -> act -> status.
 use std::sync::Arc;
 
-use kube::runtime::controller::Action;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::account_plan::{
@@ -705,9 +705,14 @@ async fn drop_create_marker(ctx: &Context, api: &Api<SystemAccount>, working: &m
         }
     }
     if working.annotations().contains_key(WRITE_AHEAD_ANNOTATION) {
-        let patch = serde_json::json!({"metadata": {"annotations": {WRITE_AHEAD_ANNOTATION: null}}});
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {WRITE_AHEAD_ANNOTATION: null}}});
         match api
-            .patch(&working.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &working.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(written) => ctx.note_version(&written),

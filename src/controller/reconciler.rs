@@ -279,7 +279,11 @@ pub async fn add_finalizer<K: Managed>(
     let patch: json_patch::Patch =
         serde_json::from_value(patch).map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
     let updated = api
-        .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
         .await
         .map_err(finalizer_error)?;
     ctx.note_version(&updated);
@@ -401,7 +405,9 @@ fn quiet_wait<K: Managed>(obj: &K, err: &ReconcileError) -> Option<std::time::Du
     }
     let created = obj.meta().creation_timestamp.as_ref()?.0;
     let age = Timestamp::now().duration_since(created).unsigned_abs();
-    NEW_OBJECT_GRACE.checked_sub(age).filter(|left| !left.is_zero())
+    NEW_OBJECT_GRACE
+        .checked_sub(age)
+        .filter(|left| !left.is_zero())
 }
 
 /// What the user controls of an object and the operator never writes: its spec (through the

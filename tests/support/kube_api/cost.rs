@@ -169,7 +169,10 @@ impl Cost {
         (
             StatusCode::TOO_MANY_REQUESTS,
             [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+                (
+                    header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8".to_string(),
+                ),
                 (header::RETRY_AFTER, self.model.retry_after_s.to_string()),
             ],
             "Too many requests, please try again later.\n",

@@ -299,7 +299,10 @@ async fn handle(
     let _seat = match verb {
         "watch" => None,
         _ => match cost
-            .admit(format!("{method} {}", uri.path()), is_write(verb) && !dry_run)
+            .admit(
+                format!("{method} {}", uri.path()),
+                is_write(verb) && !dry_run,
+            )
             .await
         {
             Ok(seat) => seat,

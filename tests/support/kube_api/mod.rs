@@ -458,8 +458,7 @@ impl FakeKube {
     /// The requests the cost model saw since it was last set (none while it is free).
     pub fn cost_log(&self) -> Vec<cost::Arrival> {
         let cost = self.shared.cost.lock().expect("cost lock").clone();
-        let log = cost.log.lock().expect("cost log").clone();
-        log
+        cost.log.lock().expect("cost log").clone()
     }
 
     /// Every request so far, in order.
