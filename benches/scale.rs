@@ -20,6 +20,8 @@ use konnect_sa_operator::sim::{Faults, SimConfig};
 use serde_json::Value;
 use serde_json::json;
 use support::env::{free_port, metric_total};
+use support::kube_api::RequestRecord;
+use support::kube_api::cost::CostModel;
 use support::kube_api::store::{EventType, WatchRecord};
 use support::{NS, TestEnv};
 use tokio::sync::broadcast;
@@ -50,6 +52,16 @@ struct Args {
     /// Teams the accounts are spread over.
     #[arg(long, default_value_t = 10)]
     teams: usize,
+    /// Kubernetes API stand-in: latency of every request (0: none). Defaults: the calibrated
+    /// model of a real API server (tests/support/kube_api/cost.rs).
+    #[arg(long, default_value_t = 1.0)]
+    kube_latency_ms: f64,
+    /// Kubernetes API stand-in: writes committed per second, one at a time (0: no limit).
+    #[arg(long, default_value_t = 300.0)]
+    kube_writes_per_s: f64,
+    /// Kubernetes API stand-in: APF seats (0: no limit, no 429s).
+    #[arg(long, default_value_t = 245)]
+    kube_seats: usize,
     // `cargo bench` passes --bench; accept and ignore it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -65,7 +77,21 @@ struct Figures {
     converge_calls: u64,
     /// Requests the operator sent to the Kubernetes API while converging.
     kube_requests: u64,
+    /// Of those: stored writes (create, update, patch, delete), and gets and lists; per object (3N).
+    kube_writes: u64,
+    kube_reads: u64,
+    kube_writes_per_object: f64,
+    kube_reads_per_object: f64,
+    /// Requests the stand-in answered 429 (API Priority and Fairness model).
+    kube_429s: u64,
+    /// Konnect bound (min calls x L / C) and Kubernetes bound (min writes / writes per second);
+    /// `lower_bound_s` is the larger, `ratio` is against it.
+    konnect_lower_bound_s: f64,
+    kube_lower_bound_s: f64,
+    min_kube_writes: u64,
     steady_calls_per_object_sweep: f64,
+    /// Kubernetes writes to the N objects during the drift sweeps (0: quiet sweeps write nothing).
+    steady_kube_writes: u64,
     max_calls_per_minute: u64,
     budget_per_minute: Option<u64>,
     rss_mib: f64,
@@ -78,6 +104,9 @@ struct Figures {
     /// A new account and its token, from apply to the token Ready: on the idle operator (before
     /// the N objects), and the median and worst of several during the steady-state drift window.
     new_object_idle_s: f64,
+    /// Its own lower bound: its critical-path Konnect calls x L + its minimum writes x write cost.
+    new_object_idle_bound_s: f64,
+    new_object_idle_ratio: f64,
     new_object_busy_median_s: f64,
     new_object_busy_max_s: f64,
 }
@@ -118,30 +147,70 @@ async fn metric_sum(url: &str, name: &str) -> u64 {
     })
 }
 
-/// Applies a new account and token `probe-{k}` and returns the seconds until the token is Ready.
+/// Applies a new account, its token and a role binding `probe-{k}` and returns the seconds until
+/// all three are Ready.
 async fn new_object_latency(env: &TestEnv, k: usize) -> f64 {
     let t0 = Instant::now();
     env.apply(&format!(
         "apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {{name: probe-{k}}}\nspec: {{}}\n---\n\
-         apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccountToken\nmetadata: {{name: probe-{k}-token}}\nspec:\n  systemAccountRef: {{name: probe-{k}}}\n"
+         apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccountToken\nmetadata: {{name: probe-{k}-token}}\nspec:\n  systemAccountRef: {{name: probe-{k}}}\n---\n\
+         apiVersion: konnect-sa.dev/v1alpha1\nkind: RoleBinding\nmetadata: {{name: probe-{k}-binding}}\nspec:\n  systemAccountRef: {{name: probe-{k}}}\n  roleName: Viewer\n  entityTypeName: Control Planes\n  entityRegion: eu\n"
     ));
+    let objects = [
+        ("systemaccounts", format!("probe-{k}")),
+        ("systemaccounttokens", format!("probe-{k}-token")),
+        ("rolebindings", format!("probe-{k}-binding")),
+    ];
     loop {
-        if let Some(t) = env.kube.get(
-            "konnect-sa.dev",
-            "v1alpha1",
-            "systemaccounttokens",
-            NS,
-            &format!("probe-{k}-token"),
-        ) && is_ready(&t)
-        {
+        let ready = objects.iter().all(|(plural, name)| {
+            env.kube
+                .get("konnect-sa.dev", "v1alpha1", plural, NS, name)
+                .is_some_and(|o| is_ready(&o))
+        });
+        if ready {
             return t0.elapsed().as_secs_f64();
         }
         if t0.elapsed() > Duration::from_secs(120) {
             return f64::NAN;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// Kubernetes API traffic of the operator: writes (stored, not dry runs) and reads (get, list;
+/// watches apart), and the writes by resource and verb.
+struct KubeTraffic {
+    writes: u64,
+    reads: u64,
+    writes_by: std::collections::BTreeMap<String, u64>,
+}
+
+fn kube_traffic(requests: &[RequestRecord]) -> KubeTraffic {
+    let mut writes_by = std::collections::BTreeMap::new();
+    for r in requests.iter().filter(|r| r.is_write()) {
+        let what = match &r.subresource {
+            Some(sub) => format!("{}/{sub} {}", r.plural, r.verb),
+            None => format!("{} {}", r.plural, r.verb),
+        };
+        *writes_by.entry(what).or_insert(0) += 1;
+    }
+    KubeTraffic {
+        writes: requests.iter().filter(|r| r.is_write()).count() as u64,
+        reads: requests.iter().filter(|r| r.is_read()).count() as u64,
+        writes_by,
+    }
+}
+
+/// The fewest Kubernetes writes one account + token + binding converge with, by this design
+/// (README "Kubernetes API traffic"): the account's finalizer with the write-ahead marker of its
+/// create (one patch), its Ready status and its Created Event (3); the token's finalizer, its
+/// write-ahead marker (status.pendingTokenName), its Secret, its Ready status and its Issued
+/// Event (5); the binding's finalizer, its Ready status and its Assigned Event (3).
+const MIN_KUBE_WRITES_PER_TRIPLE: u64 = 11;
+
+/// Konnect calls on the critical path of one account + token + binding: the name check and the
+/// create of the account, then the token's create and the role assignment side by side.
+const MIN_CALLS_ONE_TRIPLE: u64 = 3;
 
 /// Ready=True for the object's current generation.
 fn is_ready(o: &Value) -> bool {
@@ -229,6 +298,13 @@ async fn run_once(args: &Args) -> Figures {
         ..Default::default()
     })
     .await;
+    let cost = CostModel {
+        latency: Duration::from_secs_f64(args.kube_latency_ms / 1000.0),
+        writes_per_second: args.kube_writes_per_s,
+        seats: args.kube_seats,
+        ..CostModel::calibrated()
+    };
+    env.kube.set_cost(cost.clone());
     let teams: Vec<_> = (0..args.teams)
         .map(|i| env.sim.seed_team(&format!("team-{i}")))
         .collect();
@@ -275,7 +351,23 @@ async fn run_once(args: &Args) -> Figures {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     // A new object on the idle operator (its own objects are not counted below).
+    env.sim.reset_counts();
+    env.kube.reset_request_counts();
     let new_object_idle_s = new_object_latency(&env, 0).await;
+    let new_object_idle_bound_s = MIN_CALLS_ONE_TRIPLE as f64 * args.latency_ms as f64 / 1000.0
+        + MIN_KUBE_WRITES_PER_TRIPLE as f64 * cost.write_cost().as_secs_f64();
+    {
+        let probe = kube_traffic(&env.kube.requests());
+        println!(
+            "idle probe: {} Kubernetes writes, {} reads, {} Konnect calls",
+            probe.writes,
+            probe.reads,
+            env.sim.counts().values().sum::<u64>()
+        );
+        for (what, c) in &probe.writes_by {
+            println!("  {what:<55} {c:>8}");
+        }
+    }
     env.sim.reset_counts();
     env.kube.reset_request_counts();
 
@@ -326,13 +418,25 @@ async fn run_once(args: &Args) -> Figures {
     };
     let converge_counts = env.sim.counts();
     let converge_calls: u64 = converge_counts.values().sum();
-    let kube_requests = env.kube.requests().len() as u64;
+    let requests = env.kube.requests();
+    let kube_requests = requests.len() as u64;
+    let traffic = kube_traffic(&requests);
+    drop(requests);
+    let kube_429s = env.kube.rejected_requests();
     // The work itself: check each account name is free (the adoption rule needs it), create the
     // account, add it to its team, issue its token, assign its role; resolve each team and read
     // the roles reference once.
     let min_calls = 5 * n as u64 + args.teams as u64 + 1;
-    let lower_bound_s =
+    let konnect_lower_bound_s =
         min_calls as f64 * args.latency_ms as f64 / 1000.0 / args.concurrency as f64;
+    // Writes are committed one at a time: their count times the cost of one is a floor too.
+    let min_kube_writes = MIN_KUBE_WRITES_PER_TRIPLE * n as u64;
+    let kube_lower_bound_s = min_kube_writes as f64 * cost.write_cost().as_secs_f64();
+    let lower_bound_s = konnect_lower_bound_s.max(kube_lower_bound_s);
+    println!("\nKubernetes writes while converging, per account + token + binding (N = {n}):");
+    for (what, c) in &traffic.writes_by {
+        println!("  {what:<55} {:>8.2}", *c as f64 / n as f64);
+    }
 
     // Steady state: a sweep checks every object once (one resync period, or longer when the
     // drift budget stretches it). Sweeps are counted from the operator's drift-check counters.
@@ -348,6 +452,7 @@ async fn run_once(args: &Args) -> Figures {
     };
     let before = checks("SystemAccountToken").await + checks("RoleBinding").await;
     env.sim.reset_counts();
+    env.kube.reset_request_counts();
     // New objects arrive during the drift window (every ~5 s), while sweeps run and the budget
     // puts checks off: each must not wait behind them.
     let window = Duration::from_secs(args.resync * u64::from(args.sweeps) + args.resync / 2);
@@ -362,6 +467,15 @@ async fn run_once(args: &Args) -> Figures {
     let new_object_busy_median_s = busy.get(busy.len() / 2).copied().unwrap_or(f64::NAN);
     let new_object_busy_max_s = busy.last().copied().unwrap_or(f64::NAN);
     let steady = env.sim.counts_detail();
+    // Writes to the N objects (and their Secrets) during the sweeps; the probes' own are not
+    // counted (a create names no object in its path, and a quiet sweep creates nothing).
+    let steady_kube_writes = env
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| r.is_write())
+        .filter(|r| r.name.as_deref().is_some_and(|n| !n.starts_with("probe-")))
+        .count() as u64;
     let after = checks("SystemAccountToken").await + checks("RoleBinding").await;
     let sweeps = (after - before) as f64 / (2.0 * n as f64);
     let steady_calls_per_object_sweep =
@@ -415,7 +529,16 @@ async fn run_once(args: &Args) -> Figures {
         min_calls,
         converge_calls,
         kube_requests,
+        kube_writes: traffic.writes,
+        kube_reads: traffic.reads,
+        kube_writes_per_object: traffic.writes as f64 / (3 * n) as f64,
+        kube_reads_per_object: traffic.reads as f64 / (3 * n) as f64,
+        kube_429s,
+        konnect_lower_bound_s,
+        kube_lower_bound_s,
+        min_kube_writes,
         steady_calls_per_object_sweep,
+        steady_kube_writes,
         max_calls_per_minute,
         budget_per_minute: args.budget,
         rss_mib,
@@ -425,6 +548,8 @@ async fn run_once(args: &Args) -> Figures {
         ready_s,
         errors,
         new_object_idle_s,
+        new_object_idle_bound_s,
+        new_object_idle_ratio: new_object_idle_s / new_object_idle_bound_s,
         new_object_busy_median_s,
         new_object_busy_max_s,
     }
@@ -436,10 +561,14 @@ fn table(f: &Figures) {
         ("objects (3N)", format!("{}", 3 * f.n)),
         ("convergence wall time (s)", format!("{:.2}", f.converge_s)),
         (
-            "lower bound: min calls x L / C (s)",
-            format!("{:.2}", f.lower_bound_s),
+            "Konnect bound: min calls x L / C (s)",
+            format!("{:.2}", f.konnect_lower_bound_s),
         ),
-        ("ratio", format!("{:.2}", f.ratio)),
+        (
+            "Kubernetes bound: min writes x write cost (s)",
+            format!("{:.2}", f.kube_lower_bound_s),
+        ),
+        ("ratio to the larger bound", format!("{:.2}", f.ratio)),
         (
             "Konnect calls to converge / minimum",
             format!("{} / {}", f.converge_calls, f.min_calls),
@@ -449,8 +578,25 @@ fn table(f: &Figures) {
             format!("{}", f.kube_requests),
         ),
         (
+            "Kubernetes writes per object / minimum",
+            format!(
+                "{:.2} / {:.2}",
+                f.kube_writes_per_object,
+                f.min_kube_writes as f64 / (3 * f.n) as f64
+            ),
+        ),
+        (
+            "Kubernetes reads per object",
+            format!("{:.2}", f.kube_reads_per_object),
+        ),
+        ("Kubernetes 429s (APF)", format!("{}", f.kube_429s)),
+        (
             "steady calls per object per sweep",
             format!("{:.3}", f.steady_calls_per_object_sweep),
+        ),
+        (
+            "Kubernetes writes during the sweeps",
+            format!("{}", f.steady_kube_writes),
         ),
         (
             "max Konnect calls in one minute",
@@ -465,8 +611,15 @@ fn table(f: &Figures) {
         ("binary size (MiB)", format!("{:.1}", f.binary_mib)),
         ("start to /readyz 200 (s)", format!("{:.3}", f.ready_s)),
         (
-            "new object to Ready, idle operator (s)",
+            "new account+token+binding to Ready, idle (s)",
             format!("{:.3}", f.new_object_idle_s),
+        ),
+        (
+            "  its lower bound (s) / ratio",
+            format!(
+                "{:.3} / {:.2}",
+                f.new_object_idle_bound_s, f.new_object_idle_ratio
+            ),
         ),
         (
             "new object to Ready during sweeps, median/max (s)",
@@ -512,17 +665,21 @@ fn main() {
                 rows.push(f);
             }
             // Growth against the previous row: linear means time and memory grow no faster than N.
-            println!("\ncurve:     N   converge_s  ratio  rss_mib  xN  x_time  x_rss");
+            println!(
+                "\ncurve:     N   converge_s  bound_s  ratio  writes/obj  rss_mib  xN  x_time  x_rss"
+            );
             for (i, f) in rows.iter().enumerate() {
                 let prev = i.checked_sub(1).map(|p| &rows[p]);
                 let grow =
                     |a: f64, b: f64| prev.map_or("-".to_string(), |_| format!("{:.1}", a / b));
                 let p = prev.unwrap_or(f);
                 println!(
-                    "      {:>6} {:>11.2} {:>6.2} {:>8.1} {:>3} {:>7} {:>6}",
+                    "      {:>6} {:>11.2} {:>8.2} {:>6.2} {:>11.2} {:>8.1} {:>3} {:>7} {:>6}",
                     f.n,
                     f.converge_s,
+                    f.lower_bound_s,
                     f.ratio,
+                    f.kube_writes_per_object,
                     f.rss_mib,
                     grow(f.n as f64, p.n as f64),
                     grow(f.converge_s, p.converge_s),

@@ -1659,3 +1659,87 @@ async fn garbage_collection_honours_the_propagation_policy() {
     );
     kube.shutdown().await;
 }
+
+// ---- The cost model (cost.rs): what a real API server makes a client pay. ----
+
+/// Two requests at once against one APF seat and no queue: one is served, the other gets what
+/// kube-apiserver answers, 429 with `Retry-After` and a plain-text body.
+#[tokio::test]
+async fn apf_answers_429_text_plain_with_retry_after_when_seats_and_queue_are_full() {
+    use support::kube_api::cost::CostModel;
+    let (kube, _client) = start().await;
+    kube.set_cost(CostModel {
+        latency: Duration::from_secs(1),
+        seats: 1,
+        queue: 0,
+        retry_after_s: 1,
+        ..CostModel::calibrated()
+    });
+    let url = format!("{}/api/v1/namespaces/default/secrets", kube.url());
+    let http = reqwest::Client::new();
+    let (a, b) = tokio::join!(http.get(&url).send(), http.get(&url).send());
+    let mut answers = [a.unwrap(), b.unwrap()];
+    answers.sort_by_key(|r| r.status().as_u16());
+    assert_eq!(answers[0].status().as_u16(), 200);
+    let refused = &answers[1];
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert!(
+        refused.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(kube.rejected_requests(), 1);
+    let log = kube.cost_log();
+    assert_eq!(log.iter().filter(|a| a.rejected).count(), 1, "{log:?}");
+}
+
+/// A request that finds every seat taken waits in the queue for one instead of being refused.
+#[tokio::test]
+async fn apf_queues_a_request_while_the_queue_has_room() {
+    use support::kube_api::cost::CostModel;
+    let (kube, _client) = start().await;
+    kube.set_cost(CostModel {
+        latency: Duration::from_millis(300),
+        seats: 1,
+        queue: 1,
+        ..CostModel::calibrated()
+    });
+    let url = format!("{}/api/v1/namespaces/default/secrets", kube.url());
+    let http = reqwest::Client::new();
+    let (a, b) = tokio::join!(http.get(&url).send(), http.get(&url).send());
+    assert_eq!(a.unwrap().status().as_u16(), 200);
+    assert_eq!(b.unwrap().status().as_u16(), 200);
+    assert_eq!(kube.rejected_requests(), 0);
+}
+
+/// Writes are committed one at a time (like etcd's): ten writes at once at 20 writes/s cannot
+/// all be answered sooner than ten commit times (a floor, whatever the machine's speed).
+#[tokio::test]
+async fn writes_are_committed_one_at_a_time_at_the_set_rate() {
+    use support::kube_api::cost::CostModel;
+    let (kube, client) = start().await;
+    assert!(kube.cost_log().is_empty(), "the model is free by default");
+    kube.set_cost(CostModel {
+        writes_per_second: 20.0,
+        ..CostModel::default()
+    });
+    let api: Api<Secret> = Api::namespaced(client, "default");
+    let started = std::time::Instant::now();
+    let creates = (0..10).map(|i| {
+        let api = api.clone();
+        async move {
+            let s: Secret =
+                serde_json::from_value(json!({"metadata": {"name": format!("s{i}")}})).unwrap();
+            api.create(&PostParams::default(), &s).await.unwrap();
+        }
+    });
+    futures::future::join_all(creates).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "10 writes at 20/s committed in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(kube.cost_log().len(), 10);
+}

@@ -826,3 +826,44 @@ spec: {description: by a person, adoption: Adopt, teams: [{name: ops}, {name: de
     assert!(members().contains(&ops.id), "the person's membership stays");
     env.stop_operator().await;
 }
+
+/// A new account's first create is recorded with its finalizer, in one patch (the
+/// `konnect-sa.dev/pending-create` annotation): a crash between that patch and the id's status
+/// write leaves the account in Konnect and the annotation behind, and it is recognised as ours
+/// (created, not adopted, not refused as a taken name), and deleted with the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_create_recorded_with_the_finalizer_is_recognised_as_our_own() {
+    let mut env = TestEnv::start().await;
+    let since =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+            .unwrap();
+    let marker = serde_json::json!({"name": "crashy", "since": since.to_string()}).to_string();
+    env.apply(&format!(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata:
+  name: crashy
+  finalizers: [{}]
+  annotations: {{konnect-sa.dev/pending-create: '{marker}'}}
+spec: {{description: CI}}
+"#,
+        konnect_sa_operator::api::common::FINALIZER
+    ));
+    let ours = env.sim.seed_account("crashy", "CI", false);
+    env.start_operator(&[]).await;
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "crashy", T, is_ready).await;
+    let status = sa.status.unwrap();
+    assert_eq!(status.id.as_deref(), Some(ours.id.as_str()));
+    assert_ne!(status.adopted, Some(true), "created by us, not adopted");
+    assert_eq!(env.sim.state().accounts.len(), 1, "not created twice");
+    assert!(!has_event(&env, "crashy", "Warning", "Conflict"));
+
+    delete(&api, "crashy").await;
+    assert!(
+        eventually(T, || env.sim.state().accounts.is_empty()).await,
+        "ours, so deleted with the object"
+    );
+    env.stop_operator().await;
+}

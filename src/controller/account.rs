@@ -1,6 +1,7 @@
 //! SystemAccount controller: observe Konnect -> plan (account_plan) -> act -> status.
 use std::sync::Arc;
 
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
@@ -12,7 +13,10 @@ use super::budget::Paced;
 use super::connections::Connection;
 use super::context::Context;
 use super::error::ReconcileError;
-use super::reconciler::{finish, mark_not_ready, mark_ready, reconcile_with};
+use super::reconciler::{
+    FINALIZER, WRITE_AHEAD_ANNOTATION, add_finalizer, finish, mark_not_ready, mark_ready,
+    reconcile_with,
+};
 use crate::api::{
     AdoptionPolicy, DeletionPolicy, RefTarget, SystemAccount, SystemAccountStatus, TeamStatus,
 };
@@ -23,7 +27,7 @@ use crate::konnect::{
     SystemAccount as KAccount,
 };
 
-crate::impl_managed!(SystemAccount, "SystemAccount");
+crate::impl_managed!(SystemAccount, "SystemAccount", own_finalizer);
 
 pub async fn reconcile(
     obj: Arc<SystemAccount>,
@@ -60,7 +64,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
     let desired = desired(&obj, &ctx.config.cluster_name)?;
     let conn = ctx.connections.for_object(&ns, auth_secret(&obj)).await?;
     let k = &conn.client;
-    let old_status = obj.status.clone().unwrap_or_default();
+    let old_status = with_create_marker(&obj);
     // A drift check of an unchanged, Ready account reads the shared snapshot (paced by the budget).
     let background = old_status.id.is_some()
         && old_status.observed_generation == obj.metadata.generation
@@ -78,35 +82,37 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         ctx.metrics.drift_check("SystemAccount");
     }
     let mut created = false;
+    let mut announce: Option<(&str, String)> = None;
     let mut working = (*obj).clone();
     let mut adopted = old_status.adopted;
     let account = loop {
         match plan_account(&desired, &observed) {
             AccountStep::Create => {
-                // Record the create before making it: an account found by this name after a crash is ours.
-                let status = working.status.get_or_insert_with(Default::default);
-                // A retry under the same name keeps the first attempt's time.
-                let keep_since = status.pending_create.as_deref() == Some(desired.name.as_str())
-                    && status.pending_create_since.is_some();
-                status.pending_create = Some(desired.name.clone());
-                if !keep_since {
-                    status.pending_create_since = Some(
-                        k8s_openapi::jiff::Timestamp::from_second(
-                            k8s_openapi::jiff::Timestamp::now().as_second(),
-                        )
-                        .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
-                        .to_string(),
+                // Record the create before making it: an account found by this name after a crash
+                // is ours. A new object's finalizer and this marker go in one patch; a later create
+                // (a recreate, a renamed first attempt) records it in the status. A retry under the
+                // same name keeps the first attempt's time, and writes nothing.
+                let recorded = create_marker(&working).filter(|m| m.name == desired.name);
+                if !has_finalizer(&working) {
+                    let marker = recorded.unwrap_or_else(|| CreateMarker::now(&desired.name));
+                    let status = working.status.take();
+                    working = add_finalizer(&api, &working, &ctx, marker.to_annotation()).await?;
+                    working.status = status;
+                } else if recorded.is_none() {
+                    let status = working.status.get_or_insert_with(Default::default);
+                    let marker = CreateMarker::now(&desired.name);
+                    status.pending_create = Some(marker.name);
+                    status.pending_create_since = marker.since;
+                    mark_not_ready(
+                        &mut working,
+                        Reason::Pending,
+                        format!("Creating system account '{}' in Konnect", desired.name),
                     );
+                    working = ctx
+                        .write_status(&api, &working)
+                        .await
+                        .map_err(ReconcileError::kube("recording the create"))?;
                 }
-                mark_not_ready(
-                    &mut working,
-                    Reason::Pending,
-                    format!("Creating system account '{}' in Konnect", desired.name),
-                );
-                working = ctx
-                    .write_status(&api, &working)
-                    .await
-                    .map_err(ReconcileError::kube("recording the create"))?;
                 let body = CreateSystemAccount {
                     name: desired.name.clone(),
                     description: desired.description.clone(),
@@ -118,11 +124,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                         // A first-attempt 409: someone else took the name between our check and our
                         // create. Nothing of ours exists, so the pending marker must not make the
                         // next reconcile adopt their account.
-                        if let Some(st) = working.status.as_mut() {
-                            st.pending_create = None;
-                            st.pending_create_since = None;
-                        }
-                        let _ = ctx.write_status(&api, &working).await;
+                        drop_create_marker(&ctx, &api, &mut working).await;
                         return Err(ReconcileError::Conflict(format!(
                             "a Konnect system account named '{}' was created by someone else just now; \
                              set spec.adoption: Adopt to manage it, or choose another spec.name",
@@ -140,11 +142,8 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                                 | KonnectError::Unauthorized { .. }
                                 | KonnectError::Forbidden { .. }
                                 | KonnectError::Config(_)
-                        ) && let Some(st) = working.status.as_mut()
-                        {
-                            st.pending_create = None;
-                            st.pending_create_since = None;
-                            let _ = ctx.write_status(&api, &working).await;
+                        ) {
+                            drop_create_marker(&ctx, &api, &mut working).await;
                         }
                         return Err(ReconcileError::konnect("creating the system account")(e));
                     }
@@ -155,18 +154,14 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                 } else {
                     "Created"
                 };
-                events::publish(
-                    &ctx.events,
-                    &*obj,
-                    false,
+                // Published once its teams are joined: one Event says both.
+                announce = Some((
                     verb,
-                    "Create",
                     format!(
                         "{verb} Konnect system account '{}' ({})",
                         new.value.name, new.value.id
                     ),
-                )
-                .await;
+                ));
                 adopted = Some(false);
                 observed = ObservedAccount {
                     by_id: Some(new.value),
@@ -174,6 +169,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                 };
             }
             AccountStep::Adopt(existing) => {
+                working = ensure_finalizer(&api, working, &ctx).await?;
                 if !observed.create_in_flight {
                     events::publish(
                         &ctx.events,
@@ -210,6 +206,7 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
                 };
             }
             AccountStep::Update { id, patch } => {
+                working = ensure_finalizer(&api, working, &ctx).await?;
                 let updated = k.update_system_account(&id, &patch).await.map_err(|e| match e {
                     e if e.is_conflict() => ReconcileError::Conflict(format!(
                         "cannot rename account {id} to '{}': another Konnect account has that name", desired.name
@@ -239,6 +236,8 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         }
     };
 
+    // Team changes are Konnect changes too: the finalizer is on before them.
+    working = ensure_finalizer(&api, working, &ctx).await?;
     ctx.snapshot.note_account(&conn, &account).await;
     let teams = converge_teams(
         &ctx,
@@ -249,7 +248,23 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
         &old_status,
         MembershipSource::pick(created, background),
     )
-    .await?;
+    .await;
+    let announce = announce.map(|(verb, note)| match &teams {
+        Ok(teams) if !teams.is_empty() => {
+            let names: Vec<&str> = teams.iter().map(|t| t.name.as_str()).collect();
+            (verb, format!("{note} in team(s) [{}]", names.join(", ")))
+        }
+        _ => (verb, note),
+    });
+    let teams = match teams {
+        Ok(teams) => teams,
+        Err(e) => {
+            if let Some((verb, note)) = announce {
+                events::publish(&ctx.events, &*obj, false, verb, "Create", note).await;
+            }
+            return Err(e);
+        }
+    };
 
     let status = working.status.get_or_insert_with(Default::default);
     status.id = Some(account.id.clone());
@@ -264,7 +279,12 @@ async fn apply(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, Rec
             account.name, account.id
         ),
     );
-    finish(&ctx, &*obj, &working).await
+    // Ready first: dependents wait for it, nobody waits for the Event.
+    let action = finish(&ctx, &*obj, &working).await;
+    if let Some((verb, note)) = announce {
+        events::publish(&ctx.events, &*obj, false, verb, "Create", note).await;
+    }
+    action
 }
 
 /// Reads the account by recorded id (from the shared snapshot during a drift check, confirming
@@ -494,7 +514,8 @@ async fn converge_teams(
             .map_err(ReconcileError::konnect("removing a team membership"))?;
         ctx.snapshot.note_member(conn, id, &account.id, false).await;
     }
-    if !plan.add.is_empty() || !plan.remove.is_empty() {
+    // A new account's teams are named in its Created Event.
+    if (!plan.add.is_empty() || !plan.remove.is_empty()) && source != MembershipSource::NewAccount {
         let added: Vec<&str> = plan.add.iter().map(|t| t.name.as_str()).collect();
         events::publish(
             &ctx.events,
@@ -522,7 +543,7 @@ async fn converge_teams(
 
 async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
-    let status = obj.status.clone().unwrap_or_default();
+    let status = with_create_marker(&obj);
     if obj.spec.deletion_policy() == DeletionPolicy::Orphan {
         events::publish(
             &ctx.events,
@@ -600,6 +621,106 @@ async fn cleanup(obj: Arc<SystemAccount>, ctx: Arc<Context>) -> Result<Action, R
         .await;
     }
     Ok(Action::await_change())
+}
+
+/// The record of a create about to be made: the Konnect name and when (whole seconds).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct CreateMarker {
+    name: String,
+    since: Option<String>,
+}
+
+impl CreateMarker {
+    fn now(name: &str) -> Self {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let since = k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
+        Self {
+            name: name.to_string(),
+            since: Some(since.to_string()),
+        }
+    }
+
+    fn to_annotation(&self) -> Option<String> {
+        serde_json::to_string(self).ok()
+    }
+}
+
+/// The create marker in force: `status.pendingCreate`, else the one written with the finalizer
+/// ([`WRITE_AHEAD_ANNOTATION`]), which only speaks for the first create (before an id or an
+/// adoption was ever recorded).
+fn create_marker(obj: &SystemAccount) -> Option<CreateMarker> {
+    let status = obj.status.clone().unwrap_or_default();
+    if let Some(name) = status.pending_create {
+        return Some(CreateMarker {
+            name,
+            since: status.pending_create_since,
+        });
+    }
+    if status.id.is_some() || status.adopted.is_some() {
+        return None;
+    }
+    serde_json::from_str(obj.annotations().get(WRITE_AHEAD_ANNOTATION)?).ok()
+}
+
+/// The status, with the create marker in force in `pendingCreate` / `pendingCreateSince`.
+fn with_create_marker(obj: &SystemAccount) -> SystemAccountStatus {
+    let mut status = obj.status.clone().unwrap_or_default();
+    if let Some(marker) = create_marker(obj) {
+        status.pending_create = Some(marker.name);
+        status.pending_create_since = marker.since;
+    }
+    status
+}
+
+fn has_finalizer(obj: &SystemAccount) -> bool {
+    obj.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// The finalizer is on before any change in Konnect (an adoption's team memberships, an update).
+async fn ensure_finalizer(
+    api: &Api<SystemAccount>,
+    obj: SystemAccount,
+    ctx: &Context,
+) -> Result<SystemAccount, ReconcileError> {
+    if has_finalizer(&obj) {
+        return Ok(obj);
+    }
+    let mut updated = add_finalizer(api, &obj, ctx, None).await?;
+    // What this reconcile decided so far travels on.
+    updated.status = obj.status;
+    Ok(updated)
+}
+
+/// A create that made nothing (refused, or the name taken just before it): the marker goes, in
+/// the status or the annotation. Left behind, it would make an account someone creates by hand
+/// later look like ours.
+async fn drop_create_marker(ctx: &Context, api: &Api<SystemAccount>, working: &mut SystemAccount) {
+    if let Some(st) = working.status.as_mut()
+        && st.pending_create.is_some()
+    {
+        st.pending_create = None;
+        st.pending_create_since = None;
+        if let Ok(written) = ctx.write_status(api, working).await {
+            *working = written;
+        }
+    }
+    if working.annotations().contains_key(WRITE_AHEAD_ANNOTATION) {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {WRITE_AHEAD_ANNOTATION: null}}});
+        match api
+            .patch(
+                &working.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(written) => ctx.note_version(&written),
+            Err(e) => {
+                tracing::debug!(error = %crate::k8s::error_summary(&e), "could not drop the create marker")
+            }
+        }
+    }
 }
 
 /// True when the SystemAccount is Ready for its current generation and has a Konnect id.

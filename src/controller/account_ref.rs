@@ -72,14 +72,28 @@ fn from_account(
         ))
     })?;
     let id = ready_account_id(account).ok_or_else(|| {
-        ReconcileError::WaitingForSystemAccount(format!(
-            "SystemAccount {namespace}/{name} is not Ready yet; this resumes when it is"
-        ))
+        let message =
+            format!("SystemAccount {namespace}/{name} is not Ready yet; this resumes when it is");
+        if being_created(account) {
+            ReconcileError::SystemAccountInProgress(message)
+        } else {
+            ReconcileError::WaitingForSystemAccount(message)
+        }
     })?;
     Ok(ResolvedAccount {
         id,
         konnect: account.spec.konnect.clone(),
     })
+}
+
+/// An account on its way to its first Ready: not being deleted, never given an id, and no failure
+/// reported (no Ready condition yet, or `Pending`).
+fn being_created(account: &SystemAccount) -> bool {
+    let status = account.status.clone().unwrap_or_default();
+    account.metadata.deletion_timestamp.is_none()
+        && status.id.is_none()
+        && crate::k8s::conditions::get(&status.conditions, crate::k8s::conditions::READY)
+            .is_none_or(|c| c.reason == crate::k8s::conditions::Reason::Pending.as_str())
 }
 
 /// The auth Secret to clean up with: the one recorded when the Konnect state was made (`Some("")`:

@@ -132,10 +132,33 @@ async fn connection(
         .await
 }
 
+/// While its account is being created, a binding reads the roles reference it will validate
+/// against (cached), so the read is not on the new account's path to its first assignment.
+async fn warm_roles_reference(ctx: &Context, obj: &RoleBinding, ns: &str) {
+    let Some(name) = obj.spec.system_account_ref.name.as_deref() else {
+        return;
+    };
+    let account = ctx
+        .accounts
+        .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns));
+    let konnect = account.as_ref().and_then(|a| a.spec.konnect.as_ref());
+    if let Ok(conn) = connection(ctx, obj, konnect).await {
+        let _ = ctx.cache.roles(&conn).await;
+    }
+}
+
 async fn apply(obj: Arc<RoleBinding>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     obj.spec.validate().map_err(ReconcileError::InvalidSpec)?;
-    let account = account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref)?;
+    let account = match account_ref::resolve(&ctx, &ns, &obj.spec.system_account_ref) {
+        Ok(account) => account,
+        Err(e) => {
+            if e.is_brief_wait() {
+                warm_roles_reference(&ctx, &obj, &ns).await;
+            }
+            return Err(e);
+        }
+    };
     let conn = connection(&ctx, &obj, account.konnect.as_ref()).await?;
     let auth_secret = account_ref::auth_secret(obj.spec.konnect.as_ref(), account.konnect.as_ref())
         .unwrap_or_default()

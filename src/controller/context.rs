@@ -14,6 +14,17 @@ use super::snapshot::Snapshot;
 use crate::api::{RoleBinding, SystemAccount};
 use crate::telemetry::Metrics;
 
+/// The cache's copy of an object against the newest version we know of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheCopy {
+    /// The newest we know of (or newer than our last write).
+    Latest,
+    /// Older than our own last write: its watch event is on its way and wakes the object again.
+    Older,
+    /// Another version that cannot be ordered: read the object to know.
+    Unknown,
+}
+
 /// Tunables of the controllers (from `run`'s flags).
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -124,17 +135,31 @@ impl Context {
 
     /// False when we know of another version than the cache's copy `obj` (the cache lags our writes).
     pub fn is_latest_known<K: kube::Resource>(&self, obj: &K) -> bool {
+        self.cache_copy(obj) == CacheCopy::Latest
+    }
+
+    /// How the cache's copy `obj` compares with the newest version we know of. Resource versions
+    /// of one object are increasing integers (comparable since Kubernetes 1.35, KEP-5504); one
+    /// that does not parse can only be compared for equality.
+    pub fn cache_copy<K: kube::Resource>(&self, obj: &K) -> CacheCopy {
         let (Some(uid), Some(rv)) = (
             obj.meta().uid.as_ref(),
             obj.meta().resource_version.as_ref(),
         ) else {
-            return false;
+            return CacheCopy::Unknown;
         };
-        self.versions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(uid)
-            .is_none_or(|known| known == rv)
+        let versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(known) = versions.get(uid) else {
+            return CacheCopy::Latest;
+        };
+        if known == rv {
+            return CacheCopy::Latest;
+        }
+        match (rv.parse::<u64>(), known.parse::<u64>()) {
+            (Ok(cached), Ok(known)) if cached < known => CacheCopy::Older,
+            (Ok(_), Ok(_)) => CacheCopy::Latest,
+            _ => CacheCopy::Unknown,
+        }
     }
 
     /// Writes the status subresource (resourceVersion-guarded) and remembers the new version.

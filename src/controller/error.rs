@@ -20,6 +20,10 @@ pub enum ReconcileError {
     /// The referenced SystemAccount is not Ready yet; its watch wakes us.
     #[error("{0}")]
     WaitingForSystemAccount(String),
+    /// The referenced SystemAccount exists and is being created, with no failure so far: a wait of
+    /// moments (its Ready event wakes us), reported like `WaitingForSystemAccount`.
+    #[error("{0}")]
+    SystemAccountInProgress(String),
     /// Another object of this cluster is about to take something over (a shared role assignment);
     /// looked at again shortly.
     #[error("{0}")]
@@ -59,7 +63,9 @@ impl ReconcileError {
             Self::InvalidSpec(_) => Reason::InvalidSpec,
             Self::Conflict(_) => Reason::Conflict,
             Self::SecretConflict(_) => Reason::SecretConflict,
-            Self::WaitingForSystemAccount(_) => Reason::WaitingForSystemAccount,
+            Self::WaitingForSystemAccount(_) | Self::SystemAccountInProgress(_) => {
+                Reason::WaitingForSystemAccount
+            }
             Self::Handover(_) => Reason::Pending,
             Self::Auth(_) => Reason::AuthFailed,
             Self::Konnect { source, .. } => match source {
@@ -133,7 +139,15 @@ impl ReconcileError {
     /// Waiting for the SystemAccount: a state reported in the condition, not a failure (no
     /// Warning Event, no error metric, no warning log).
     pub fn is_waiting(&self) -> bool {
-        matches!(self, Self::WaitingForSystemAccount(_))
+        matches!(
+            self,
+            Self::WaitingForSystemAccount(_) | Self::SystemAccountInProgress(_)
+        )
+    }
+
+    /// Waiting on an account that is being created right now (see [`Self::SystemAccountInProgress`]).
+    pub fn is_brief_wait(&self) -> bool {
+        matches!(self, Self::SystemAccountInProgress(_))
     }
 }
 
@@ -162,7 +176,9 @@ pub fn retry_delay(
         // A deterministic refusal by the API server is a spec error in all but name.
         ReconcileError::Kube { source, .. } if crate::k8s::is_refusal(source) => backoff(30),
         // The account's watch wakes us; this is only the fallback, so it does not grow.
-        ReconcileError::WaitingForSystemAccount(_) => Duration::from_secs(30).min(max),
+        ReconcileError::WaitingForSystemAccount(_) | ReconcileError::SystemAccountInProgress(_) => {
+            Duration::from_secs(30).min(max)
+        }
         // The other object records it within a reconcile or two.
         ReconcileError::Handover(_) => Duration::from_secs(2).min(max),
         e if e.is_write_conflict() => Duration::from_millis(200),

@@ -13,7 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::context::Context;
+use super::context::{CacheCopy, Context};
 use super::error::{ReconcileError, retry_delay};
 use crate::k8s::conditions::{self, READY, Reason};
 use crate::k8s::events;
@@ -37,12 +37,27 @@ pub trait Managed:
     /// Creates the status when absent.
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn set_observed_generation(&mut self, generation: Option<i64>);
+    /// The kind adds the finalizer itself, with [`add_finalizer`], right before its first change
+    /// in Konnect, together with its write-ahead marker (one write where there would be two).
+    const OWN_FINALIZER: bool = false;
 }
+
+/// Where a kind that adds its own finalizer records its first Konnect create before making it,
+/// in the finalizer's patch (see [`Managed::OWN_FINALIZER`]). Its meaning belongs to the kind.
+pub const WRITE_AHEAD_ANNOTATION: &str = "konnect-sa.dev/pending-create";
 
 /// Implements [`Managed`] for a kind whose status has `conditions` and `observed_generation`.
 #[macro_export]
 macro_rules! impl_managed {
     ($kind:ty, $name:literal) => {
+        $crate::impl_managed!($kind, $name, {});
+    };
+    ($kind:ty, $name:literal, own_finalizer) => {
+        $crate::impl_managed!($kind, $name, {
+            const OWN_FINALIZER: bool = true;
+        });
+    };
+    ($kind:ty, $name:literal, { $($extra:tt)* }) => {
         impl $crate::controller::reconciler::Managed for $kind {
             const KIND: &'static str = $name;
             fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
@@ -60,6 +75,7 @@ macro_rules! impl_managed {
                     .get_or_insert_with(Default::default)
                     .observed_generation = generation;
             }
+            $($extra)*
         }
     };
 }
@@ -126,22 +142,27 @@ where
         let started = Instant::now();
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
-        // The cache can lag our own writes (a trigger from an older event runs after we wrote): when
-        // it shows another version than the last one we know of, act on what the API server has now,
-        // so no decision is made on a stale status.
-        let obj = if ctx.is_latest_known(&*obj) {
-            obj
-        } else {
-            match api.get_opt(&obj.name_any()).await {
+        // The cache can lag our own writes (a trigger from an older event runs after we wrote): no
+        // decision is made on a stale status. A copy older than our last write is skipped (the
+        // watch event of that write wakes the object again, with no read); one that cannot be
+        // ordered is read afresh.
+        let obj = match ctx.cache_copy(&*obj) {
+            CacheCopy::Latest => obj,
+            CacheCopy::Older => {
+                tracing::trace!("the cache lags our last write; its watch event wakes us");
+                return Ok(Action::await_change());
+            }
+            CacheCopy::Unknown => match api.get_opt(&obj.name_any()).await {
                 Ok(Some(fresh)) => {
                     ctx.note_version(&fresh);
                     Arc::new(fresh)
                 }
                 Ok(None) => return Ok(Action::await_change()),
                 Err(e) => return Err(ReconcileError::kube("reading the object")(e)),
-            }
+            },
         };
-        let result = with_finalizer(&api, obj.clone(), &ctx, apply, cleanup).await;
+        let mut obj = obj;
+        let result = with_finalizer(&api, &mut obj, &ctx, apply, cleanup).await;
         // Waiting for an account is a state, not an error.
         let category = result
             .as_ref()
@@ -169,12 +190,13 @@ where
     tracing::Instrument::instrument(body, span).await
 }
 
-/// The finalizer is added before the first apply (in the same reconcile: no extra round trip) and
+/// The finalizer is added before the first apply (in the same reconcile: no extra round trip), or
+/// by a kind that adds its own ([`Managed::OWN_FINALIZER`]) before its first Konnect change, and
 /// removed only after cleanup succeeded. JSON patches with a `test` never touch someone else's
 /// finalizer, and fail (to be retried) if the list changed meanwhile.
 async fn with_finalizer<K, A, AF, C, CF>(
     api: &Api<K>,
-    obj: Arc<K>,
+    current: &mut Arc<K>,
     ctx: &Arc<Context>,
     apply: A,
     cleanup: C,
@@ -186,20 +208,10 @@ where
     C: FnOnce(Arc<K>, Arc<Context>) -> CF,
     CF: Future<Output = Result<Action, ReconcileError>>,
 {
+    let obj = current.clone();
     let name = obj.name_any();
     let finalizers = obj.finalizers().to_vec();
     let index = finalizers.iter().position(|f| f == FINALIZER);
-    // The JSON patch's `test` failing (422) means the list changed under us: a stale copy, retried
-    // at once with fresh data like a 409, not a refusal.
-    let finalizer_err = |source: kube::Error| ReconcileError::Kube {
-        context: "updating finalizers".into(),
-        source: match source {
-            kube::Error::Api(s) if s.code == 422 => kube::Error::Api(Box::new(
-                kube::core::Status::failure(&s.message, "Conflict").with_code(409),
-            )),
-            other => other,
-        },
-    };
     if obj.meta().deletion_timestamp.is_some() {
         let Some(i) = index else {
             return Ok(Action::await_change());
@@ -214,7 +226,7 @@ where
             .map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
         api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await
-            .map_err(finalizer_err)?;
+            .map_err(finalizer_error)?;
         let verified_key = format!("{}/{}", K::KIND, obj.uid().unwrap_or_default());
         ctx.forget_object(&*obj, &verified_key);
         ctx.backoffs.record_success(&object_key(&*obj));
@@ -222,29 +234,74 @@ where
     }
     let obj = match index {
         Some(_) => obj,
+        // Added by the kind itself, with its write-ahead marker, before its first Konnect change.
+        None if K::OWN_FINALIZER => obj,
         None => {
-            let patch = if obj.meta().finalizers.is_none() {
-                serde_json::json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": null},
-                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-                ])
-            } else {
-                serde_json::json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
-                    {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-                ])
-            };
-            let patch: json_patch::Patch = serde_json::from_value(patch)
-                .map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
-            let updated = api
-                .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-                .map_err(finalizer_err)?;
-            ctx.note_version(&updated);
-            Arc::new(updated)
+            let updated = add_finalizer(api, &obj, ctx, None).await?;
+            // The caller reports a failure of `apply` on this version, not the one before.
+            *current = Arc::new(updated);
+            current.clone()
         }
     };
     apply(obj, ctx.clone()).await
+}
+
+/// Adds the finalizer with a JSON patch whose `test` fails (retried like a 409) if the list
+/// changed meanwhile, and with it `marker` as [`WRITE_AHEAD_ANNOTATION`]: one write for both.
+pub async fn add_finalizer<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    ctx: &Context,
+    marker: Option<String>,
+) -> Result<K, ReconcileError> {
+    let finalizers = obj.finalizers().to_vec();
+    let mut patch = if obj.meta().finalizers.is_none() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    };
+    if let (Some(marker), Some(ops)) = (marker, patch.as_array_mut()) {
+        ops.push(if obj.meta().annotations.is_none() {
+            serde_json::json!({"op": "add", "path": "/metadata/annotations",
+                "value": {WRITE_AHEAD_ANNOTATION: marker}})
+        } else {
+            let key = WRITE_AHEAD_ANNOTATION.replace('~', "~0").replace('/', "~1");
+            serde_json::json!({"op": "add", "path": format!("/metadata/annotations/{key}"),
+                "value": marker})
+        });
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| ReconcileError::InvalidSpec(e.to_string()))?;
+    let updated = api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+        .map_err(finalizer_error)?;
+    ctx.note_version(&updated);
+    Ok(updated)
+}
+
+/// The JSON patch's `test` failing (422) means the list changed under us: a stale copy, retried
+/// at once with fresh data like a 409, not a refusal.
+fn finalizer_error(source: kube::Error) -> ReconcileError {
+    ReconcileError::Kube {
+        context: "updating finalizers".into(),
+        source: match source {
+            kube::Error::Api(s) if s.code == 422 => kube::Error::Api(Box::new(
+                kube::core::Status::failure(&s.message, "Conflict").with_code(409),
+            )),
+            other => other,
+        },
+    }
 }
 
 /// Writes `Ready=False` with the error's reason and message, and a Warning Event when either
@@ -257,8 +314,22 @@ async fn report_failure<K: Managed>(api: &Api<K>, obj: &K, err: &ReconcileError,
     if shows_failure(obj, err) {
         return;
     }
-    let Ok(mut fresh) = api.get_status(&obj.name_any()).await else {
+    // A new object whose account is being created, or not seen yet (applied in the same sync):
+    // the account's Ready event wakes it in moments, and a status saying so would be one more
+    // write per object of a bulk apply. A reference that stays unresolved is reported after
+    // the grace (see `error_policy`).
+    if quiet_wait(obj, err).is_some() {
         return;
+    }
+    // The object in hand is the newest we know of unless this reconcile wrote its status before
+    // failing: only then is it read again (the write is resourceVersion-guarded either way).
+    let mut fresh = if ctx.is_latest_known(obj) {
+        obj.clone()
+    } else {
+        match api.get_status(&obj.name_any()).await {
+            Ok(fresh) => fresh,
+            Err(_) => return,
+        }
     };
     if shows_failure(&fresh, err) {
         return;
@@ -318,6 +389,27 @@ fn shows_failure<K: Managed>(obj: &K, err: &ReconcileError) -> bool {
     })
 }
 
+/// How long a new dependent waits quietly for an account applied in the same sync before it
+/// reports it as missing (a GitOps sync applies them together; the account appears in moments).
+const NEW_OBJECT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Some(time left of the grace; zero: no end) when waiting for the account writes no status: the
+/// object has never reported Ready either way, and its account is being created, or the object
+/// is younger than [`NEW_OBJECT_GRACE`].
+fn quiet_wait<K: Managed>(obj: &K, err: &ReconcileError) -> Option<std::time::Duration> {
+    if !err.is_waiting() || conditions::get(obj.conditions(), READY).is_some() {
+        return None;
+    }
+    if err.is_brief_wait() {
+        return Some(std::time::Duration::ZERO);
+    }
+    let created = obj.meta().creation_timestamp.as_ref()?.0;
+    let age = Timestamp::now().duration_since(created).unsigned_abs();
+    NEW_OBJECT_GRACE
+        .checked_sub(age)
+        .filter(|left| !left.is_zero())
+}
+
 /// What the user controls of an object and the operator never writes: its spec (through the
 /// generation), annotations (a rotate request) and deletion. A change of it ends a backoff at once.
 pub(crate) fn fingerprint<K: Managed>(obj: &K) -> u64 {
@@ -326,7 +418,12 @@ pub(crate) fn fingerprint<K: Managed>(obj: &K) -> u64 {
     let meta = obj.meta();
     meta.uid.hash(&mut h);
     meta.generation.hash(&mut h);
-    meta.annotations.hash(&mut h);
+    // Our own write-ahead marker is not the user's.
+    meta.annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k != WRITE_AHEAD_ANNOTATION)
+        .for_each(|kv| kv.hash(&mut h));
     meta.deletion_timestamp.is_some().hash(&mut h);
     h.finish()
 }
@@ -336,6 +433,10 @@ pub(crate) fn fingerprint<K: Managed>(obj: &K) -> u64 {
 /// [`Backoffs::held_back`](super::backoff::Backoffs::held_back)); a stale copy (409) is retried at once, and waiting for the account
 /// is woken by the account's watch.
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    if let Some(left) = quiet_wait(&*obj, err).filter(|left| !left.is_zero()) {
+        // Looked at again when the grace ends: then a missing account is reported.
+        return Action::requeue(left + std::time::Duration::from_millis(100));
+    }
     let hold = !(err.is_waiting() || err.is_write_conflict());
     let delay = ctx.backoffs.record_failure(
         &object_key(&*obj),

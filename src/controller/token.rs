@@ -87,6 +87,15 @@ impl Work<'_> {
         Ok(())
     }
 
+    /// Saves what this reconcile recorded and has not written yet (an issued token is recorded
+    /// with the Ready status when nothing else happens first: one write, not two).
+    async fn checkpoint(&mut self) -> Result<(), ReconcileError> {
+        if self.obj.status != self.saved {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
     fn uid(&self) -> String {
         self.obj.uid().unwrap_or_default()
     }
@@ -216,6 +225,10 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
             now: Timestamp::now(),
         });
         tracing::debug!(?step, "token step");
+        // (An issue saves everything with its pending marker first.)
+        if !matches!(step, TokenStep::Done | TokenStep::Issue(_)) {
+            w.checkpoint().await?;
+        }
         match step {
             TokenStep::AdoptSecret { pending_place } => {
                 let (view, name) = if pending_place {
@@ -291,13 +304,17 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         }
     }
     if !settled {
+        w.checkpoint().await?;
         // A plan that keeps asking for steps is a bug: never report Ready on it, back off.
         return Err(ReconcileError::InvalidSpec(format!(
             "the token's next steps did not settle within {MAX_STEPS} steps; retried with backoff"
         )));
     }
 
-    sync_secret_metadata(&mut w).await?;
+    if let Err(e) = sync_secret_metadata(&mut w).await {
+        w.checkpoint().await?;
+        return Err(e);
+    }
 
     // renewBefore(Percentage) may have changed since the token was issued: the schedule follows the spec.
     let seed = format!("{}/{}", w.uid(), w.st().revision.unwrap_or(0));
@@ -474,7 +491,11 @@ async fn check_live(w: &Work<'_>) -> Result<Liveness, ReconcileError> {
     }
     match w.k.get_access_token(account_id, token_id).await {
         // Konnect still lists it, but its own expiry says it no longer authenticates.
-        Ok(t) if t.expires_at.parse::<Timestamp>().is_ok_and(|e| e <= Timestamp::now()) => {
+        Ok(t)
+            if t.expires_at
+                .parse::<Timestamp>()
+                .is_ok_and(|e| e <= Timestamp::now()) =>
+        {
             Ok(Liveness::Gone)
         }
         Ok(_) => {
@@ -673,7 +694,8 @@ async fn issue(
     );
     tracing::info!(revision, reason = reason.as_str(), %expires_at, "token issued");
     events::publish(&w.ctx.events, &w.obj, false, verb, "Rotate", note).await;
-    w.save().await
+    // Recorded by the next write: the checkpoint before the next step's effect, or the Ready status.
+    Ok(())
 }
 
 /// Restarts the targets once per revision. The stamp is the revision's issue time and number (two

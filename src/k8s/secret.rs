@@ -637,9 +637,17 @@ mod tests {
         assert!(view(&s2, "uid-1", "api-token").has_value);
         // The annotations name the key their token is under; the key the spec now asks for does
         // not change what they describe (a secretKey move is decided from the status and this key).
-        assert_eq!(view(&s2, "uid-1", "token").key.as_deref(), Some("api-token"));
+        assert_eq!(
+            view(&s2, "uid-1", "token").key.as_deref(),
+            Some("api-token")
+        );
         let mut legacy = s.clone();
-        legacy.metadata.annotations.as_mut().unwrap().remove(ANN_TOKEN_KEY);
+        legacy
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(ANN_TOKEN_KEY);
         assert!(view(&legacy, "uid-1", "token").has_value);
         assert!(
             !view(&legacy, "uid-1", "other-key").has_value,

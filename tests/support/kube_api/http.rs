@@ -58,6 +58,8 @@ pub struct Shared {
     /// Upper bound for a watch's duration, whatever timeoutSeconds says.
     pub max_watch_ms: AtomicU64,
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// What each request costs (latency, serialised writes, APF); free unless set.
+    pub cost: Mutex<Arc<super::cost::Cost>>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -299,6 +301,21 @@ async fn handle(
             "dryRun is supported by the Kubernetes API stand-in for create and update only",
         ));
     }
+    // Watches are long-running requests: APF and the commit do not apply to them.
+    let cost = shared.cost.lock().expect("cost lock").clone();
+    let _seat = match verb {
+        "watch" => None,
+        _ => match cost
+            .admit(
+                format!("{method} {}", uri.path()),
+                is_write(verb) && !dry_run,
+            )
+            .await
+        {
+            Ok(seat) => seat,
+            Err(too_many) => return too_many,
+        },
+    };
     if let Some(fault) = take_fault(&shared, verb, &route.plural) {
         let err = match fault.message {
             // A refusal in the words of an admission webhook or policy engine.
@@ -343,6 +360,26 @@ async fn handle(
     };
     tracing::debug!(target: "kube_standin", verb, path = uri.path(), code = code.as_u16(), "request");
     json_response(code, &value)
+}
+
+/// Verbs that change stored state (and are committed to etcd on a real server).
+pub fn is_write(verb: &str) -> bool {
+    matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    )
+}
+
+impl RequestRecord {
+    /// A write that was stored (dry runs are checked, not committed).
+    pub fn is_write(&self) -> bool {
+        is_write(&self.verb) && !self.dry_run
+    }
+
+    /// A get or a list (watches are counted apart).
+    pub fn is_read(&self) -> bool {
+        matches!(self.verb.as_str(), "get" | "list")
+    }
 }
 
 fn take_fault(shared: &Shared, verb: &str, plural: &str) -> Option<Fault> {

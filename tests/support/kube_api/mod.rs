@@ -38,8 +38,12 @@
 //! `dryRun` runs the checks of create and update (PUT) and stores nothing, and is refused with 400 elsewhere.
 //! Label and annotation syntax and size, and events.k8s.io Event `type`, `eventTime` and note length (1024),
 //! are refused with 422 like the real server does.
+//!
+//! Cost: free unless `set_cost` turns it on (the benchmark does): latency per request, writes committed one at
+//! a time at a set rate, API Priority and Fairness seats and queue with 429 + Retry-After (`cost.rs`).
 
 pub mod builtin;
+pub mod cost;
 pub mod crd;
 pub mod fidelity;
 pub mod http;
@@ -113,6 +117,7 @@ impl FakeKube {
             bookmark_interval_ms: AtomicU64::new(1_000),
             max_watch_ms: AtomicU64::new(3_600_000),
             shutdown,
+            cost: Mutex::new(cost::Cost::new(cost::CostModel::default())),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -474,6 +479,27 @@ impl FakeKube {
         self.shared
             .max_watch_ms
             .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Sets what requests cost from now on (see `cost.rs`; `CostModel::default()` is free).
+    pub fn set_cost(&self, model: cost::CostModel) {
+        *self.shared.cost.lock().expect("cost lock") = cost::Cost::new(model);
+    }
+
+    /// Requests answered 429 by the APF model since it was last set.
+    pub fn rejected_requests(&self) -> u64 {
+        self.shared
+            .cost
+            .lock()
+            .expect("cost lock")
+            .rejected
+            .load(Ordering::Relaxed)
+    }
+
+    /// The requests the cost model saw since it was last set (none while it is free).
+    pub fn cost_log(&self) -> Vec<cost::Arrival> {
+        let cost = self.shared.cost.lock().expect("cost lock").clone();
+        cost.log.lock().expect("cost log").clone()
     }
 
     /// Every request so far, in order.
