@@ -1,0 +1,6 @@
+//! Subcommands for people and CI that never run the operator: `validate` (offline) and `plan`
+//! (read-only Konnect, optionally the cluster) for manifests under review.
+pub mod manifests;
+pub mod plan;
+pub mod schema;
+pub mod validate;
