@@ -175,7 +175,24 @@ impl Plan {
         });
     }
 
+    /// `--output json`: the lines, counts and the exit code.
+    pub fn json(&self) -> serde_json::Value {
+        let count = |f: fn(Action) -> bool| self.changes.iter().filter(|c| f(c.action)).count();
+        serde_json::json!({
+            "changes": self.changes,
+            "summary": {
+                "changes": count(Action::is_change),
+                "refused": count(Action::is_error),
+                "other": count(|a| !a.is_change() && !a.is_error()),
+                "exitCode": self.exit_code(),
+            }
+        })
+    }
+
     pub fn table(&self) -> String {
+        if self.changes.is_empty() {
+            return "No changes: Konnect matches the manifests.\n".into();
+        }
         let header = ["ACTION", "KIND", "OBJECT", "KONNECT", "DETAIL"];
         let rows: Vec<[String; 5]> = self
             .changes
@@ -215,7 +232,7 @@ impl Plan {
         }
         let count = |f: fn(Action) -> bool| self.changes.iter().filter(|c| f(c.action)).count();
         out.push_str(&format!(
-            "\nPlan: {} change(s) in Konnect, {} refused, {} unchanged-on-removal or not planned.\n",
+            "\nPlan: {} change(s) in Konnect, {} refused, {} kept or not planned.\n",
             count(Action::is_change),
             count(Action::is_error),
             count(|a| !a.is_change() && !a.is_error())
@@ -274,7 +291,7 @@ pub async fn run(args: PlanArgs) -> Result<std::process::ExitCode, String> {
         Output::Table => print!("{}", plan.table()),
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(&plan.json()).map_err(|e| e.to_string())?
         ),
     }
     Ok(std::process::ExitCode::from(plan.exit_code()))
