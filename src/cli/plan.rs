@@ -49,7 +49,7 @@ pub struct PlanArgs {
     /// longer has show as deletions. Without it, plan compares with Konnect only, as for a fresh cluster.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of objects that set none, and (with --kubeconfig) the one namespace compared. Default: the
+    /// Namespace of objects that set none and, with --kubeconfig, the one namespace compared. Default: the
     /// namespaces of the set ("default" for objects without one).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
@@ -618,7 +618,7 @@ impl Planner<'_> {
         current_name: &str,
         patch: &crate::konnect::UpdateSystemAccount,
     ) {
-        if let Some(new) = &patch.name {
+        if patch.name.is_some() {
             self.plan.push(
                 Action::Rename,
                 "SystemAccount",
@@ -626,7 +626,6 @@ impl Planner<'_> {
                 target,
                 format!("renamed from '{current_name}'"),
             );
-            let _ = new;
         }
         if let Some(description) = &patch.description {
             self.plan.push(

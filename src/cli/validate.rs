@@ -265,8 +265,8 @@ fn cross_object(set: &ManifestSet, findings: &mut Vec<Finding>) {
         let konnect_name = a.object.spec.konnect_name(&a.name());
         let connection = connection_key(&a.namespace, a.object.spec.konnect.as_ref());
         let label = object_label("SystemAccount", &a.namespace, &a.name());
-        match names.insert((connection, konnect_name.clone()), label.clone()) {
-            Some(first) => finding(
+        if let Some(first) = names.insert((connection, konnect_name.clone()), label.clone()) {
+            finding(
                 Severity::Error,
                 &a.file,
                 label,
@@ -274,8 +274,7 @@ fn cross_object(set: &ManifestSet, findings: &mut Vec<Finding>) {
                 format!(
                     "Konnect name '{konnect_name}' is also used by {first}: one of them would be refused (Conflict)"
                 ),
-            ),
-            None => {}
+            );
         }
     }
     let mut assignments: BTreeMap<String, String> = BTreeMap::new();
