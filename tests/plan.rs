@@ -119,6 +119,11 @@ apiVersion: konnect-sa.dev/v1alpha1
 kind: RoleBinding
 metadata: {name: gone-rb}
 spec: {systemAccountRef: {name: ci}, roleName: Viewer, entityTypeName: API Products}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: RoleBinding
+metadata: {name: orphan-rb}
+spec: {systemAccountRef: {name: ci}, roleName: Admin, entityTypeName: Audit Logs, deletionPolicy: Orphan}
 "#;
 
 /// The set after a pull request: `ci` renamed, described anew, moved from Platform to Ops; its viewer
@@ -162,6 +167,11 @@ async fn a_new_set_plans_creates_memberships_assignments_and_tokens_without_writ
                 "gone-rb",
                 "role Viewer on API Products * (*)"
             ),
+            line(
+                Action::AssignRole,
+                "orphan-rb",
+                "role Admin on Audit Logs * (*)"
+            ),
             line(Action::IssueToken, "ci-token", "token in Secret ci-token"),
             line(
                 Action::IssueToken,
@@ -202,7 +212,7 @@ async fn against_the_cluster_an_applied_set_plans_nothing_and_a_pull_request_sho
     }
     let ci_token = wait_for(&tokens, "ci-token", T, &token_ready).await;
     wait_for(&tokens, "gone-token", T, &token_ready).await;
-    for name in ["ci-viewer", "gone-rb"] {
+    for name in ["ci-viewer", "gone-rb", "orphan-rb"] {
         wait_for(&bindings, name, T, &binding_ready).await;
     }
     env.stop_operator().await;
@@ -244,6 +254,7 @@ async fn against_the_cluster_an_applied_set_plans_nothing_and_a_pull_request_sho
             ),
             line(Action::DeleteAccount, "old", "account 'old'"),
             line(Action::Keep, "kept", "account 'kept'"),
+            line(Action::Keep, "orphan-rb", "role Admin on Audit Logs * (*)"),
         ],
         "{}",
         plan.table()
@@ -363,6 +374,20 @@ spec: {systemAccountRef: {name: taken}, roleName: Viewer, entityTypeName: Contro
     assert!(typo.detail.contains("valid roles"), "{typo:?}");
     assert_eq!(plan.exit_code(), 1, "the operator would refuse: CI fails");
     only_reads(&env, mark);
+
+    // Only what cannot be planned: Konnect may change, so not "no change".
+    let elsewhere = &yaml[yaml
+        .find(
+            "apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccount\nmetadata: {name: elsewhere}",
+        )
+        .unwrap()..];
+    let elsewhere = &elsewhere[..elsewhere.find("---").unwrap()];
+    let plan = plan_of(&env, elsewhere, false).await;
+    assert_eq!(
+        lines(&plan),
+        vec![line(Action::Unknown, "elsewhere", "account 'elsewhere'")]
+    );
+    assert_eq!(plan.exit_code(), 2);
 }
 
 fn bin() -> std::process::Command {
@@ -406,7 +431,7 @@ async fn the_binary_exits_0_or_2_prints_json_and_never_a_token_value() {
     let (code, stdout) = run(&["--output", "json"]).await;
     assert_eq!(code, Some(2), "{stdout}");
     let json: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(json["summary"]["changes"], 8);
+    assert_eq!(json["summary"]["changes"], 9);
     assert_eq!(json["changes"][0]["action"], "create");
 
     env.apply(BASE);
@@ -425,7 +450,7 @@ async fn the_binary_exits_0_or_2_prints_json_and_never_a_token_value() {
     for name in ["ci-token", "gone-token"] {
         wait_for(&tokens, name, T, &token_ready).await;
     }
-    for name in ["ci-viewer", "gone-rb"] {
+    for name in ["ci-viewer", "gone-rb", "orphan-rb"] {
         wait_for(&bindings, name, T, &binding_ready).await;
     }
     env.stop_operator().await;

@@ -2,5 +2,6 @@
 //! (read-only Konnect, optionally the cluster) for manifests under review.
 pub mod manifests;
 pub mod plan;
+mod planner;
 pub mod schema;
 pub mod validate;
