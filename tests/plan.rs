@@ -57,6 +57,12 @@ fn lines(plan: &Plan) -> Vec<(Action, String, String)> {
     l
 }
 
+/// Expected lines, in the order `lines` gives.
+fn sorted(mut v: Vec<(Action, String, String)>) -> Vec<(Action, String, String)> {
+    v.sort();
+    v
+}
+
 fn line(action: Action, name: &str, target: &str) -> (Action, String, String) {
     (action, name.to_string(), target.to_string())
 }
@@ -124,10 +130,20 @@ apiVersion: konnect-sa.dev/v1alpha1
 kind: RoleBinding
 metadata: {name: orphan-rb}
 spec: {systemAccountRef: {name: ci}, roleName: Admin, entityTypeName: Audit Logs, deletionPolicy: Orphan}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: other}
+spec: {description: other}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: RoleBinding
+metadata: {name: mover}
+spec: {systemAccountRef: {name: ci}, roleName: Viewer, entityTypeName: API Products, entityRegion: eu}
 "#;
 
 /// The set after a pull request: `ci` renamed, described anew, moved from Platform to Ops; its viewer
-/// binding now grants Admin; its token lives 720h; `old`, `kept`, `gone-token` and `gone-rb` removed.
+/// binding now grants Admin; its token lives 720h; `mover` moves to account `other`; `old`, `kept`, `gone-token` and `gone-rb` removed.
 const CHANGED: &str = r#"
 apiVersion: konnect-sa.dev/v1alpha1
 kind: SystemAccount
@@ -143,6 +159,16 @@ apiVersion: konnect-sa.dev/v1alpha1
 kind: RoleBinding
 metadata: {name: ci-viewer}
 spec: {systemAccountRef: {name: ci}, roleName: Admin, entityTypeName: Control Planes}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: other}
+spec: {description: other}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: RoleBinding
+metadata: {name: mover}
+spec: {systemAccountRef: {name: other}, roleName: Viewer, entityTypeName: API Products, entityRegion: eu}
 "#;
 
 #[tokio::test]
@@ -152,10 +178,11 @@ async fn a_new_set_plans_creates_memberships_assignments_and_tokens_without_writ
     let plan = plan_of(&env, BASE, false).await;
     assert_eq!(
         lines(&plan),
-        vec![
+        sorted(vec![
             line(Action::Create, "ci", "account 'ci-bot'"),
             line(Action::Create, "kept", "account 'kept'"),
             line(Action::Create, "old", "account 'old'"),
+            line(Action::Create, "other", "account 'other'"),
             line(Action::JoinTeam, "ci", "team 'Platform'"),
             line(
                 Action::AssignRole,
@@ -172,13 +199,18 @@ async fn a_new_set_plans_creates_memberships_assignments_and_tokens_without_writ
                 "orphan-rb",
                 "role Admin on Audit Logs * (*)"
             ),
+            line(
+                Action::AssignRole,
+                "mover",
+                "role Viewer on API Products * (eu)"
+            ),
             line(Action::IssueToken, "ci-token", "token in Secret ci-token"),
             line(
                 Action::IssueToken,
                 "gone-token",
                 "token in Secret gone-token"
             ),
-        ]
+        ])
     );
     assert_eq!(plan.exit_code(), 2);
     only_reads(&env, mark);
@@ -207,12 +239,12 @@ async fn against_the_cluster_an_applied_set_plans_nothing_and_a_pull_request_sho
     let token_ready =
         is_ready(|t: &SystemAccountToken| t.status.clone().unwrap_or_default().conditions);
     let binding_ready = is_ready(|b: &RoleBinding| b.status.clone().unwrap_or_default().conditions);
-    for name in ["ci", "old", "kept"] {
+    for name in ["ci", "old", "kept", "other"] {
         wait_for(&accounts, name, T, &account_ready).await;
     }
     let ci_token = wait_for(&tokens, "ci-token", T, &token_ready).await;
     wait_for(&tokens, "gone-token", T, &token_ready).await;
-    for name in ["ci-viewer", "gone-rb", "orphan-rb"] {
+    for name in ["ci-viewer", "gone-rb", "orphan-rb", "mover"] {
         wait_for(&bindings, name, T, &binding_ready).await;
     }
     env.stop_operator().await;
@@ -226,7 +258,7 @@ async fn against_the_cluster_an_applied_set_plans_nothing_and_a_pull_request_sho
     let plan = plan_of(&env, CHANGED, true).await;
     assert_eq!(
         lines(&plan),
-        vec![
+        sorted(vec![
             line(Action::Rename, "ci", "account 'ci-bot-2'"),
             line(Action::UpdateDescription, "ci", "account 'ci-bot-2'"),
             line(Action::JoinTeam, "ci", "team 'Ops'"),
@@ -246,6 +278,16 @@ async fn against_the_cluster_an_applied_set_plans_nothing_and_a_pull_request_sho
                 "gone-rb",
                 "role Viewer on API Products * (*)"
             ),
+            line(
+                Action::AssignRole,
+                "mover",
+                "role Viewer on API Products * (eu)"
+            ),
+            line(
+                Action::DeleteAssignment,
+                "mover",
+                "role Viewer on API Products * (eu)"
+            ),
             line(Action::IssueToken, "ci-token", "token in Secret ci-token"),
             line(
                 Action::RevokeTokens,
@@ -255,12 +297,18 @@ async fn against_the_cluster_an_applied_set_plans_nothing_and_a_pull_request_sho
             line(Action::DeleteAccount, "old", "account 'old'"),
             line(Action::Keep, "kept", "account 'kept'"),
             line(Action::Keep, "orphan-rb", "role Admin on Audit Logs * (*)"),
-        ],
+        ]),
         "{}",
         plan.table()
     );
     let reissue = plan.changes.iter().find(|c| c.name == "ci-token").unwrap();
     assert!(reissue.detail.starts_with("DurationChanged"), "{reissue:?}");
+    let moved = plan
+        .changes
+        .iter()
+        .find(|c| c.name == "mover" && c.action == Action::DeleteAssignment)
+        .unwrap();
+    assert!(moved.detail.contains("previous account"), "{moved:?}");
     assert_eq!(plan.exit_code(), 2);
     only_reads(&env, mark);
 
@@ -431,7 +479,7 @@ async fn the_binary_exits_0_or_2_prints_json_and_never_a_token_value() {
     let (code, stdout) = run(&["--output", "json"]).await;
     assert_eq!(code, Some(2), "{stdout}");
     let json: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(json["summary"]["changes"], 9);
+    assert_eq!(json["summary"]["changes"], 11);
     assert_eq!(json["changes"][0]["action"], "create");
 
     env.apply(BASE);
@@ -439,7 +487,7 @@ async fn the_binary_exits_0_or_2_prints_json_and_never_a_token_value() {
     let accounts = env.api::<SystemAccount>();
     let account_ready =
         is_ready(|a: &SystemAccount| a.status.clone().unwrap_or_default().conditions);
-    for name in ["ci", "old", "kept"] {
+    for name in ["ci", "old", "kept", "other"] {
         wait_for(&accounts, name, T, &account_ready).await;
     }
     let tokens = env.api::<SystemAccountToken>();
@@ -450,7 +498,7 @@ async fn the_binary_exits_0_or_2_prints_json_and_never_a_token_value() {
     for name in ["ci-token", "gone-token"] {
         wait_for(&tokens, name, T, &token_ready).await;
     }
-    for name in ["ci-viewer", "gone-rb", "orphan-rb"] {
+    for name in ["ci-viewer", "gone-rb", "orphan-rb", "mover"] {
         wait_for(&bindings, name, T, &binding_ready).await;
     }
     env.stop_operator().await;
@@ -582,5 +630,17 @@ spec: {systemAccountRef: {name: ci}, roleName: Viewer, entityTypeName: Control P
     assert!(
         String::from_utf8_lossy(&out.stdout)
             .starts_with("-: warning: RoleBinding default/rb: spec.systemAccountRef.name:")
+    );
+}
+
+#[test]
+fn the_shipped_samples_validate_clean() {
+    let dir = support::env::crate_dir().join("config/samples");
+    let docs = manifests::load(&[dir]).unwrap();
+    let (findings, set) = validate::check(&docs, NS);
+    assert_eq!(findings, vec![]);
+    assert_eq!(
+        (set.accounts.len(), set.tokens.len(), set.bindings.len()),
+        (1, 1, 2)
     );
 }
