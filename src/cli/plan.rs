@@ -27,7 +27,8 @@ pub struct PlanArgs {
         default_value = "https://global.api.konghq.com"
     )]
     pub konnect_url: String,
-    /// File holding a Konnect token that can read the organisation's identity (a read-only one is enough).
+    /// File holding a Konnect token that can list the organisation's system accounts, teams, role assignments and
+    /// tokens (plan only reads with it).
     /// Alternative: KONNECT_TOKEN.
     #[arg(long, env = "KONNECT_TOKEN_FILE")]
     pub konnect_token_file: Option<PathBuf>,
@@ -298,7 +299,7 @@ fn read_token(args: &PlanArgs) -> Result<TokenValue, String> {
         None => std::env::var("KONNECT_TOKEN").unwrap_or_default(),
     };
     match raw.trim() {
-        "" => Err("no Konnect token: pass --konnect-token-file or set KONNECT_TOKEN (a read-only token is enough)".into()),
+        "" => Err("no Konnect token: pass --konnect-token-file or set KONNECT_TOKEN".into()),
         t => Ok(TokenValue::new(t)),
     }
 }
