@@ -18,6 +18,10 @@ enum Command {
     Crds,
     /// Run the Konnect simulator (Identity v3 API, in memory).
     Sim(konnect_sa_operator::sim::SimArgs),
+    /// Check manifests offline: CRD schema and CEL rules, spec rules, and across objects (exit 1 on errors).
+    Validate(konnect_sa_operator::cli::validate::ValidateArgs),
+    /// Show what applying manifests would change in Konnect, read-only (exit 0 no change, 2 changes, 1 error).
+    Plan(konnect_sa_operator::cli::plan::PlanArgs),
 }
 
 #[tokio::main]
@@ -39,6 +43,8 @@ async fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Sim(args) => konnect_sa_operator::sim::run(args).await,
+        Command::Validate(args) => return exit(konnect_sa_operator::cli::validate::run(args)),
+        Command::Plan(args) => return exit(konnect_sa_operator::cli::plan::run(args).await),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -47,4 +53,12 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `validate` and `plan` choose their own exit code; an error that stops them is exit 1.
+fn exit(result: Result<std::process::ExitCode, String>) -> std::process::ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::ExitCode::FAILURE
+    })
 }

@@ -364,7 +364,7 @@ fn flags_of(subcommand: &str) -> BTreeSet<String> {
 fn the_readme_names_every_flag_field_reason_and_metric() {
     let readme = read("README.md");
     let mut missing = Vec::new();
-    for sub in ["run", "sim", "bootstrap"] {
+    for sub in ["run", "sim", "bootstrap", "plan"] {
         let flags = flags_of(sub);
         assert!(flags.len() > 5, "{sub} --help lists its flags: {flags:?}");
         for flag in flags {
