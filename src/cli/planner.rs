@@ -309,6 +309,33 @@ impl Planner<'_> {
     }
 
     /// The account a reference points at after the apply: from the set's plan, else the cluster.
+    /// The Konnect id of a dependent's account; None when it has none yet, after recording the line
+    /// for that: `new` for an account the set creates, Unknown for one not planned or not found.
+    fn dependent_account(
+        &mut self,
+        ns: &str,
+        reference: &SystemAccountRef,
+        kind: &'static str,
+        at: (&str, &str),
+        target: &str,
+        new: (Action, &str),
+    ) -> Option<String> {
+        let (action, detail) = match self.resolve(ns, reference) {
+            Ok(AccountOutcome::Id(id)) => return Some(id),
+            Ok(AccountOutcome::New) => new,
+            Ok(AccountOutcome::Blocked) => (
+                Action::Unknown,
+                "its SystemAccount is not planned (refused, invalid or another connection)",
+            ),
+            Err(message) => {
+                self.plan.push(Action::Unknown, kind, at, target, message);
+                return None;
+            }
+        };
+        self.plan.push(action, kind, at, target, detail);
+        None
+    }
+
     fn resolve(&self, ns: &str, r: &SystemAccountRef) -> Result<AccountOutcome, String> {
         match r.target()? {
             RefTarget::Id(id) => Ok(AccountOutcome::Id(id.to_string())),
@@ -387,32 +414,10 @@ impl Planner<'_> {
             self.plan.push(Action::Invalid, KIND, at, target, message);
             return Ok(());
         }
-        let account_id = match self.resolve(ns, &obj.spec.system_account_ref) {
-            Ok(AccountOutcome::Id(id)) => id,
-            Ok(AccountOutcome::New) => {
-                self.plan.push(
-                    Action::AssignRole,
-                    KIND,
-                    at,
-                    target,
-                    "granted to the new account",
-                );
-                return Ok(());
-            }
-            Ok(AccountOutcome::Blocked) => {
-                self.plan.push(
-                    Action::Unknown,
-                    KIND,
-                    at,
-                    target,
-                    "its SystemAccount is not planned (refused, invalid or another connection)",
-                );
-                return Ok(());
-            }
-            Err(message) => {
-                self.plan.push(Action::Unknown, KIND, at, target, message);
-                return Ok(());
-            }
+        let new = (Action::AssignRole, "granted to the new account");
+        let reference = &obj.spec.system_account_ref;
+        let Some(account_id) = self.dependent_account(ns, reference, KIND, at, &target, new) else {
+            return Ok(());
         };
         let old = self
             .applied
@@ -492,32 +497,10 @@ impl Planner<'_> {
             );
             return Ok(());
         }
-        let account_id = match self.resolve(ns, &obj.spec.system_account_ref) {
-            Ok(AccountOutcome::Id(id)) => id,
-            Ok(AccountOutcome::New) => {
-                self.plan.push(
-                    Action::IssueToken,
-                    KIND,
-                    at,
-                    target,
-                    "Initial: for the new account",
-                );
-                return Ok(());
-            }
-            Ok(AccountOutcome::Blocked) => {
-                self.plan.push(
-                    Action::Unknown,
-                    KIND,
-                    at,
-                    target,
-                    "its SystemAccount is not planned (refused, invalid or another connection)",
-                );
-                return Ok(());
-            }
-            Err(message) => {
-                self.plan.push(Action::Unknown, KIND, at, target, message);
-                return Ok(());
-            }
+        let new = (Action::IssueToken, "Initial: for the new account");
+        let reference = &obj.spec.system_account_ref;
+        let Some(account_id) = self.dependent_account(ns, reference, KIND, at, &target, new) else {
+            return Ok(());
         };
         let applied = self.applied.and_then(|a| find(&a.tokens, ns, &name));
         let status = applied.and_then(|t| t.status.clone()).unwrap_or_default();
