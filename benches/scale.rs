@@ -203,10 +203,10 @@ fn kube_traffic(requests: &[RequestRecord]) -> KubeTraffic {
 
 /// The fewest Kubernetes writes one account + token + binding converge with, by this design
 /// (README "Kubernetes API traffic"): the account's finalizer with the write-ahead marker of its
-/// create (one patch), its Ready status and its Created Event (3); the token's finalizer, its
-/// write-ahead marker (status.pendingTokenName), its Secret, its Ready status and its Issued
-/// Event (5); the binding's finalizer, its Ready status and its Assigned Event (3).
-const MIN_KUBE_WRITES_PER_TRIPLE: u64 = 11;
+/// create (one patch), its Ready status and its Created Event (3); the token's finalizer with the
+/// write-ahead marker of its first issue (one patch), its Secret, its Ready status and its Issued
+/// Event (4); the binding's finalizer, its Ready status and its Assigned Event (3).
+const MIN_KUBE_WRITES_PER_TRIPLE: u64 = 10;
 
 /// Konnect calls on the critical path of one account + token + binding: the name check and the
 /// create of the account, then the token's create and the role assignment side by side.

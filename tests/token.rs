@@ -2337,3 +2337,89 @@ spec:
     );
     op.stop().await;
 }
+
+/// A new token's first issue records its marker with the finalizer (annotation
+/// `konnect-sa.dev/pending-create`, one patch) instead of in its status. Both crash points of that
+/// first issue heal from it: a token created but never written to the Secret is found by name and
+/// revoked (and a new one issued); a token that reached the Secret is adopted, not revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_issue_marked_with_the_finalizer_heals_both_crash_points() {
+    let env = TestEnv::start().await;
+    let op = Operator::start(&env, "3s").await;
+    let account_id = ready_account(&env, "first").await;
+    op.stop().await;
+    let api = env.api::<SystemAccountToken>();
+    let since = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    // What the operator's first patch leaves behind when it is killed right after the create call.
+    let marked = |name: &str| {
+        let marker = json!({
+            "name": format!("platform.{name}.r1"), "account_id": account_id,
+            "secret_name": name, "since": since.to_string(), "auth_secret": "",
+        });
+        format!(
+            "apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccountToken\nmetadata:\n  name: {name}\n  \
+             finalizers: [konnect-sa.dev/cleanup]\n  annotations:\n    konnect-sa.dev/pending-create: '{marker}'\n\
+             spec:\n  systemAccountRef: {{name: first}}\n"
+        )
+    };
+
+    // Crash point 1: created in Konnect, the Secret never written.
+    env.apply(&marked("lost-token"));
+    let (lost_id, _) = create_in_konnect(&env, &account_id, "platform.lost-token.r1", since).await;
+    // Crash point 2: created and written to the Secret, the status never written.
+    env.apply(&marked("kept-token"));
+    let (kept_id, kept_value) =
+        create_in_konnect(&env, &account_id, "platform.kept-token.r1", since).await;
+    let kept = api.get("kept-token").await.unwrap();
+    let expires = since.checked_add(Duration::from_secs(2160 * 3600)).unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": "kept-token",
+            "ownerReferences": [{
+                "apiVersion": "konnect-sa.dev/v1alpha1", "kind": "SystemAccountToken",
+                "name": "kept-token", "uid": kept.metadata.uid, "controller": true,
+            }],
+            "annotations": {
+                "konnect-sa.dev/token-id": kept_id, "konnect-sa.dev/token-name": "platform.kept-token.r1",
+                "konnect-sa.dev/account-id": account_id, "konnect-sa.dev/revision": "1",
+                "konnect-sa.dev/issued-at": since.to_string(), "konnect-sa.dev/expires-at": expires.to_string(),
+            },
+        },
+        "data": {"token": k8s_openapi::ByteString(kept_value.clone().into_bytes())},
+    }))
+    .unwrap();
+    env.api::<Secret>()
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+
+    let op = Operator::start(&env, "3s").await;
+    let lost = wait_for(&api, "lost-token", T, |t| ready_at(t, 1)).await;
+    let kept = wait_for(&api, "kept-token", T, |t| ready_at(t, 1)).await;
+    // The one that reached its Secret is the current token, unchanged.
+    assert_eq!(status(&kept).token_id.as_deref(), Some(kept_id.as_str()));
+    let s = env.api::<Secret>().get("kept-token").await.unwrap();
+    assert_eq!(value_of(&s), kept_value);
+    // The one that reached no one is revoked; a new one took its place.
+    let current = status(&lost).token_id.unwrap();
+    assert_ne!(current, lost_id);
+    assert!(
+        eventually(T, || {
+            let live: Vec<String> = env
+                .sim
+                .live_tokens(&account_id)
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
+            live.len() == 2 && live.contains(&current) && live.contains(&kept_id)
+        })
+        .await,
+        "only the two current tokens are live: {:?}",
+        env.sim.live_tokens(&account_id)
+    );
+    for t in [&lost, &kept] {
+        assert_eq!(status(t).pending_token_name, None);
+    }
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}

@@ -2,7 +2,8 @@
 //! revoke the old one after the overlap, and heal every crash point (API.md invariants).
 //!
 //! Order, always: record pendingTokenName -> create -> write Secret -> restart targets ->
-//! status (old token recorded with revokeAt) -> revoke at revokeAt.
+//! status (old token recorded with revokeAt) -> revoke at revokeAt. The first issue records its
+//! marker with the finalizer, in one patch ([`IssueMarker`]).
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -15,7 +16,9 @@ use super::account_ref::{self, ResolvedAccount};
 use super::context::Context;
 use super::error::ReconcileError;
 use super::own_token;
-use super::reconciler::{mark_ready, object_key, reconcile_with};
+use super::reconciler::{
+    FINALIZER, WRITE_AHEAD_ANNOTATION, add_finalizer, mark_ready, object_key, reconcile_with,
+};
 use super::token_plan::{
     Found, Issued, Liveness, RotationReason, SecretCleanup, SecretView, TokenObserved, TokenStep,
     adopt_secret, cleanup_after_revoke, clear_pending, current_of, expiry, keys_to_keep,
@@ -34,7 +37,62 @@ use crate::k8s::secret::{self, IssuedToken, SecretTarget};
 use crate::konnect::{CreateAccessToken, IgnoreNotFound, KonnectClient};
 use crate::telemetry::ReasonLabels;
 
-crate::impl_managed!(SystemAccountToken, "SystemAccountToken");
+crate::impl_managed!(SystemAccountToken, "SystemAccountToken", own_finalizer);
+
+/// The first issue's write-ahead marker: written as [`WRITE_AHEAD_ANNOTATION`] in the patch that
+/// adds the finalizer (one write where there would be two). It speaks only while the status
+/// records no token and no unfinished issue; from the first status write on, the status's own
+/// marker (`pendingTokenName`) and record take over, and a left-behind annotation means nothing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct IssueMarker {
+    name: String,
+    account_id: String,
+    secret_name: String,
+    since: Option<String>,
+    auth_secret: Option<String>,
+}
+
+impl IssueMarker {
+    fn of(st: &SystemAccountTokenStatus) -> Option<Self> {
+        Some(Self {
+            name: st.pending_token_name.clone()?,
+            account_id: st.pending_account_id.clone().unwrap_or_default(),
+            secret_name: st.pending_secret_name.clone().unwrap_or_default(),
+            since: st.pending_since.clone(),
+            auth_secret: st.konnect_auth_secret.clone(),
+        })
+    }
+
+    /// The marker in force: the annotation, while the status records nothing of its own.
+    fn in_force(obj: &SystemAccountToken) -> Option<Self> {
+        if let Some(st) = &obj.status
+            && (st.pending_token_name.is_some() || st.revision.is_some() || st.token_id.is_some())
+        {
+            return None;
+        }
+        serde_json::from_str(obj.annotations().get(WRITE_AHEAD_ANNOTATION)?).ok()
+    }
+}
+
+/// The status with the marker in force in it (`pendingTokenName` and the rest).
+fn with_issue_marker(obj: &SystemAccountToken) -> Option<SystemAccountTokenStatus> {
+    let mut status = obj.status.clone();
+    if let Some(m) = IssueMarker::in_force(obj) {
+        let st = status.get_or_insert_with(Default::default);
+        st.pending_token_name = Some(m.name);
+        st.pending_account_id = Some(m.account_id).filter(|a| !a.is_empty());
+        st.pending_secret_name = Some(m.secret_name).filter(|s| !s.is_empty());
+        st.pending_since = m.since;
+        if st.konnect_auth_secret.is_none() {
+            st.konnect_auth_secret = m.auth_secret;
+        }
+    }
+    status
+}
+
+fn has_finalizer(obj: &SystemAccountToken) -> bool {
+    obj.finalizers().iter().any(|f| f == FINALIZER)
+}
 
 pub async fn reconcile(
     obj: Arc<SystemAccountToken>,
@@ -84,6 +142,48 @@ impl Work<'_> {
             .await
             .map_err(ReconcileError::kube("writing token status"))?;
         self.saved = self.obj.status.clone();
+        // The status cleared an unfinished first issue: the annotation must not bring it back.
+        if IssueMarker::in_force(&self.obj).is_some() {
+            self.drop_issue_marker().await;
+        }
+        Ok(())
+    }
+
+    async fn drop_issue_marker(&mut self) {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {WRITE_AHEAD_ANNOTATION: null}}});
+        let params = kube::api::PatchParams::default();
+        match self
+            .api
+            .patch(
+                &self.obj.name_any(),
+                &params,
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(written) => {
+                self.ctx.note_version(&written);
+                let status = self.obj.status.take();
+                self.obj = written;
+                self.obj.status = status;
+            }
+            // Left behind, the next reconcile looks for the unfinished token again: finds none.
+            Err(e) => {
+                tracing::debug!(error = %crate::k8s::error_summary(&e), "could not drop the issue marker")
+            }
+        }
+    }
+
+    /// The finalizer, before any change in Konnect or to the Secret (the first issue adds it with
+    /// its marker instead).
+    async fn ensure_finalizer(&mut self) -> Result<(), ReconcileError> {
+        if has_finalizer(&self.obj) {
+            return Ok(());
+        }
+        let status = self.obj.status.take();
+        self.obj = add_finalizer(&self.api, &self.obj, self.ctx, None).await?;
+        self.obj.status = status;
         Ok(())
     }
 
@@ -176,7 +276,10 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         k: conn.client,
         api: Api::namespaced(ctx.kube.clone(), &ns),
         secrets,
-        obj: (*obj).clone(),
+        obj: SystemAccountToken {
+            status: with_issue_marker(&obj),
+            ..(*obj).clone()
+        },
         saved: obj.status.clone(),
         secret,
         pending_secret: None,
@@ -228,6 +331,12 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         // (An issue saves everything with its pending marker first.)
         if !matches!(step, TokenStep::Done | TokenStep::Issue(_)) {
             w.checkpoint().await?;
+        }
+        if !matches!(
+            step,
+            TokenStep::Issue(_) | TokenStep::CheckLive | TokenStep::FindPending
+        ) {
+            w.ensure_finalizer().await?;
         }
         match step {
             TokenStep::AdoptSecret { pending_place } => {
@@ -568,7 +677,16 @@ async fn issue(
         generation,
         Timestamp::now(),
     );
-    w.save().await?;
+    if has_finalizer(&w.obj) {
+        w.save().await?;
+    } else {
+        // A new object: the finalizer and the marker in one patch; the status is written once the
+        // token is in the Secret.
+        let marker = IssueMarker::of(w.st()).and_then(|m| serde_json::to_string(&m).ok());
+        let status = w.obj.status.take();
+        w.obj = add_finalizer(&w.api, &w.obj, w.ctx, marker).await?;
+        w.obj.status = status;
+    }
 
     // 2. Create. Never retried blindly by the client: a lost value cannot be recovered.
     let issued_at = whole_seconds(Timestamp::now());
@@ -886,7 +1004,7 @@ async fn cleanup(
 ) -> Result<Action, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
-    let st = obj.status.clone().unwrap_or_default();
+    let st = with_issue_marker(&obj).unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &ns);
     let secret_name = obj.spec.secret_name(&obj.name_any());
     let secret = secrets
