@@ -1743,3 +1743,75 @@ async fn writes_are_committed_one_at_a_time_at_the_set_rate() {
     );
     assert_eq!(kube.cost_log().len(), 10);
 }
+
+/// The CRDs' CEL rules (`x-kubernetes-validations`) are evaluated like the API server does: a
+/// write that breaks one is refused with 422 naming the field, and, as since Kubernetes 1.30, a
+/// stored object that an upgraded CRD's rule would refuse can still take writes that leave its
+/// spec as it is (its finalizer, its status), but not a spec edit that keeps breaking it.
+#[tokio::test]
+async fn crd_cel_rules_are_enforced_and_ratchet_on_an_unchanged_spec() {
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let kube = FakeKube::start(&crds).await;
+    let token = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: konnect-sa.dev/v1alpha1\nkind: SystemAccountToken\nmetadata: {{name: {name}}}\nspec:\n  systemAccountRef: {{name: a}}\n{spec}"
+        )
+    };
+    let refused = kube
+        .apply_manifest(
+            &token("both", "  renewBefore: 1h\n  renewBeforePercentage: 20\n"),
+            NS,
+        )
+        .unwrap_err();
+    assert_eq!(refused.code, 422, "{refused:?}");
+    assert!(refused.message.contains("spec"), "{}", refused.message);
+    let refused = kube
+        .apply_manifest(&token("long", "  duration: 9000h\n"), NS)
+        .unwrap_err();
+    assert_eq!(refused.code, 422, "{refused:?}");
+    assert!(
+        refused.message.contains("spec.duration"),
+        "{}",
+        refused.message
+    );
+
+    // Stored before the CRD gained the rule (an older CRD without rules).
+    let (group, version, plural) = ("konnect-sa.dev", "v1alpha1", "systemaccounttokens");
+    kube.without_cel_rules(group, version, plural, || {
+        kube.apply_manifest(&token("old", "  duration: 9000h\n"), NS)
+            .expect("stored while the CRD had no rule")
+    });
+    kube.patch_raw(
+        group,
+        version,
+        plural,
+        NS,
+        "old",
+        support::kube_api::PatchKind::Merge,
+        &json!({"metadata": {"finalizers": ["konnect-sa.dev/cleanup"]}}),
+    )
+    .expect("a write that leaves the spec as it is ratchets");
+    let err = kube
+        .patch_raw(
+            group,
+            version,
+            plural,
+            NS,
+            "old",
+            support::kube_api::PatchKind::Merge,
+            &json!({"spec": {"secretKey": "other"}}),
+        )
+        .unwrap_err();
+    assert_eq!(err.code, 422, "a spec edit is checked against every rule");
+    kube.patch_raw(
+        group,
+        version,
+        plural,
+        NS,
+        "old",
+        support::kube_api::PatchKind::Merge,
+        &json!({"spec": {"duration": "90h"}}),
+    )
+    .expect("the edit that fixes it is taken");
+    kube.shutdown().await;
+}

@@ -1263,18 +1263,29 @@ async fn a_refused_secret_write_creates_no_token_loop_and_retries_on_the_backoff
 }
 
 /// Issue: a `secretTemplate` label the API server refuses. The CRD refuses it at apply time; an object
-/// admitted before that rule existed (the stand-in does not evaluate CEL, like an old CRD) gets
-/// `InvalidSpec` naming the key, and no token is ever created for it. Fixing the spec issues at once.
+/// admitted before that rule existed (an older CRD) gets `InvalidSpec` naming the key, and no token
+/// is ever created for it. Fixing the spec issues at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_template_label_the_api_server_refuses_never_issues_a_token() {
     let env = TestEnv::start().await;
     let op = Operator::start(&env, "10m").await;
     ready_account(&env, "labelled").await;
-    env.apply(&token_yaml(
+    let manifest = token_yaml(
         "labelled-token",
         "labelled",
         "  secretTemplate: {labels: {\"team name\": platform}}",
-    ));
+    );
+    let refused = env.kube.apply_manifest(&manifest, NS).unwrap_err();
+    assert_eq!(refused.code, 422, "the CRD refuses it: {refused:?}");
+    assert!(
+        refused.message.contains("secretTemplate.labels"),
+        "{}",
+        refused.message
+    );
+    env.kube
+        .without_cel_rules("konnect-sa.dev", "v1alpha1", "systemaccounttokens", || {
+            env.apply(&manifest)
+        });
     let api = env.api::<SystemAccountToken>();
     let tok = wait_for(&api, "labelled-token", T, |t| {
         reason(t).as_deref() == Some("InvalidSpec")

@@ -23,7 +23,9 @@
 //! (asynchronous, 50-100 ms after the change, honouring propagationPolicy Background, Orphan and Foreground
 //! with blockOwnerDeletion); namespaces must exist (404) and a terminating one refuses new objects (403), is
 //! emptied, then removed; empty or null metadata lists and maps (and nulls in built-in kinds) are not stored;
-//! a PUT naming another uid is refused (409); CRD schema pruning, defaults and validation (`schema.rs`);
+//! a PUT naming another uid is refused (409); CRD schema pruning, defaults and validation, then its CEL rules
+//! (kube-cel; ratcheting on an unchanged `spec`, see `schema.rs`; `without_cel_rules` admits what an older
+//! CRD would);
 //! Secret `stringData` folded into `data`, data keys and base64 validated (`fidelity.rs`); watch from a
 //! resourceVersion with a bounded history, 410 Expired when it is too old or after `compact()`, bookmarks,
 //! `sendInitialEvents`, `timeoutSeconds`; paged lists are one snapshot at the first page's resourceVersion.
@@ -31,7 +33,7 @@
 //!
 //! Approximations: lists serve the latest state (resourceVersion/resourceVersionMatch accepted and ignored);
 //! server-side apply has no managedFields and no conflicts (see `patch.rs`); strategic merge patch merges only
-//! `metadata.finalizers` lists; no CEL rules, admission, RBAC, defaults of built-in kinds (except Secret
+//! `metadata.finalizers` lists; no admission, RBAC, defaults of built-in kinds (except Secret
 //! `type`), or conversion between CRD versions; core and events.k8s.io Events are separate stores;
 //! Metadata-only requests (`Accept: ...;as=PartialObjectMetadata...`) get PartialObjectMetadata objects, lists
 //! and watch events, as from a real server.
@@ -255,6 +257,40 @@ impl FakeKube {
         let mut all = self.list("events.k8s.io", "v1", "events", None);
         all.extend(self.list("", "v1", "events", None));
         all
+    }
+
+    /// Gives a custom resource another schema, as applying an older or newer CRD does: stored
+    /// objects stay as they are, and writes are checked with it (CEL rules ratchet on an unchanged
+    /// `spec`).
+    pub fn replace_schema(&self, group: &str, version: &str, plural: &str, schema: Value) {
+        let mut store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store.replace_schema(t, schema);
+    }
+
+    /// A custom resource's schema (`openAPIV3Schema`).
+    pub fn schema(&self, group: &str, version: &str, plural: &str) -> Option<Value> {
+        let store = self.store();
+        let t = Self::type_of(&store, group, version, plural);
+        store.resource_type(t).schema.clone()
+    }
+
+    /// Runs `f` with the custom resource's CEL rules removed, as an older CRD without them would
+    /// admit what `f` writes; the rules are back afterwards (and ratchet on those objects).
+    pub fn without_cel_rules<T>(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        let with_rules = self
+            .schema(group, version, plural)
+            .expect("a custom resource");
+        self.replace_schema(group, version, plural, schema::without_rules(&with_rules));
+        let out = f();
+        self.replace_schema(group, version, plural, with_rules);
+        out
     }
 
     /// Creates an object directly (same path as POST, watches see it). `ns` comes from the object if None.

@@ -2,9 +2,14 @@
 //! `default`s, and validate (`type`, `required`, `enum`, `pattern`, `minimum`/`maximum`, `minLength`/`maxLength`,
 //! `minItems`/`maxItems`, `nullable`).
 //!
-//! Not done: CEL rules (`x-kubernetes-validations`), `format`, `oneOf`/`anyOf`/`allOf`/`not`, list-type
-//! uniqueness, and pruning or validation inside `metadata` (only `apiVersion`, `kind`, `metadata` are kept at
-//! the root whatever the schema says, as in Kubernetes).
+//! CEL rules (`x-kubernetes-validations`) are evaluated by kube-cel (the library behind kube's
+//! `cel` feature) once the structural checks pass, as the API server does, with ratcheting as in
+//! Kubernetes 1.30+ where it matters here: an update that leaves `spec` as it was (a finalizer, an
+//! annotation) is not refused for a rule its stored value already breaks.
+//!
+//! Not done: `format`, `oneOf`/`anyOf`/`allOf`/`not`, list-type uniqueness, per-field ratcheting of a
+//! changed `spec`, and pruning or validation inside `metadata` (only `apiVersion`, `kind`, `metadata`
+//! are kept at the root whatever the schema says, as in Kubernetes).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,6 +26,60 @@ fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {
             .or_insert_with(|| regex::Regex::new(pattern))
             .clone()
     })
+}
+
+/// The CEL rule failures of `obj`, as the API server words them (`spec.duration: Invalid value: ...`).
+pub fn cel_errors(
+    rt: &super::types::ResourceType,
+    schema: &Value,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Vec<String> {
+    // Ratcheting: the rules speak to a changed spec (status has no rules in these CRDs).
+    if old.is_some_and(|o| o.get("spec") == obj.get("spec")) {
+        return Vec::new();
+    }
+    thread_local! {
+        static COMPILED: RefCell<HashMap<String, (Value, std::rc::Rc<kube_cel::CompiledSchema>)>> =
+            RefCell::new(HashMap::new());
+    }
+    let key = format!("{}/{}", rt.group, rt.plural);
+    let compiled = COMPILED.with_borrow_mut(|c| match c.get(&key) {
+        Some((s, compiled)) if s == schema => compiled.clone(),
+        _ => {
+            let compiled = std::rc::Rc::new(kube_cel::compile_schema(schema));
+            c.insert(key.clone(), (schema.clone(), compiled.clone()));
+            compiled
+        }
+    });
+    thread_local! {
+        static VALIDATOR: kube_cel::Validator = kube_cel::Validator::new();
+    }
+    match VALIDATOR.with(|v| v.validate_compiled(&compiled, obj, old)) {
+        Ok(()) => Vec::new(),
+        Err(e) => e
+            .into_vec()
+            .into_iter()
+            .map(|v| format!("{}: Invalid value: {}", v.field_path, v.message))
+            .collect(),
+    }
+}
+
+/// The schema without its CEL rules (an older CRD that had none).
+pub fn without_rules(schema: &Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                o.remove("x-kubernetes-validations");
+                o.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut out = schema.clone();
+    strip(&mut out);
+    out
 }
 
 /// Prunes unknown fields and fills in defaults, in place.

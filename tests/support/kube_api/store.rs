@@ -258,6 +258,11 @@ impl Store {
         })
     }
 
+    /// A newer CRD's schema (what `kubectl apply` of the CRD does; stored objects stay as they are).
+    pub fn replace_schema(&mut self, t: TypeId, schema: Value) {
+        self.types[t].schema = Some(schema);
+    }
+
     pub fn resource_type(&self, t: TypeId) -> &ResourceType {
         &self.types[t]
     }
@@ -544,7 +549,7 @@ impl Store {
             }
         }
         fidelity::drop_empty(&rt, &mut body);
-        check_schema(&rt, &key.1, &mut body)?;
+        check_schema(&rt, &key.1, &mut body, None)?;
         check_builtin(&rt, &key.1, None, &mut body)?;
         fidelity::check_secret_data(&rt, &key.1, &body)?;
         check_metadata(&rt, &key.1, &body)?;
@@ -833,7 +838,7 @@ impl Store {
         }
 
         fidelity::drop_empty(&rt, &mut new);
-        check_schema(&rt, name, &mut new)?;
+        check_schema(&rt, name, &mut new, Some(&old))?;
         check_builtin(&rt, name, Some(&old), &mut new)?;
         fidelity::check_secret_data(&rt, name, &new)?;
         check_metadata(&rt, name, &new)?;
@@ -1211,13 +1216,23 @@ impl Store {
     }
 }
 
-/// Prunes, defaults and validates a custom resource against its CRD schema.
-fn check_schema(rt: &ResourceType, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+/// Prunes, defaults and validates a custom resource against its CRD schema: the structural
+/// checks, then (when they pass) its CEL rules (`x-kubernetes-validations`). `old`: the stored
+/// object of an update.
+fn check_schema(
+    rt: &ResourceType,
+    name: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     let Some(s) = &rt.schema else {
         return Ok(());
     };
     schema::prune_and_default(s, obj);
-    let errors = schema::validate(s, obj);
+    let mut errors = schema::validate(s, obj);
+    if errors.is_empty() {
+        errors = schema::cel_errors(rt, s, obj, old);
+    }
     match errors.as_slice() {
         [] => Ok(()),
         [one] => Err(ApiError::invalid(rt, name, one)),
