@@ -205,7 +205,8 @@ async fn generation_moves_on_spec_changes_only() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
     let d: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "app"},
-        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": {"app": "x"}}}}
+        "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "app", "image": "busybox:1.37"}]}}}
     }))
     .unwrap();
     let d = deployments
@@ -1813,5 +1814,94 @@ async fn crd_cel_rules_are_enforced_and_ratchet_on_an_unchanged_spec() {
         &json!({"spec": {"duration": "90h"}}),
     )
     .expect("the edit that fixes it is taken");
+    kube.shutdown().await;
+}
+
+/// apps/v1 workloads get the API server's defaults (a Deployment's default rolling update waits for
+/// new pods: 25% surge and unavailable) and its validation: a selector that matches the template's
+/// labels and never changes, containers with a name and an image.
+#[tokio::test]
+async fn workloads_get_defaults_and_validation() {
+    let (kube, client) = start().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let deployment = |labels: Value, containers: Value| -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": labels}, "spec": {"containers": containers}}}
+        }))
+        .unwrap()
+    };
+    let created = deployments
+        .create(
+            &PostParams::default(),
+            &deployment(
+                json!({"app": "web"}),
+                json!([{"name": "web", "image": "nginx"}]),
+            ),
+        )
+        .await
+        .unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    let strategy = spec.strategy.unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.unwrap();
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(rolling.max_surge, Some(IntOrString::String("25%".into())));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    assert_eq!(
+        pod.containers[0].image_pull_policy.as_deref(),
+        Some("Always"),
+        "no tag: pulled every time"
+    );
+
+    for (labels, containers, field) in [
+        (
+            json!({"app": "other"}),
+            json!([{"name": "web", "image": "nginx"}]),
+            "spec.template.metadata.labels",
+        ),
+        (
+            json!({"app": "web"}),
+            json!([]),
+            "spec.template.spec.containers",
+        ),
+        (
+            json!({"app": "web"}),
+            json!([{"name": "web"}]),
+            "containers[0].image",
+        ),
+    ] {
+        let mut d = deployment(labels, containers);
+        d.metadata.name = Some("bad".into());
+        let err = deployments
+            .create(&PostParams::default(), &d)
+            .await
+            .unwrap_err();
+        let kube::Error::Api(status) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(status.code, 422, "{}", status.message);
+        assert!(status.message.contains(field), "{}", status.message);
+    }
+    let err = deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"selector": {"matchLabels": {"app": "web", "tier": "x"}},
+                "template": {"metadata": {"labels": {"tier": "x"}}}}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_code(&err).map(|c| c.0),
+        Some(422),
+        "the selector is immutable"
+    );
     kube.shutdown().await;
 }

@@ -1,4 +1,5 @@
-//! Write rules of built-in kinds that controllers notice (only Secrets so far).
+//! Write rules of built-in kinds that controllers notice: Secrets, and apps/v1 workloads (the
+//! restart targets of tokens).
 
 use serde_json::{Value, json};
 
@@ -12,6 +13,9 @@ pub fn check_builtin(
     old: Option<&Value>,
     new: &mut Value,
 ) -> Result<(), ApiError> {
+    if rt.group == "apps" {
+        return check_workload(rt, name, old, new);
+    }
     if !(rt.group.is_empty() && rt.plural == "secrets") {
         return Ok(());
     }
@@ -190,4 +194,125 @@ pub fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// apps/v1 Deployments, StatefulSets and DaemonSets, as the API server treats them: the defaults it
+/// fills in (the strategy, history limit, the pod template's restart and DNS policy, grace period,
+/// each container's pull policy and termination message), and the validation a manifest runs into:
+/// a selector that matches the template's labels and cannot change, and containers with a name and
+/// an image.
+fn check_workload(
+    rt: &ResourceType,
+    name: &str,
+    old: Option<&Value>,
+    new: &mut Value,
+) -> Result<(), ApiError> {
+    let invalid = |msg: &str| Err(ApiError::invalid(rt, name, msg));
+    let spec = new
+        .as_object_mut()
+        .expect("object")
+        .entry("spec")
+        .or_insert_with(|| json!({}));
+    let defaults = match rt.plural.as_str() {
+        "deployments" => json!({
+            "replicas": 1, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
+        }),
+        "statefulsets" => json!({
+            "replicas": 1, "revisionHistoryLimit": 10, "podManagementPolicy": "OrderedReady",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        }),
+        "daemonsets" => json!({
+            "revisionHistoryLimit": 10,
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+        }),
+        _ => return Ok(()),
+    };
+    fill(spec, &defaults);
+    let Some(selector) = spec.get("selector").filter(|s| s.is_object()).cloned() else {
+        return invalid("spec.selector: Required value");
+    };
+    let labels = spec
+        .pointer("/template/metadata/labels")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let match_labels = selector["matchLabels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if match_labels.is_empty() && selector.get("matchExpressions").is_none() {
+        return invalid("spec.selector: Invalid value: empty selector is invalid for deployment");
+    }
+    if match_labels.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+        return invalid(&format!(
+            "spec.template.metadata.labels: Invalid value: {}: `selector` does not match template `labels`",
+            Value::Object(labels)
+        ));
+    }
+    if let Some(old) = old
+        && old.pointer("/spec/selector") != Some(&selector)
+    {
+        return invalid(&format!(
+            "spec.selector: Invalid value: {selector}: field is immutable"
+        ));
+    }
+    let pod = spec.pointer_mut("/template/spec").filter(|p| p.is_object());
+    let Some(pod) = pod else {
+        return invalid("spec.template.spec.containers: Required value");
+    };
+    fill(
+        pod,
+        &json!({
+            "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+            "securityContext": {}, "schedulerName": "default-scheduler",
+        }),
+    );
+    let containers = pod.get_mut("containers").and_then(Value::as_array_mut);
+    let Some(containers) = containers.filter(|c| !c.is_empty()) else {
+        return invalid("spec.template.spec.containers: Required value");
+    };
+    for (i, c) in containers.iter_mut().enumerate() {
+        if c.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return invalid(&format!(
+                "spec.template.spec.containers[{i}].name: Required value"
+            ));
+        }
+        let Some(image) = c.get("image").and_then(Value::as_str).map(str::to_string) else {
+            return invalid(&format!(
+                "spec.template.spec.containers[{i}].image: Required value"
+            ));
+        };
+        // `:latest`, or no tag, is pulled every time.
+        let tag = image.rsplit('/').next().unwrap_or_default();
+        let latest = !tag.contains(':') || tag.ends_with(":latest");
+        let pull = if latest { "Always" } else { "IfNotPresent" };
+        fill(
+            c,
+            &json!({
+                "imagePullPolicy": pull, "resources": {},
+                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+            }),
+        );
+    }
+    Ok(())
+}
+
+/// Fills in `defaults` where `obj` has no value (recursively into objects both have).
+fn fill(obj: &mut Value, defaults: &Value) {
+    let (Some(obj), Some(defaults)) = (obj.as_object_mut(), defaults.as_object()) else {
+        return;
+    };
+    for (k, d) in defaults {
+        match obj.get_mut(k) {
+            None | Some(Value::Null) => {
+                obj.insert(k.clone(), d.clone());
+            }
+            Some(v) => fill(v, d),
+        }
+    }
 }

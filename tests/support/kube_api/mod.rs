@@ -34,7 +34,7 @@
 //! Approximations: lists serve the latest state (resourceVersion/resourceVersionMatch accepted and ignored);
 //! server-side apply has no managedFields and no conflicts (see `patch.rs`); strategic merge patch merges only
 //! `metadata.finalizers` lists; no admission, RBAC, defaults of built-in kinds (except Secret
-//! `type`), or conversion between CRD versions; core and events.k8s.io Events are separate stores;
+//! `type` and apps/v1 workloads' defaults and validation, see `builtin.rs`), or conversion between CRD versions; core and events.k8s.io Events are separate stores;
 //! Metadata-only requests (`Accept: ...;as=PartialObjectMetadata...`) get PartialObjectMetadata objects, lists
 //! and watch events, as from a real server.
 //! `dryRun` runs the checks of create and update (PUT) and stores nothing, and is refused with 400 elsewhere.
