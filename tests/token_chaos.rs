@@ -55,8 +55,15 @@ async fn converged(env: &TestEnv, name: &str) -> bool {
         return false;
     };
     let st = status(&t);
-    let ready = ready_of(&st.conditions).is_some_and(|(s, _, _)| s == "True")
-        && st.observed_generation == t.metadata.generation
+    // Ready for the token the status records (a checkpoint records an issued token before the
+    // reconcile's last steps, its revokes, and the Ready condition that names it).
+    let ready = ready_of(&st.conditions).is_some_and(|(s, _, msg)| {
+        s == "True"
+            && st
+                .token_name
+                .as_deref()
+                .is_some_and(|n| msg.contains(&format!("Token {n} ")))
+    }) && st.observed_generation == t.metadata.generation
         && st.pending_token_name.is_none()
         && st.token_id.is_some();
     let wanted = t
