@@ -123,7 +123,10 @@ fn without_simulator(docs: &[(String, Value)]) -> Value {
             *a = "--konnect-url=https://global.api.konghq.com".into();
         }
     }
-    pod["metadata"].as_object_mut().unwrap().remove("annotations");
+    pod["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
     pod
 }
 
@@ -136,7 +139,10 @@ fn off_by_default_and_then_the_pod_is_unchanged() {
     assert!(pod.get("initContainers").is_none(), "no sidecar when off");
     assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
     assert!(object(&off, "ConfigMap").is_empty());
-    assert!(object(&off, "Secret").is_empty(), "konnect.token.existingSecret: no Secret made");
+    assert!(
+        object(&off, "Secret").is_empty(),
+        "konnect.token.existingSecret: no Secret made"
+    );
 
     // On: the same objects plus the simulator's Secret and seed ConfigMap; the pod differs only where the
     // simulator goes in (sidecar, seed volume, Konnect URL, token Secret, seed checksum).
@@ -178,13 +184,22 @@ fn on_the_operator_talks_to_a_hardened_seeded_sidecar_with_the_same_token() {
     assert_eq!(sim_args[0], "sim");
     assert_eq!(arg(&sim_args, "--listen"), Some("127.0.0.1:8081"));
     let op_args = args(manager);
-    assert_eq!(arg(&op_args, "--konnect-url"), Some("http://127.0.0.1:8081"));
-    assert_eq!(sim["ports"][0], json!({"name": "sim", "containerPort": 8081, "protocol": "TCP"}));
+    assert_eq!(
+        arg(&op_args, "--konnect-url"),
+        Some("http://127.0.0.1:8081")
+    );
+    assert_eq!(
+        sim["ports"][0],
+        json!({"name": "sim", "containerPort": 8081, "protocol": "TCP"})
+    );
 
     // The seed file is the ConfigMap's key, mounted where --seed-file reads it.
     let seed_file = arg(&sim_args, "--seed-file").expect("--seed-file");
     let mount = &sim["volumeMounts"][0];
-    assert_eq!(format!("{}/seed.yaml", mount["mountPath"].as_str().unwrap()), seed_file);
+    assert_eq!(
+        format!("{}/seed.yaml", mount["mountPath"].as_str().unwrap()),
+        seed_file
+    );
     let volume = pod["volumes"]
         .as_array()
         .unwrap()
@@ -193,7 +208,10 @@ fn on_the_operator_talks_to_a_hardened_seeded_sidecar_with_the_same_token() {
         .expect("seed volume");
     let config_map = object(&docs, "ConfigMap")[0];
     assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"]);
-    assert_eq!(volume["configMap"]["items"][0], json!({"key": "seed.yaml", "path": "seed.yaml"}));
+    assert_eq!(
+        volume["configMap"]["items"][0],
+        json!({"key": "seed.yaml", "path": "seed.yaml"})
+    );
 
     // One admin token: the sim's env and the operator's token file come from the same Secret key.
     let env = &sim["env"][0];
@@ -205,14 +223,27 @@ fn on_the_operator_talks_to_a_hardened_seeded_sidecar_with_the_same_token() {
         .find(|v| v["name"] == "konnect-token")
         .unwrap();
     let secret = object(&docs, "Secret")[0];
-    assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], secret["metadata"]["name"]);
-    assert_eq!(token_volume["secret"]["secretName"], secret["metadata"]["name"]);
+    assert_eq!(
+        env["valueFrom"]["secretKeyRef"]["name"],
+        secret["metadata"]["name"]
+    );
+    assert_eq!(
+        token_volume["secret"]["secretName"],
+        secret["metadata"]["name"]
+    );
     assert_eq!(env["valueFrom"]["secretKeyRef"]["key"], "token");
     assert_eq!(token_volume["secret"]["items"][0]["key"], "token");
     let token = admin_token(secret);
-    assert!(token.starts_with("kpat_") && token.len() >= 40, "a kpat_-shaped random token");
+    assert!(
+        token.starts_with("kpat_") && token.len() >= 40,
+        "a kpat_-shaped random token"
+    );
     assert!(!notes(&docs).contains(&token), "NOTES never show the token");
-    assert_ne!(admin_token(object(&render(&py, on()), "Secret")[0]), token, "random per install");
+    assert_ne!(
+        admin_token(object(&render(&py, on()), "Secret")[0]),
+        token,
+        "random per install"
+    );
 
     // As hardened as the operator.
     for c in [sim, manager] {
@@ -243,9 +274,15 @@ fn existing_secret_and_seed_config_map_are_used_as_they_are() {
     assert_eq!(volumes[0]["secret"]["secretName"], "ci-sim-admin");
     assert_eq!(volumes[0]["secret"]["items"][0]["key"], "kpat");
     assert_eq!(volumes[1]["configMap"]["name"], "team-seed");
-    assert_eq!(volumes[1]["configMap"]["items"][0], json!({"key": "org.yaml", "path": "seed.yaml"}));
+    assert_eq!(
+        volumes[1]["configMap"]["items"][0],
+        json!({"key": "org.yaml", "path": "seed.yaml"})
+    );
     let template = &object(&docs, "Deployment")[0]["spec"]["template"];
-    assert!(template["metadata"].get("annotations").is_none(), "no checksum of a seed it does not render");
+    assert!(
+        template["metadata"].get("annotations").is_none(),
+        "no checksum of a seed it does not render"
+    );
 
     // The simulator's token is the operator's: a self-managed identity cannot go with it.
     let err = try_render(
@@ -254,13 +291,29 @@ fn existing_secret_and_seed_config_map_are_used_as_they_are() {
     )
     .unwrap_err();
     assert!(err.contains("selfManaged"), "{err}");
-    let err = try_render(&py, &json!({"simulator": {"enabled": true, "port": "8081"}})).unwrap_err();
+    // Each pod has its own simulated organisation: a standby would take over an empty one.
+    let err = try_render(
+        &py,
+        &json!({"simulator": {"enabled": true}, "replicaCount": 2}),
+    )
+    .unwrap_err();
+    assert!(err.contains("replicaCount 1"), "{err}");
+    let err = try_render(
+        &py,
+        &json!({"simulator": {"enabled": true, "port": "8081"}}),
+    )
+    .unwrap_err();
     assert!(err.contains("port"), "{err}");
 }
 
 fn admin_token(secret: &Value) -> String {
     let b64 = secret["data"]["token"].as_str().unwrap();
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 struct Sim(Child);
@@ -274,7 +327,11 @@ impl Drop for Sim {
 
 /// Starts `konnect-sa-operator sim` as the sidecar does, with the rendered seed file and admin token.
 fn start_sim(seed_file: &std::path::Path, token: &str) -> (Sim, u16) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(env!("CARGO_BIN_EXE_konnect-sa-operator"))
         .args(["sim", &format!("--listen=127.0.0.1:{port}")])
         .arg(format!("--seed-file={}", seed_file.display()))
@@ -300,7 +357,11 @@ fn sim_state(port: u16, token: &str) -> StateDump {
         .arg(format!("http://127.0.0.1:{port}/_sim/state"))
         .output()
         .expect("curl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -338,7 +399,15 @@ fn the_rendered_seed_and_token_start_the_simulator() {
 
     // The operator's token file holds the same value: Konnect (the sim) accepts it, any other is refused.
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer kpat_other"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Authorization: Bearer kpat_other",
+        ])
         .arg(format!("http://127.0.0.1:{port}/v3/organizations/me"))
         .output()
         .unwrap();

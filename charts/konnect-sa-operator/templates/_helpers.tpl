@@ -68,6 +68,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.konnect.token.selfManaged }}
 {{- fail "simulator.enabled and konnect.token.selfManaged do not go together: the simulator's admin token is the operator's" }}
 {{- end }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- fail "simulator.enabled needs replicaCount 1: each pod would have a simulated organisation of its own" }}
+{{- end }}
 {{- printf "http://127.0.0.1:%v" .Values.simulator.port }}
 {{- else }}
 {{- .Values.konnect.url }}
