@@ -232,10 +232,11 @@ pub async fn run_with(
 
     // Fail fast on what no retry fixes: a rejected token, missing CRDs or RBAC.
     let default = connections.default_connection().client.clone();
-    match default.me().await {
+    let konnect_ok = match default.me().await {
         Ok(org) => {
             tracing::info!(organization = %org.name, url = %default.base_url(), "Konnect token accepted");
             health.set_konnect_ok(true);
+            true
         }
         Err(e) if e.is_auth() => {
             return Err(RunError::TokenRejected {
@@ -244,9 +245,10 @@ pub async fn run_with(
             });
         }
         Err(e) => {
-            tracing::warn!(error = %e, "Konnect not reachable yet; retrying in the background")
+            tracing::warn!(error = %e, "Konnect not reachable yet; retrying in the background");
+            false
         }
-    }
+    };
     let probe: kube::Api<SystemAccount> = match args.namespaces.first().filter(|n| !n.is_empty()) {
         Some(ns) => kube::Api::namespaced(kube.clone(), ns),
         None => kube::Api::all(kube.clone()),
@@ -269,7 +271,12 @@ pub async fn run_with(
         health.clone(),
         stopped(),
     ));
-    let konnect_probe = tokio::spawn(probe_konnect(default.clone(), health.clone(), stopped()));
+    let konnect_probe = tokio::spawn(probe_konnect(
+        default.clone(),
+        health.clone(),
+        konnect_ok,
+        stopped(),
+    ));
     let token_watch =
         token_file.map(|(file, _)| tokio::spawn(file.watch(default.clone(), stopped())));
 
@@ -380,17 +387,24 @@ async fn lead(
 async fn probe_konnect(
     client: crate::konnect::KonnectClient,
     health: Arc<Health>,
+    mut ok: bool,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(next_konnect_probe(ok)) => {}
         }
-        let ok = client.me().await.is_ok();
+        ok = client.me().await.is_ok();
         health.set_konnect_ok(ok);
     }
+}
+
+/// While Konnect is unreachable (e.g. the chart's simulator sidecar still starting), probe soon, so the pod turns
+/// ready seconds after it answers rather than a minute.
+fn next_konnect_probe(ok: bool) -> Duration {
+    Duration::from_secs(if ok { 60 } else { 5 })
 }
 
 fn hostname() -> String {
@@ -418,5 +432,16 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_konnect_is_probed_again_sooner() {
+        assert!(next_konnect_probe(false) < next_konnect_probe(true));
+        assert_eq!(next_konnect_probe(true), Duration::from_secs(60));
     }
 }

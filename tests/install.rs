@@ -370,7 +370,7 @@ fn chart_deployment_passes_the_same_flags() {
     let text = read("charts/konnect-sa-operator/templates/deployment.yaml");
     for want in [
         "- run",
-        "- --konnect-url={{ .Values.konnect.url }}",
+        "- --konnect-url={{ include \"konnect-sa-operator.konnectUrl\" . }}",
         "- --konnect-token-file=/var/run/konnect/token",
         "- --metrics-addr=0.0.0.0:{{ .Values.metrics.port }}",
         "- --leader-elect",

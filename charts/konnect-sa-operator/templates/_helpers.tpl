@@ -37,9 +37,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The Secret and key holding the operator's Konnect token. */}}
+{{/* The Secret and key holding the operator's Konnect token (with the simulator: its admin token). */}}
 {{- define "konnect-sa-operator.tokenSecretName" -}}
-{{- if .Values.konnect.token.value }}
+{{- if .Values.simulator.enabled }}
+{{- include "konnect-sa-operator.simulatorSecretName" . }}
+{{- else if .Values.konnect.token.value }}
 {{- printf "%s-token" (include "konnect-sa-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- required "konnect.token.existingSecret or konnect.token.value is required" .Values.konnect.token.existingSecret }}
@@ -47,7 +49,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "konnect-sa-operator.tokenSecretKey" -}}
-{{- if .Values.konnect.token.value }}token{{ else }}{{ default "token" .Values.konnect.token.existingSecretKey }}{{ end }}
+{{- if and .Values.simulator.enabled .Values.simulator.adminToken.existingSecret }}{{ default "token" .Values.simulator.adminToken.existingSecretKey }}
+{{- else if .Values.simulator.enabled }}token
+{{- else if .Values.konnect.token.value }}token{{ else }}{{ default "token" .Values.konnect.token.existingSecretKey }}{{ end }}
+{{- end }}
+
+{{- define "konnect-sa-operator.simulatorSecretName" -}}
+{{- default (printf "%s-simulator" (include "konnect-sa-operator.fullname" .) | trunc 63 | trimSuffix "-") .Values.simulator.adminToken.existingSecret }}
+{{- end }}
+
+{{- define "konnect-sa-operator.simulatorSeedName" -}}
+{{- default (printf "%s-simulator-seed" (include "konnect-sa-operator.fullname" .) | trunc 63 | trimSuffix "-") .Values.simulator.seedConfigMap }}
+{{- end }}
+
+{{/* The operator's Konnect URL: the simulator sidecar on loopback (plain http is accepted there only). */}}
+{{- define "konnect-sa-operator.konnectUrl" -}}
+{{- if .Values.simulator.enabled }}
+{{- if .Values.konnect.token.selfManaged }}
+{{- fail "simulator.enabled and konnect.token.selfManaged do not go together: the simulator's admin token is the operator's" }}
+{{- end }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- fail "simulator.enabled needs replicaCount 1: each pod would have a simulated organisation of its own" }}
+{{- end }}
+{{- printf "http://127.0.0.1:%v" .Values.simulator.port }}
+{{- else }}
+{{- .Values.konnect.url }}
+{{- end }}
 {{- end }}
 
 {{/*
