@@ -671,3 +671,257 @@ async fn a_spat_needs_identity_admin_and_personal_tokens_come_and_go() {
     assert_eq!(alice.get("/v3/organizations/me").await.0, 401);
     assert_eq!(api.call(Method::DELETE, &revoke, None).await.0, 404);
 }
+
+/// Team update and delete, as the spec has them (`update-team`, `delete-team`).
+#[tokio::test]
+async fn teams_can_be_updated_and_deleted_and_take_their_memberships_along() {
+    let sim = Simulator::start(SimConfig {
+        seed: Some(3),
+        seed_data: SeedData {
+            teams: vec![SeedTeam {
+                name: "Organization Admin".into(),
+                system_team: true,
+                ..SeedTeam::default()
+            }],
+            ..SeedData::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let api = Api::new(sim.base_url(), sim.admin_token().expose());
+    let (_, team) = api
+        .post(
+            "/v3/teams",
+            json!({"name": "ops", "description": "Ops", "labels": {"env": "prod", "tier": "1"}}),
+        )
+        .await;
+    let path = format!("/v3/teams/{}", team["id"].as_str().unwrap());
+
+    // PATCH replaces the given fields and merges labels: a null value removes its key.
+    let (s, t) = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"name": "ops-eu", "labels": {"env": "dev", "tier": null, "region": "eu"}})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&t["name"], &t["description"], &t["labels"]),
+        (
+            &json!("ops-eu"),
+            &json!("Ops"),
+            &json!({"env": "dev", "region": "eu"})
+        )
+    );
+    assert_eq!(
+        api.get(&path).await.1["name"],
+        "ops-eu",
+        "the change is stored"
+    );
+    let (s, t) = api
+        .call(Method::PATCH, &path, Some(json!({"labels": null})))
+        .await;
+    assert_eq!((s, &t["labels"]), (StatusCode::OK, &json!({})));
+    for bad in [
+        json!({"name": ""}),
+        json!({"description": null}),
+        json!({"labels": {"env": "not valid"}}),
+        json!({"labels": {"konnect-owned": "x"}}),
+    ] {
+        let (s, e) = api.call(Method::PATCH, &path, Some(bad.clone())).await;
+        assert_eq!(s, 400, "{bad}");
+        assert!(
+            e["invalid_parameters"][0]["field"].is_string(),
+            "{bad}: {e}"
+        );
+    }
+    let missing = "/v3/teams/00000000-0000-4000-8000-000000000000";
+    assert_eq!(
+        api.call(Method::PATCH, missing, Some(json!({"name": "x"})))
+            .await
+            .0,
+        404
+    );
+
+    // The predefined team can be neither changed nor deleted.
+    let (_, l) = api
+        .get("/v3/teams?filter[name][eq]=Organization%20Admin")
+        .await;
+    let admin = format!("/v3/teams/{}", l["data"][0]["id"].as_str().unwrap());
+    let (s, e) = api
+        .call(Method::PATCH, &admin, Some(json!({"name": "Admins"})))
+        .await;
+    assert_eq!(
+        (s, e["invalid_parameters"][0]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("system_team"))
+    );
+    assert_eq!(api.call(Method::DELETE, &admin, None).await.0, 400);
+    assert_eq!(api.get(&admin).await.1["name"], "Organization Admin");
+
+    // DELETE takes the memberships with it; the accounts stay.
+    let account = sim.seed_account("ci", "d", false);
+    sim.seed_membership(team["id"].as_str().unwrap(), &account.id);
+    assert_eq!(api.call(Method::DELETE, &path, None).await.0, 204);
+    assert_eq!(api.get(&path).await.0, 404);
+    assert_eq!(api.call(Method::DELETE, &path, None).await.0, 404);
+    assert_eq!(api.get(&format!("{path}/system-accounts")).await.0, 404);
+    let (_, teams) = api
+        .get(&format!("/v3/system-accounts/{}/teams", account.id))
+        .await;
+    assert_eq!(teams["meta"]["page"]["total"], 0);
+    assert!(sim.state().memberships.is_empty());
+    assert_eq!(
+        api.get(&format!("/v3/system-accounts/{}", account.id))
+            .await
+            .0,
+        200
+    );
+
+    // The spec lists GET, PATCH and DELETE for a team: a 405 names them.
+    let resp = api
+        .http
+        .put(format!("{}{admin}", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let allow = resp.headers()["allow"].to_str().unwrap().to_string();
+    for m in ["GET", "PATCH", "DELETE"] {
+        assert!(allow.contains(m), "{allow}");
+    }
+    sim.shutdown().await;
+}
+
+/// `filter[labels.<key>][eq|contains|exists]` on `GET /v3/teams`, and the `Labels` limits on create.
+#[tokio::test]
+async fn teams_are_filtered_by_label_and_labels_keep_the_spec_limits() {
+    let (sim, api) = start(false).await;
+    for (name, labels) in [
+        ("a", json!({"env": "prod", "tier": "gold"})),
+        ("b", json!({"env": "prod-eu"})),
+        ("c", json!({})),
+    ] {
+        assert_eq!(
+            api.post("/v3/teams", json!({"name": name, "labels": labels}))
+                .await
+                .0,
+            201
+        );
+    }
+    let names = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (query, want) in [
+        ("filter[labels.env][eq]=prod", vec!["a"]),
+        ("filter[labels.env]=prod", vec!["a"]),
+        ("filter%5Blabels%5D%5Benv%5D%5Beq%5D=prod", vec!["a"]),
+        ("filter[labels.env][contains]=PROD", vec!["a", "b"]),
+        ("filter[labels.tier][exists]=true", vec!["a"]),
+        ("filter[labels.env][exists]=false", vec!["c"]),
+        (
+            "filter[labels.env][contains]=prod&filter[name][eq]=b",
+            vec!["b"],
+        ),
+    ] {
+        let (s, page) = api.get(&format!("/v3/teams?{query}")).await;
+        assert_eq!(
+            (s, names(&page)),
+            (StatusCode::OK, want.iter().map(|n| n.to_string()).collect()),
+            "{query}"
+        );
+    }
+    let (s, e) = api.get("/v3/teams?filter[labels.env][startswith]=p").await;
+    assert_eq!(
+        (s, e["invalid_parameters"][0]["field"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("[filter][labels.env][startswith]")
+        )
+    );
+    assert_eq!(
+        api.get("/v3/system-accounts?filter[labels.env]=prod")
+            .await
+            .0,
+        400,
+        "only teams have labels"
+    );
+
+    // At most 50 labels; a refused team is not created.
+    let labels = |n: usize| -> Value {
+        (0..n)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let (s, e) = api
+        .post("/v3/teams", json!({"name": "many", "labels": labels(51)}))
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        e["invalid_parameters"],
+        json!([{"field": "labels", "rule": "max_items", "maximum": 50, "reason": "must have at most 50 labels", "source": "body"}])
+    );
+    let (_, l) = api.get("/v3/teams?filter[name][eq]=many").await;
+    assert_eq!(l["meta"]["page"]["total"], 0);
+    assert_eq!(
+        api.post("/v3/teams", json!({"name": "fifty", "labels": labels(50)}))
+            .await
+            .0,
+        201
+    );
+    for bad in [
+        json!({"name": "x", "labels": null}),
+        json!({"name": "x", "description": null}),
+        json!({"name": "x", "description": ""}),
+        json!({"name": "x".repeat(251)}),
+        json!({"name": "x", "labels": {"env": 1}}),
+    ] {
+        assert_eq!(api.post("/v3/teams", bad.clone()).await.0, 400, "{bad}");
+    }
+    sim.shutdown().await;
+}
+
+/// Fixes found by the schemathesis run (.ci/sim-conformance.py): unique `invalid_parameters`, empty and large
+/// page parameters, a whitespace body.
+#[tokio::test]
+async fn query_and_body_edge_cases_follow_the_spec() {
+    let (sim, api) = start(false).await;
+    // uniqueItems: the same bad parameter twice is one problem.
+    let (s, e) = api
+        .get("/v3/system-accounts?page[size]=x&page[size]=x")
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["invalid_parameters"].as_array().unwrap().len(), 1, "{e}");
+    // allowEmptyValue: an empty page parameter is the default; the spec sets no maximum size.
+    let (s, p) = api.get("/v3/teams?page[size]=&page[number]=").await;
+    assert_eq!(
+        (s, &p["meta"]["page"]["size"]),
+        (StatusCode::OK, &json!(10))
+    );
+    let (s, p) = api.get("/v3/teams?page[size]=1000").await;
+    assert_eq!(
+        (s, &p["meta"]["page"]["size"]),
+        (StatusCode::OK, &json!(1000))
+    );
+    assert_eq!(api.get("/v3/teams?page[size]=0").await.0, 400);
+    // Whitespace is not a JSON body (an empty body still reads as `{}`).
+    let resp = api
+        .http
+        .post(format!("{}/v3/teams", api.base))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json")
+        .body("\t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    sim.shutdown().await;
+}

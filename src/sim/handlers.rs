@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use super::problem::{ApiError, InvalidParam};
 use super::query::{FieldKind, ListQuery, PageReq, parse_list_query};
 use super::state::Shared;
+use super::store::TeamUpdate;
 use crate::konnect::models::RoleTuple;
 
 type ApiResult = Result<Response, ApiError>;
@@ -91,6 +92,8 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ("GET", "/teams", "list-teams"),
     ("POST", "/teams", "create-team"),
     ("GET", "/teams/{team_id}", "get-team"),
+    ("PATCH", "/teams/{team_id}", "update-team"),
+    ("DELETE", "/teams/{team_id}", "delete-team"),
     (
         "GET",
         "/teams/{team_id}/system-accounts",
@@ -160,7 +163,10 @@ pub fn api_router() -> Router<Arc<Shared>> {
                 get(list_account_teams),
             )
             .route(&p("/teams"), get(list_teams).post(create_team))
-            .route(&p("/teams/{team_id}"), get(get_team))
+            .route(
+                &p("/teams/{team_id}"),
+                get(get_team).patch(update_team).delete(delete_team),
+            )
             .route(
                 &p("/teams/{team_id}/system-accounts"),
                 get(list_team_accounts).post(add_member),
@@ -182,9 +188,10 @@ fn id(raw: &str) -> &str {
     raw.strip_prefix(':').unwrap_or(raw)
 }
 
-/// A JSON object body, Content-Type or not (the docs' curl examples send none). Empty means `{}`.
+/// A JSON object body, Content-Type or not (the docs' curl examples send none). No body means `{}`;
+/// whitespace alone is not JSON.
 fn object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.is_empty() {
         return Ok(Map::new());
     }
     match serde_json::from_slice::<Value>(body) {
@@ -230,6 +237,55 @@ impl Fields {
             }
         }
     }
+    /// `labels`: absent (None), `null` when `nullable` (Some(None)), or a map whose values `value` reads.
+    fn label_map<T>(
+        &mut self,
+        o: &Map<String, Value>,
+        nullable: bool,
+        value: impl Fn(&Value) -> Option<T>,
+    ) -> Option<Option<std::collections::BTreeMap<String, T>>> {
+        let parsed = match o.get("labels")? {
+            // `Labels` (create) is not nullable, `LabelsUpdate` is.
+            Value::Null if nullable => return Some(None),
+            Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| Some((k.clone(), value(v)?)))
+                .collect::<Option<_>>(),
+            _ => None,
+        };
+        if parsed.is_none() {
+            let what = if nullable {
+                "strings or nulls"
+            } else {
+                "strings"
+            };
+            self.0.push(
+                InvalidParam::new(
+                    "labels",
+                    Some("is_label"),
+                    format!("must be a map of {what}"),
+                )
+                .body(),
+            );
+        }
+        Some(parsed)
+    }
+    /// Create: labels must be strings.
+    fn labels(
+        &mut self,
+        o: &Map<String, Value>,
+    ) -> Option<Option<std::collections::BTreeMap<String, String>>> {
+        self.label_map(o, false, |v| v.as_str().map(str::to_string))
+    }
+    /// Team fields are not nullable: `null` is refused, not read as absent.
+    fn not_null(&mut self, o: &Map<String, Value>, keys: &[&str]) {
+        for key in keys {
+            if o.get(*key).is_some_and(Value::is_null) {
+                self.0
+                    .push(InvalidParam::new(*key, Some("is_string"), "must be a string").body());
+            }
+        }
+    }
     fn check(self) -> Result<(), ApiError> {
         if self.0.is_empty() {
             Ok(())
@@ -258,6 +314,8 @@ fn list_query(
 }
 
 const NAME_FILTER: &[(&str, FieldKind)] = &[("name", FieldKind::Legacy)];
+const TEAM_FILTERS: &[(&str, FieldKind)] =
+    &[("name", FieldKind::Legacy), ("labels", FieldKind::Labels)];
 const ACCOUNT_FILTERS: &[(&str, FieldKind)] = &[
     ("name", FieldKind::Legacy),
     ("description", FieldKind::Legacy),
@@ -426,24 +484,17 @@ async fn delete_role(State(s): S, Path((a, r)): Path<(String, String)>) -> ApiRe
 // ---- teams and memberships ----
 
 async fn list_teams(State(s): S, uri: Uri) -> ApiResult {
-    let q = list_query(&uri, NAME_FILTER, true)?;
+    let q = list_query(&uri, TEAM_FILTERS, true)?;
     ok(s.store().list_teams(&q.filters, q.page))
 }
 
 async fn create_team(State(s): S, body: Bytes) -> ApiResult {
     let o = object(&body)?;
     let mut f = Fields::default();
+    f.not_null(&o, &["description"]);
     let name = f.req_str(&o, "name");
     let description = f.opt_str(&o, "description");
-    let labels = match o.get("labels") {
-        None | Some(Value::Null) => Default::default(),
-        Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|_| {
-            f.0.push(
-                InvalidParam::new("labels", Some("is_label"), "must be a map of strings").body(),
-            );
-            Default::default()
-        }),
-    };
+    let labels = f.labels(&o).flatten().unwrap_or_default();
     f.check()?;
     created(
         s.store()
@@ -453,6 +504,31 @@ async fn create_team(State(s): S, body: Bytes) -> ApiResult {
 
 async fn get_team(State(s): S, Path(t): Path<String>) -> ApiResult {
     ok(s.store().get_team(id(&t))?)
+}
+
+async fn update_team(State(s): S, Path(t): Path<String>, body: Bytes) -> ApiResult {
+    let o = object(&body)?;
+    let mut f = Fields::default();
+    f.not_null(&o, &["name", "description"]);
+    let name = f.opt_str(&o, "name");
+    let description = f.opt_str(&o, "description");
+    let labels = f.label_map(&o, true, |v| match v {
+        Value::Null => Some(None),
+        Value::String(s) => Some(Some(s.clone())),
+        _ => None,
+    });
+    f.check()?;
+    let update = TeamUpdate {
+        name,
+        description,
+        labels,
+    };
+    ok(s.store().update_team(Timestamp::now(), id(&t), update)?)
+}
+
+async fn delete_team(State(s): S, Path(t): Path<String>) -> ApiResult {
+    s.store().delete_team(id(&t))?;
+    no_content()
 }
 
 async fn list_team_accounts(State(s): S, Path(t): Path<String>, uri: Uri) -> ApiResult {

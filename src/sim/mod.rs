@@ -5,7 +5,7 @@
 //! Authorisation: the admin token and personal tokens (`kpat_`) may do everything; a `spat_` may
 //! call the identity endpoints only when its account holds the Identity Admin role (directly, or
 //! as a member of the Organization Admin team), else 403, like Konnect. Not modelled: other roles'
-//! permissions, team role assignments, team update/delete, label filters, users.
+//! permissions, team role assignments, users. `.ci/sim-conformance.py` holds it to the official spec.
 //!
 //! Admin endpoints (admin token only, never faulted): `GET|PUT /_sim/faults`, `GET /_sim/state`,
 //! `GET /_sim/counts`, `POST /_sim/counts/reset`, `POST /_sim/reset`, `POST /_sim/teams`,
@@ -17,6 +17,7 @@ mod auth;
 mod conn;
 pub mod faults;
 mod handlers;
+mod labels;
 mod pipeline;
 pub mod problem;
 pub mod query;
@@ -41,7 +42,9 @@ use tokio::task::JoinHandle;
 pub use faults::Faults;
 pub use handlers::OPERATIONS;
 pub use stats::{Counts, JournalEntry, MinuteCount};
-pub use store::{AccountState, Membership, SeedAccount, SeedData, SeedTeam, StateDump, TokenInfo};
+pub use store::{
+    AccountState, Membership, SeedAccount, SeedData, SeedTeam, StateDump, TeamUpdate, TokenInfo,
+};
 
 use crate::konnect::models::{AssignedRole, RoleTuple, SystemAccount, Team, TokenValue};
 use conn::{ConnKill, SimListener};

@@ -106,7 +106,7 @@ pub fn problem_response(status: StatusCode, detail: &str, invalid: &[InvalidPara
         let invalid = if invalid.is_empty() {
             vec![InvalidParam::new("body", Some("invalid"), detail)]
         } else {
-            invalid.to_vec()
+            unique(invalid)
         };
         body["invalid_parameters"] = serde_json::to_value(invalid).unwrap_or_default();
     }
@@ -116,6 +116,18 @@ pub fn problem_response(status: StatusCode, detail: &str, invalid: &[InvalidPara
         HeaderValue::from_static("application/problem+json"),
     );
     resp
+}
+
+/// The spec's `invalid_parameters` has `uniqueItems`: a repeated problem (the same bad parameter given
+/// twice) is listed once.
+fn unique(invalid: &[InvalidParam]) -> Vec<InvalidParam> {
+    let mut out: Vec<InvalidParam> = Vec::with_capacity(invalid.len());
+    for p in invalid {
+        if !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    out
 }
 
 impl IntoResponse for ApiError {

@@ -1,11 +1,12 @@
 //! Query strings of list operations: `page[size]`, `page[number]` and deepObject filters
-//! (`filter[name][eq]=x`, `filter[name]=x`, `filter[konnect_managed]=true`).
+//! (`filter[name][eq]=x`, `filter[name]=x`, `filter[konnect_managed]=true`), and team label filters
+//! (`filter[labels.env][eq]=x`, as the spec's description writes them, or `filter[labels][env][eq]=x`).
+use std::collections::BTreeMap;
+
 use super::problem::{ApiError, InvalidParam};
 
-/// Konnect's real default and maximum are unconfirmed; the simulator refuses a size above the maximum
-/// (instead of clamping) so a client that asks for more shows up in tests.
+/// Konnect's real default and maximum are unconfirmed. The spec sets no maximum, so any size is served.
 pub const DEFAULT_PAGE_SIZE: u64 = 10;
-pub const MAX_PAGE_SIZE: u64 = 100;
 
 /// How a filterable field may be filtered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub enum FieldKind {
     Equals,
     /// `BooleanFieldFilter`: `filter[x]=true|false`.
     Bool,
+    /// A map of `LegacyStringFieldFilterWithExists` by label key: `eq`, `contains` or `exists`.
+    Labels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub enum Cond {
     /// Case-insensitive substring (Konnect's case rule is unconfirmed).
     Contains(String),
     Bool(bool),
+    /// `exists`: whether the label key is present.
+    Exists(bool),
 }
 
 /// Parsed filters, already checked against the operation's allowed fields.
@@ -42,7 +47,19 @@ impl Filters {
             .all(|(_, c)| match c {
                 Cond::Eq(v) => value == v,
                 Cond::Contains(v) => value.to_lowercase().contains(&v.to_lowercase()),
-                Cond::Bool(_) => false,
+                Cond::Bool(_) | Cond::Exists(_) => false,
+            })
+    }
+    /// True when every `labels.<key>` condition holds for `labels`.
+    pub fn labels_ok(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0
+            .iter()
+            .filter_map(|(f, c)| Some((f.strip_prefix(LABELS_PREFIX)?, c)))
+            .all(|(key, c)| match (c, labels.get(key)) {
+                (Cond::Exists(want), v) => v.is_some() == *want,
+                (Cond::Eq(want), Some(v)) => v == want,
+                (Cond::Contains(want), Some(v)) => v.to_lowercase().contains(&want.to_lowercase()),
+                _ => false,
             })
     }
     pub fn bool_ok(&self, field: &str, value: bool) -> bool {
@@ -114,38 +131,30 @@ pub fn parse_list_query(
     let mut conds = Vec::new();
     for (key, value) in pairs {
         match key.as_str() {
-            "page[size]" | "page[number]" if paginated => {
-                let (min, max) = if key == "page[size]" {
-                    (1, Some(MAX_PAGE_SIZE))
-                } else {
-                    (1, None)
-                };
-                match value.parse::<u64>() {
-                    Err(_) => invalid.push(InvalidParam::new(
-                        key.as_str(),
-                        Some("is_integer"),
-                        "must be an integer",
-                    )),
-                    Ok(n) if n < min => invalid.push(InvalidParam {
-                        minimum: Some(min),
-                        ..InvalidParam::new(
-                            key.as_str(),
-                            Some("min"),
-                            format!("must be at least {min}"),
-                        )
-                    }),
-                    Ok(n) if max.is_some_and(|m| n > m) => invalid.push(InvalidParam {
-                        maximum: max,
-                        ..InvalidParam::new(
-                            key.as_str(),
-                            Some("max"),
-                            format!("must be at most {}", max.unwrap_or_default()),
-                        )
-                    }),
-                    Ok(n) if key == "page[size]" => q.page.size = n,
-                    Ok(n) => q.page.number = n,
+            // `allowEmptyValue`: an empty value means the default.
+            "page[size]" | "page[number]" if paginated && value.is_empty() => {}
+            "page[size]" | "page[number]" if paginated => match value.parse::<i128>() {
+                Err(_) => invalid.push(InvalidParam::new(
+                    key.as_str(),
+                    Some("is_integer"),
+                    "must be an integer",
+                )),
+                Ok(n) if n < 1 => invalid.push(InvalidParam {
+                    minimum: Some(1),
+                    ..InvalidParam::new(key.as_str(), Some("min"), "must be at least 1")
+                }),
+                Ok(n) => {
+                    let n = u64::try_from(n).unwrap_or(u64::MAX);
+                    if key == "page[size]" {
+                        q.page.size = n;
+                    } else {
+                        q.page.number = n;
+                    }
                 }
-            }
+            },
+            // The deepObject form of an empty `labels` map: no condition.
+            "filter[labels]"
+                if value.is_empty() && allowed.iter().any(|(_, k)| *k == FieldKind::Labels) => {}
             k if k.starts_with("filter[") => match parse_filter(k, value, allowed) {
                 Ok(c) => conds.push(c),
                 Err(p) => invalid.push(*p),
@@ -161,15 +170,23 @@ pub fn parse_list_query(
     Ok(q)
 }
 
-/// `filter[a]` -> ["a"], `filter[a][b]` -> ["a", "b"]; None when malformed.
-fn brackets(key: &str) -> Option<Vec<&str>> {
+const LABELS_PREFIX: &str = "labels.";
+
+/// `filter[a]` -> ["a"], `filter[a][b]` -> ["a", "b"], `filter[labels][k][op]` -> ["labels.k", "op"];
+/// None when malformed.
+fn brackets(key: &str) -> Option<Vec<String>> {
     let mut rest = key.strip_prefix("filter")?;
-    let mut segs = Vec::new();
+    let mut segs: Vec<String> = Vec::new();
     while !rest.is_empty() {
         let inner = rest.strip_prefix('[')?;
         let end = inner.find(']')?;
-        segs.push(&inner[..end]);
+        segs.push(inner[..end].to_string());
         rest = &inner[end + 1..];
+    }
+    // The deepObject form of the nested `labels` map names the key in its own brackets.
+    if segs.len() >= 2 && segs[0] == "labels" {
+        let key = segs.remove(1);
+        segs[0] = format!("{LABELS_PREFIX}{key}");
     }
     (!segs.is_empty() && segs.len() <= 2).then_some(segs)
 }
@@ -186,15 +203,24 @@ fn parse_filter(
             "is not a valid filter",
         )));
     };
-    let field = segs[0];
-    let Some((_, kind)) = allowed.iter().find(|(f, _)| *f == field) else {
+    let field = segs[0].as_str();
+    // `labels.<key>` is filtered as the operation's `labels` field says (any non-empty key).
+    let base = match field.strip_prefix(LABELS_PREFIX) {
+        Some(k) if !k.is_empty() => "labels",
+        _ => field,
+    };
+    // A label key needs a `Labels` field; any other name a field that is not one.
+    let Some((_, kind)) = allowed
+        .iter()
+        .find(|(f, k)| *f == base && (base == field) != (*k == FieldKind::Labels))
+    else {
         return Err(Box::new(InvalidParam::new(
             format!("[filter][{field}]"),
             Some("unknown_property"),
             format!("[{field}] is not a supported filter field"),
         )));
     };
-    let op = segs.get(1).copied();
+    let op = segs.get(1).map(String::as_str);
     let unsupported = |op: &str| {
         // The spec's example: no rule, field `[filter][x][op]`.
         InvalidParam::new(
@@ -204,8 +230,23 @@ fn parse_filter(
         )
     };
     let cond = match (kind, op) {
-        (FieldKind::Legacy | FieldKind::Equals, None | Some("eq")) => Cond::Eq(value.to_string()),
-        (FieldKind::Legacy, Some("contains")) => Cond::Contains(value.to_string()),
+        (FieldKind::Legacy | FieldKind::Equals | FieldKind::Labels, None | Some("eq")) => {
+            Cond::Eq(value.to_string())
+        }
+        (FieldKind::Legacy | FieldKind::Labels, Some("contains")) => {
+            Cond::Contains(value.to_string())
+        }
+        (FieldKind::Labels, Some("exists")) => match value {
+            "true" => Cond::Exists(true),
+            "false" => Cond::Exists(false),
+            _ => {
+                return Err(Box::new(InvalidParam::new(
+                    format!("[filter][{field}][exists]"),
+                    Some("is_boolean"),
+                    "must be a boolean",
+                )));
+            }
+        },
         (FieldKind::Bool, None | Some("eq")) => match value {
             "true" => Cond::Bool(true),
             "false" => Cond::Bool(false),
@@ -283,10 +324,44 @@ mod tests {
     }
 
     #[test]
+    fn label_filters_in_both_spellings() {
+        let teams = [("name", FieldKind::Legacy), ("labels", FieldKind::Labels)];
+        let labels: BTreeMap<String, String> = [("env".to_string(), "Prod-1".to_string())].into();
+        let matches = |q: &[(&str, &str)]| {
+            parse_list_query(&pairs(q), &teams, true)
+                .unwrap()
+                .filters
+                .labels_ok(&labels)
+        };
+        assert!(matches(&[("filter[labels.env][eq]", "Prod-1")]));
+        assert!(matches(&[("filter[labels][env][eq]", "Prod-1")]));
+        assert!(matches(&[("filter[labels.env]", "Prod-1")]));
+        assert!(!matches(&[("filter[labels.env]", "prod-1")]));
+        assert!(matches(&[("filter[labels.env][contains]", "prod")]));
+        assert!(matches(&[("filter[labels.env][exists]", "true")]));
+        assert!(!matches(&[("filter[labels.team][exists]", "true")]));
+        assert!(matches(&[("filter[labels.team][exists]", "false")]));
+        assert!(!matches(&[("filter[labels.team][eq]", "x")]));
+        for bad in [
+            ("filter[labels.env][exists]", "yes"),
+            ("filter[labels.env][startswith]", "a"),
+            ("filter[labels]", "a"),
+            ("filter[labels.]", "a"),
+        ] {
+            assert!(
+                parse_list_query(&pairs(&[bad]), &teams, true).is_err(),
+                "{bad:?}"
+            );
+        }
+        // Operations without label filters refuse them.
+        assert!(parse_list_query(&pairs(&[("filter[labels.env]", "a")]), ACCOUNTS, true).is_err());
+    }
+
+    #[test]
     fn page_bounds() {
         for (k, v) in [
             ("page[size]", "0"),
-            ("page[size]", "101"),
+            ("page[size]", "-3"),
             ("page[number]", "0"),
             ("page[size]", "x"),
         ] {
@@ -295,8 +370,16 @@ mod tests {
                 "{k}={v}"
             );
         }
-        let q = parse_list_query(&pairs(&[("page[size]", "100")]), ACCOUNTS, true).unwrap();
-        assert_eq!(q.page.size, 100);
+        let q = parse_list_query(&pairs(&[("page[size]", "1000")]), ACCOUNTS, true).unwrap();
+        assert_eq!(q.page.size, 1000);
+        // allowEmptyValue: empty means the default.
+        let q = parse_list_query(
+            &pairs(&[("page[size]", ""), ("page[number]", "")]),
+            ACCOUNTS,
+            true,
+        )
+        .unwrap();
+        assert_eq!(q.page, PageReq::default());
         let p = PageReq { number: 2, size: 2 }.apply(vec![1, 2, 3, 4, 5]);
         assert_eq!(p.data, vec![3, 4]);
         assert_eq!(p.meta.page.total, 5);

@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::labels::{self, Labels};
 use super::problem::{ApiError, InvalidParam};
 use super::query::{Filters, PageReq};
 use crate::konnect::models::{
@@ -680,13 +681,12 @@ impl Store {
         now: Timestamp,
         name: &str,
         description: Option<String>,
-        labels: std::collections::BTreeMap<String, String>,
+        labels: Labels,
     ) -> StoreResult<Team> {
-        if name.is_empty() {
-            return Err(ApiError::bad_request(
-                "Name cannot be blank",
-                vec![InvalidParam::new("name", Some("required"), "must not be blank").body()],
-            ));
+        let mut invalid = team_text_problems(Some(name), description.as_deref());
+        invalid.extend(labels::problems(labels.iter().map(|(k, v)| (k, Some(v)))));
+        if !invalid.is_empty() {
+            return Err(ApiError::bad_request("Invalid team", invalid));
         }
         let team = Team {
             id: new_id(&mut self.rng),
@@ -720,10 +720,74 @@ impl Store {
         page.apply(
             self.teams
                 .iter()
-                .filter(|t| filters.str_ok("name", &t.name))
+                .filter(|t| filters.str_ok("name", &t.name) && filters.labels_ok(&t.labels))
                 .cloned()
                 .collect(),
         )
+    }
+
+    // Predefined teams "can't be modified or deleted" [docs]; the real status is UNCONFIRMED, we answer
+    // 400 (the only client error besides 404 the spec declares for update and delete).
+    fn refuse_system_team(team: &Team, verb: &str) -> StoreResult<()> {
+        if team.system_team {
+            return Err(ApiError::bad_request(
+                format!("Team [{}] is a system team and cannot be {verb}", team.id),
+                vec![InvalidParam::new(
+                    "system_team",
+                    Some("invalid"),
+                    format!("a system team cannot be {verb}"),
+                )],
+            ));
+        }
+        Ok(())
+    }
+
+    /// PATCH: each given field replaces the stored one; `labels` merges (a `null` value removes its key,
+    /// `labels: null` removes them all).
+    pub fn update_team(
+        &mut self,
+        now: Timestamp,
+        id: &str,
+        update: TeamUpdate,
+    ) -> StoreResult<Team> {
+        let team = self.get_team(id)?;
+        Self::refuse_system_team(&team, "modified")?;
+        let mut invalid = team_text_problems(update.name.as_deref(), update.description.as_deref());
+        let merged = match &update.labels {
+            None => team.labels.clone(),
+            Some(None) => Labels::new(),
+            Some(Some(changes)) => {
+                invalid.extend(labels::problems(
+                    changes.iter().map(|(k, v)| (k, v.as_ref())),
+                ));
+                labels::merge(&team.labels, changes)
+            }
+        };
+        if merged.len() > labels::MAX_LABELS && invalid.is_empty() {
+            invalid.extend(labels::problems(merged.iter().map(|(k, v)| (k, Some(v)))));
+        }
+        if !invalid.is_empty() {
+            return Err(ApiError::bad_request("Invalid team", invalid));
+        }
+        let rec = self.team_mut(id)?;
+        if let Some(n) = update.name {
+            rec.name = n;
+        }
+        if let Some(d) = update.description {
+            rec.description = Some(d);
+        }
+        rec.labels = merged;
+        rec.updated_at = Some(fmt_ts(now));
+        Ok(rec.clone())
+    }
+
+    /// Deletes the team and its memberships (the accounts stay).
+    pub fn delete_team(&mut self, id: &str) -> StoreResult<()> {
+        let team = self.get_team(id)?;
+        Self::refuse_system_team(&team, "deleted")?;
+        self.teams.retain(|t| t.id != id);
+        self.memberships.retain(|m| m.team_id != id);
+        Ok(())
     }
 
     pub fn add_member(&mut self, team_id: &str, account_id: &str) -> StoreResult<()> {
@@ -847,6 +911,34 @@ fn account_matches(f: &Filters, a: &SystemAccount) -> bool {
     f.str_ok("name", &a.name)
         && f.str_ok("description", &a.description)
         && f.bool_ok("konnect_managed", a.konnect_managed)
+}
+
+/// The fields of a team PATCH; `labels: Some(None)` is an explicit `null`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TeamUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub labels: Option<Option<std::collections::BTreeMap<String, Option<String>>>>,
+}
+
+/// The spec's `TeamName` and team description: 1 to 250 characters.
+fn team_text_problems(name: Option<&str>, description: Option<&str>) -> Vec<InvalidParam> {
+    const MAX: u64 = 250;
+    [("name", name), ("description", description)]
+        .into_iter()
+        .filter_map(|(field, v)| match v?.chars().count() as u64 {
+            0 => Some(InvalidParam {
+                minimum: Some(1),
+                ..InvalidParam::new(field, Some("min_length"), "must not be empty").body()
+            }),
+            n if n > MAX => Some(InvalidParam {
+                maximum: Some(MAX),
+                ..InvalidParam::new(field, Some("max_length"), "must be at most 250 characters")
+                    .body()
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn account_not_found(id: &str) -> ApiError {
