@@ -42,6 +42,12 @@ pub struct RunArgs {
     /// How often every object is compared with Konnect when nothing changes (Go duration; 10% jitter added).
     #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
     pub resync_period: Duration,
+    /// How often `/readyz` checks Konnect again (`GET /v3/organizations/me`; Go duration).
+    #[arg(long, env = "KONNECT_CHECK_PERIOD", default_value = "1m", value_parser = parse_duration)]
+    pub konnect_check_period: Duration,
+    /// The controllers' clock of token renewal and retention (no flag: real time; a test runs it ahead).
+    #[arg(skip)]
+    pub clock: crate::controller::clock::Clock,
     /// Reconciles running at once per kind. Twice the Konnect concurrency by default: a reconcile
     /// spends part of its time on Kubernetes calls, and the spare ones keep Konnect's slots busy
     /// (Konnect calls stay capped by the Konnect concurrency).
@@ -269,7 +275,12 @@ pub async fn run_with(
         health.clone(),
         stopped(),
     ));
-    let konnect_probe = tokio::spawn(probe_konnect(default.clone(), health.clone(), stopped()));
+    let konnect_probe = tokio::spawn(probe_konnect(
+        default.clone(),
+        health.clone(),
+        args.konnect_check_period,
+        stopped(),
+    ));
     let token_watch =
         token_file.map(|(file, _)| tokio::spawn(file.watch(default.clone(), stopped())));
 
@@ -297,6 +308,7 @@ pub async fn run_with(
                 std::time::Duration::from_secs(10)
             },
             own_token_secret: own_token_secret(&args),
+            clock: args.clock.clone(),
             ..Default::default()
         },
         max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),
@@ -376,17 +388,18 @@ async fn lead(
     Ok(())
 }
 
-/// Keeps /readyz honest about Konnect: one cheap call a minute.
+/// Keeps /readyz honest about Konnect: one cheap call per `period` (a minute by default).
 async fn probe_konnect(
     client: crate::konnect::KonnectClient,
     health: Arc<Health>,
+    period: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(period) => {}
         }
         let ok = client.me().await.is_ok();
         health.set_konnect_ok(ok);
