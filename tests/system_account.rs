@@ -688,7 +688,7 @@ async fn a_failing_konnect_gets_a_bounded_number_of_calls() {
     poke_held_back(env.metrics(), &api, "down-0", "SystemAccount").await;
     // Two rounds of failures (the first, and the backoff's retries): each failed reconcile made one
     // Konnect call, sent at most 5 times (client max_attempts), and each object may have one more
-    // reconcile in flight. A loop that ran on every wake would fail more often than the backoff allows.
+    // reconcile in flight. (The held-back wake above is what rules out a loop on every wake.)
     let rounds = env
         .metrics()
         .wait_at_least(errors, &[("kind", "SystemAccount")], failed + 20)
