@@ -42,6 +42,12 @@ pub struct RunArgs {
     /// How often every object is compared with Konnect when nothing changes (Go duration; 10% jitter added).
     #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
     pub resync_period: Duration,
+    /// How often `/readyz` checks Konnect again (`GET /v3/organizations/me`; Go duration).
+    #[arg(long, env = "KONNECT_CHECK_PERIOD", default_value = "1m", value_parser = parse_duration)]
+    pub konnect_check_period: Duration,
+    /// The controllers' clock of token renewal and retention (no flag: real time; a test runs it ahead).
+    #[arg(skip)]
+    pub clock: crate::controller::clock::Clock,
     /// Reconciles running at once per kind. Twice the Konnect concurrency by default: a reconcile
     /// spends part of its time on Kubernetes calls, and the spare ones keep Konnect's slots busy
     /// (Konnect calls stay capped by the Konnect concurrency).
@@ -274,6 +280,7 @@ pub async fn run_with(
     let konnect_probe = tokio::spawn(probe_konnect(
         default.clone(),
         health.clone(),
+        args.konnect_check_period,
         konnect_ok,
         stopped(),
     ));
@@ -304,6 +311,7 @@ pub async fn run_with(
                 std::time::Duration::from_secs(10)
             },
             own_token_secret: own_token_secret(&args),
+            clock: args.clock.clone(),
             ..Default::default()
         },
         max_concurrent_reconciles: args.max_concurrent_reconciles.max(1),
@@ -383,10 +391,11 @@ async fn lead(
     Ok(())
 }
 
-/// Keeps /readyz honest about Konnect: one cheap call a minute.
+/// Keeps /readyz honest about Konnect: one cheap call per `period` (a minute by default).
 async fn probe_konnect(
     client: crate::konnect::KonnectClient,
     health: Arc<Health>,
+    period: Duration,
     mut ok: bool,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -394,7 +403,7 @@ async fn probe_konnect(
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(next_konnect_probe(ok)) => {}
+            _ = tokio::time::sleep(next_konnect_probe(period, ok)) => {}
         }
         ok = client.me().await.is_ok();
         health.set_konnect_ok(ok);
@@ -402,9 +411,13 @@ async fn probe_konnect(
 }
 
 /// While Konnect is unreachable (e.g. the chart's simulator sidecar still starting), probe soon, so the pod turns
-/// ready seconds after it answers rather than a minute.
-fn next_konnect_probe(ok: bool) -> Duration {
-    Duration::from_secs(if ok { 60 } else { 5 })
+/// ready seconds after it answers rather than a period later.
+fn next_konnect_probe(period: Duration, ok: bool) -> Duration {
+    if ok {
+        period
+    } else {
+        period.min(Duration::from_secs(5))
+    }
 }
 
 fn hostname() -> String {
@@ -441,7 +454,14 @@ mod tests {
 
     #[test]
     fn an_unreachable_konnect_is_probed_again_sooner() {
-        assert!(next_konnect_probe(false) < next_konnect_probe(true));
-        assert_eq!(next_konnect_probe(true), Duration::from_secs(60));
+        let minute = Duration::from_secs(60);
+        assert_eq!(next_konnect_probe(minute, true), minute);
+        assert_eq!(next_konnect_probe(minute, false), Duration::from_secs(5));
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            next_konnect_probe(second, false),
+            second,
+            "never later than the period"
+        );
     }
 }

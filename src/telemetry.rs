@@ -85,6 +85,7 @@ pub struct Metrics {
     pub drift_checks: Family<KindLabels, Counter>,
     pub leader: Gauge,
     pub drift_checks_deferred: Family<KindLabels, Counter>,
+    pub held_back: Family<KindLabels, Counter>,
     pub operator_token_expiration: Gauge<f64, AtomicU64>,
 }
 
@@ -111,6 +112,7 @@ impl Metrics {
         let drift_checks = Family::<KindLabels, Counter>::default();
         let leader = Gauge::default();
         let drift_checks_deferred = Family::<KindLabels, Counter>::default();
+        let held_back = Family::<KindLabels, Counter>::default();
         let operator_token_expiration = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "konnect_sa_operator_token_expiration_timestamp_seconds",
@@ -127,6 +129,11 @@ impl Metrics {
             "konnect_sa_drift_checks_deferred",
             "Background checks put off because the drift budget had no permit (requeued, no slot held), by kind",
             drift_checks_deferred.clone(),
+        );
+        registry.register(
+            "konnect_sa_reconciles_held_back",
+            "Wake-ups of a failing object during its backoff that ran nothing (our own status write, a label change), by kind",
+            held_back.clone(),
         );
         registry.register(
             "konnect_sa_reconciles",
@@ -192,6 +199,7 @@ impl Metrics {
             drift_checks,
             leader,
             drift_checks_deferred,
+            held_back,
             operator_token_expiration,
         }
     }
@@ -231,6 +239,14 @@ impl Metrics {
 
     pub fn drift_check_deferred(&self, kind: &str) {
         self.drift_checks_deferred
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn held_back(&self, kind: &str) {
+        self.held_back
             .get_or_create(&KindLabels {
                 kind: kind.to_string(),
             })

@@ -24,7 +24,7 @@ use kube::Api;
 use kube::api::PostParams;
 use support::env::{free_port, metric_total};
 use support::proxy::{Mode, Net, Proxy, Seen, write_kubeconfig};
-use support::{NS, TestEnv, ready_of, wait_for};
+use support::{NS, TestEnv, eventually, ready_of, wait_for};
 use tokio::time::Instant;
 
 const T: Duration = Duration::from_secs(40);
@@ -206,8 +206,9 @@ async fn takeover(failure: Failure) {
         "standby reports it is not the leader"
     );
     assert_eq!(leader.leader_metric().await, 1, "leader reports it is");
+    // (Readiness does not wait for the election, so the line may follow the first 200 by a moment.)
     assert!(
-        standby.log_text().contains("standing by"),
+        eventually(T, || standby.log_text().contains("standing by")).await,
         "{}",
         standby.log_text()
     );

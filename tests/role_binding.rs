@@ -399,8 +399,8 @@ async fn two_bindings_share_one_assignment() {
         "still wanted by the other binding: {roles:?}"
     );
     assert_eq!(assigned_id(&b), roles[0].id);
-    // And the survivor stays Ready on it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // And the survivor stays Ready on it, across two more drift checks (its list of assigned roles).
+    env.metrics().two_more_drift_checks("RoleBinding").await;
     let b = api.get("second").await.unwrap();
     assert!(is_ready(&b));
     assert_eq!(assigned_id(&b), roles[0].id);
@@ -453,8 +453,14 @@ async fn bindings_of_one_account_share_the_assigned_roles_list() {
     for i in 0..CP_ROLES.len() {
         wait_for(&api, &format!("b{i}"), T, is_ready).await;
     }
-    // Let the status writes' own watch events settle.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every binding's reconcile has finished and been counted (the counter follows the status write).
+    env.metrics()
+        .wait_at_least(
+            "konnect_sa_reconciles_total",
+            &[("kind", "RoleBinding")],
+            CP_ROLES.len() as u64,
+        )
+        .await;
     let lists = env
         .sim
         .counts()
@@ -729,5 +735,75 @@ async fn one_of_two_bindings_sharing_an_assignment_changes_role() {
     let roles = konnect_roles(&env, "ci-bot");
     assert_eq!(roles.len(), 1, "{roles:?}");
     assert_eq!(roles[0].id, shared);
+    env.stop_operator().await;
+}
+
+/// README (per-object connection): a RoleBinding with no `spec.konnect` inherits the `authSecretRef` of the
+/// SystemAccount it names, and that Secret's `serverURL` picks the organisation: the assignment is made,
+/// recorded and removed there, and the operator-wide organisation never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_binding_inherits_its_accounts_connection_and_server_url() {
+    use konnect_sa_operator::sim::Simulator;
+    let mut env = TestEnv::start().await;
+    let org_b = Simulator::start(SimConfig {
+        admin_token: konnect_sa_operator::konnect::TokenValue::new(
+            "kpat_organisationbadmintoken00000000000000000000000",
+        ),
+        journal: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    env.start_operator(&[]).await;
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: org-b-auth}}
+stringData: {{token: {}, serverURL: "{}"}}
+---
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {{name: in-b}}
+spec: {{konnect: {{authSecretRef: {{name: org-b-auth}}}}}}
+"#,
+        org_b.admin_token().expose(),
+        org_b.base_url()
+    ));
+    wait_for(&env.api::<SystemAccount>(), "in-b", T, account_ready).await;
+    env.apply(&docs_binding("b-viewer", "in-b", "Viewer", ""));
+    let api = env.api::<RoleBinding>();
+    let b = wait_for(&api, "b-viewer", T, is_ready).await;
+    let status = b.status.clone().unwrap();
+    assert_eq!(status.konnect_auth_secret.as_deref(), Some("org-b-auth"));
+    let roles = org_b
+        .state()
+        .account_by_name("in-b")
+        .map(|a| a.roles.clone())
+        .unwrap_or_default();
+    assert_eq!(roles.len(), 1, "assigned in organisation B: {roles:?}");
+    assert_eq!(roles[0].id, assigned_id(&b));
+    assert!(
+        env.sim.state().accounts.is_empty(),
+        "the operator-wide organisation holds nothing"
+    );
+    let sent_to_a: Vec<_> = env
+        .sim
+        .journal()
+        .into_iter()
+        .filter(|e| e.path.contains("assigned-roles"))
+        .collect();
+    assert!(sent_to_a.is_empty(), "{sent_to_a:?}");
+
+    delete(&api, "b-viewer").await;
+    wait_gone(&env, "b-viewer").await;
+    assert!(
+        org_b
+            .state()
+            .account_by_name("in-b")
+            .unwrap()
+            .roles
+            .is_empty(),
+        "removed in organisation B, through the inherited connection"
+    );
     env.stop_operator().await;
 }

@@ -9,6 +9,7 @@ use konnect_sa_operator::api::SystemAccount;
 use konnect_sa_operator::konnect::{ClientConfig, KonnectClient};
 use konnect_sa_operator::sim::Faults;
 use serde_json::Value;
+use support::metrics::poke_held_back;
 use support::{NS, TestEnv, delete, eventually, merge_patch, ready_of, wait_for};
 
 const T: Duration = Duration::from_secs(30);
@@ -75,6 +76,14 @@ fn has_event(env: &TestEnv, name: &str, type_: &str, reason_: &str) -> bool {
     events_for(env, name)
         .iter()
         .any(|(t, r, _)| t == type_ && r == reason_)
+}
+
+/// Requests other than reads sent for the Konnect object `id`.
+fn writes_touching(env: &TestEnv, id: &str) -> Vec<String> {
+    support::journal::touching(&env.sim, id)
+        .into_iter()
+        .filter(|r| !r.starts_with("GET "))
+        .collect()
 }
 
 fn gone(env: &TestEnv, name: &str) -> bool {
@@ -233,12 +242,13 @@ spec: {description: managed now}
         eventually(T, || has_event(&env, "legacy-ci", "Warning", "Conflict")).await,
         "a Warning event on Conflict"
     );
-    // Refused means untouched: not patched, not deleted (let a resync pass too).
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Refused means untouched: not patched, not deleted, nor tried, even when the object is woken again.
+    poke_held_back(env.metrics(), &api, "legacy-ci", "SystemAccount").await;
     let state = env.sim.state();
     let account = &state.account_by_name("legacy-ci").unwrap().account;
     assert_eq!(account, &legacy, "the refused account is not patched");
     assert_eq!(state.accounts.len(), 1);
+    assert_eq!(writes_touching(&env, &legacy.id), Vec::<String>::new());
 
     // Adopt: the same account, now ours, description converged.
     merge_patch(
@@ -389,8 +399,8 @@ spec:
         members(),
         BTreeSet::from([platform.id.clone(), other.id.clone()])
     );
-    // And it stays that way across resyncs.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // And it stays that way across resyncs (two more drift checks: the first finished, writes included).
+    env.metrics().two_more_drift_checks("SystemAccount").await;
     assert_eq!(
         members(),
         BTreeSet::from([platform.id.clone(), other.id.clone()])
@@ -470,8 +480,8 @@ spec: {name: mesh-zone, description: mine now}
             "{name}: {msg}"
         );
         assert!(sa.status.unwrap().id.is_none());
+        poke_held_back(env.metrics(), &api, name, "SystemAccount").await;
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
     delete(&api, "mesh-adopt").await;
     delete(&api, "mesh-refuse").await;
     assert!(eventually(T, || gone(&env, "mesh-adopt") && gone(&env, "mesh-refuse")).await);
@@ -482,10 +492,7 @@ spec: {name: mesh-zone, description: mine now}
         "never patched nor deleted"
     );
     // Nor was it tried: the simulator would refuse either with 400, so only the journal can tell.
-    let writes: Vec<String> = support::journal::touching(&env.sim, &managed.id)
-        .into_iter()
-        .filter(|r| !r.starts_with("GET "))
-        .collect();
+    let writes = writes_touching(&env, &managed.id);
     assert!(
         writes.is_empty(),
         "writes sent for a konnect_managed account: {writes:?}"
@@ -518,14 +525,30 @@ spec:
     assert!(msg.contains("token"), "{msg}");
     support::leak::assert_clean(&[wrong.to_string()], &msg, "the Ready message");
 
-    // Backoff, not a hot loop: count the simulator's requests for ~8 s. Backoff is 5 s, 10 s, ... so at
-    // most three reconciles (plus one woken by our own status write) of one request each (401 is not
-    // retried by the client) fit in the window.
+    // Backoff, not a hot loop: a wake during the backoff runs nothing; the next attempt is the backoff's
+    // retry, one request (401 is not retried by the client).
     env.sim.reset_counts();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let errors = "konnect_sa_reconcile_errors_total";
+    let failed = env
+        .metrics()
+        .value(errors, &[("kind", "SystemAccount")])
+        .await;
+    poke_held_back(env.metrics(), &api, "authy", "SystemAccount").await;
+    let retried = env
+        .metrics()
+        .wait_at_least(errors, &[("kind", "SystemAccount")], failed + 1)
+        .await;
     let calls = env.sim.counts_detail().total;
-    eprintln!("requests in 8 s with a rejected token: {calls}");
-    assert!(calls <= 8, "bounded: {calls} requests in 8 s");
+    eprintln!(
+        "{calls} requests for {} failed reconciles",
+        retried - failed
+    );
+    // (Plus, at most, the minute's readiness check of the operator-wide connection.)
+    assert!(
+        calls <= retried - failed + 1,
+        "one request per attempt: {calls} for {}",
+        retried - failed
+    );
 
     // Fix the Secret: Ready without a restart.
     env.apply(&format!(
@@ -632,7 +655,18 @@ async fn a_failing_konnect_gets_a_bounded_number_of_calls() {
     let mut env = TestEnv::start().await;
     env.start_operator(&[]).await;
     // Let the operator start (its token check) before Konnect goes down.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.metrics()
+        .wait_at_least(
+            "konnect_sa_konnect_requests_total",
+            &[("operation", "get-organizations-me"), ("code", "200")],
+            1,
+        )
+        .await;
+    let errors = "konnect_sa_reconcile_errors_total";
+    let failed = env
+        .metrics()
+        .value(errors, &[("kind", "SystemAccount")])
+        .await;
     env.set_faults(Faults {
         rate_5xx: 1.0,
         ..Faults::default()
@@ -646,21 +680,27 @@ async fn a_failing_konnect_gets_a_bounded_number_of_calls() {
         })
         .collect();
     env.apply(&manifest);
-    let window = Duration::from_secs(20);
-    tokio::time::sleep(window).await;
-    let calls = env.sim.counts_detail().total;
-    let per_minute = calls as f64 * 60.0 / window.as_secs_f64();
-    eprintln!("{calls} requests in {window:?} with every call failing: {per_minute:.0}/min");
-    // Bound from the backoff policy: per object, reconciles at t = 0, 5, 15 s (error backoff 5 s doubling;
-    // the 35 s one is outside the window) plus at most one woken by our own Ready=False status write,
-    // each making one Konnect call sent at most 5 times (client max_attempts): 4 x 5 = 20 requests per
-    // object, 200 for 10 objects in 20 s, i.e. 600/min. A hot loop would be unbounded.
-    assert!(
-        calls <= 200,
-        "{calls} requests in 20 s ({per_minute:.0}/min)"
-    );
     let api = env.api::<SystemAccount>();
-    let sa = wait_for(&api, "down-0", T, failed_with("KonnectError")).await;
+    for i in 0..10 {
+        wait_for(&api, &format!("down-{i}"), T, failed_with("KonnectError")).await;
+    }
+    // Woken during its backoff (as our own status writes wake it), a failing object runs nothing.
+    poke_held_back(env.metrics(), &api, "down-0", "SystemAccount").await;
+    // Two rounds of failures (the first, and the backoff's retries): each failed reconcile made one
+    // Konnect call, sent at most 5 times (client max_attempts), and each object may have one more
+    // reconcile in flight. (The held-back wake above is what rules out a loop on every wake.)
+    let rounds = env
+        .metrics()
+        .wait_at_least(errors, &[("kind", "SystemAccount")], failed + 20)
+        .await
+        - failed;
+    let calls = env.sim.counts_detail().total;
+    eprintln!("{calls} requests for {rounds} failed reconciles with every call failing");
+    assert!(
+        calls <= 5 * (rounds + 10),
+        "{calls} requests for {rounds} failed reconciles"
+    );
+    let sa = api.get("down-0").await.unwrap();
     assert!(
         ready_message(&sa).contains("Retrying"),
         "{}",
@@ -864,6 +904,102 @@ spec: {{description: CI}}
     assert!(
         eventually(T, || env.sim.state().accounts.is_empty()).await,
         "ours, so deleted with the object"
+    );
+    env.stop_operator().await;
+}
+
+/// README (`DeletionBlocked`): a cleanup that fails in Konnect keeps the object, Ready=False with reason
+/// `DeletionBlocked`; the way out is `spec.deletionPolicy: Orphan` on the object being deleted, after which
+/// the deletion completes and nothing is deleted in Konnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocked_deletion_completes_once_switched_to_orphan_and_deletes_nothing() {
+    let mut env = TestEnv::start().await;
+    env.start_operator(&[]).await;
+    let auth = |token: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: leaving-auth}}\nstringData: {{token: {token}}}\n"
+        )
+    };
+    env.apply(&auth(env.sim.admin_token().expose()));
+    env.apply(
+        r#"
+apiVersion: konnect-sa.dev/v1alpha1
+kind: SystemAccount
+metadata: {name: leaving}
+spec:
+  konnect: {authSecretRef: {name: leaving-auth}}
+"#,
+    );
+    let api = env.api::<SystemAccount>();
+    let sa = wait_for(&api, "leaving", T, is_ready).await;
+    let id = sa.status.unwrap().id.unwrap();
+
+    // Its connection's token stops working, then the object is deleted: the cleanup is refused.
+    let revoked = "kpat_revokedrevokedrevokedrevokedrevokedrevokedre";
+    env.apply(&auth(revoked));
+    delete(&api, "leaving").await;
+    let blocked = wait_for(&api, "leaving", T, |a| {
+        reason(a).as_deref() == Some("DeletionBlocked")
+    })
+    .await;
+    assert_eq!(
+        ready_of(&blocked.status.clone().unwrap().conditions)
+            .unwrap()
+            .0,
+        "False"
+    );
+    assert!(
+        blocked
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "konnect-sa.dev/cleanup"),
+        "the finalizer stays"
+    );
+    support::leak::assert_clean(
+        &[revoked.to_string()],
+        &ready_message(&blocked),
+        "the message",
+    );
+    assert!(env.sim.state().account_by_name("leaving").is_some());
+
+    // The way out: give up on the Konnect side.
+    let switched_at = env.sim.journal().len();
+    merge_patch(
+        &api,
+        "leaving",
+        serde_json::json!({"spec": {"deletionPolicy": "Orphan"}}),
+    )
+    .await;
+    assert!(
+        eventually(T, || gone(&env, "leaving")).await,
+        "the deletion completes"
+    );
+    assert_eq!(
+        env.sim
+            .state()
+            .account_by_name("leaving")
+            .map(|a| a.account.id.clone()),
+        Some(id.clone()),
+        "the account stays in Konnect"
+    );
+    let journal = env.sim.journal();
+    let deletes: Vec<_> = journal
+        .iter()
+        .filter(|e| e.method == "DELETE" && e.path.contains(&id))
+        .collect();
+    assert!(
+        deletes.iter().all(|e| e.status == 401),
+        "only refused deletes were sent: {deletes:?}"
+    );
+    let after: Vec<_> = journal[switched_at..]
+        .iter()
+        .filter(|e| e.path.contains(&id) && e.method != "GET")
+        .collect();
+    assert!(
+        after.is_empty(),
+        "sent after the switch to Orphan: {after:?}"
     );
     env.stop_operator().await;
 }

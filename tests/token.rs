@@ -9,8 +9,10 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use konnect_sa_operator::api::{SystemAccount, SystemAccountToken};
+use konnect_sa_operator::controller::clock::Clock;
 use konnect_sa_operator::run::RunArgs;
 use serde_json::{Value, json};
+use support::metrics::{Scrape, poke_held_back};
 use support::{NS, TestEnv, delete, eventually, merge_patch, ready_of, wait_for};
 
 const T: Duration = Duration::from_secs(30);
@@ -30,6 +32,11 @@ struct Operator {
 
 impl Operator {
     async fn start(env: &TestEnv, resync: &str) -> Operator {
+        Self::start_with_clock(env, resync, Clock::default()).await
+    }
+
+    /// With the controllers reading the time from `clock` (a test runs it ahead).
+    async fn start_with_clock(env: &TestEnv, resync: &str, clock: Clock) -> Operator {
         // A free port for /metrics: bind, read, release.
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -37,7 +44,7 @@ impl Operator {
             .unwrap()
             .port();
         let metrics_addr = format!("127.0.0.1:{metrics_port}");
-        let args = Cli::try_parse_from([
+        let mut args = Cli::try_parse_from([
             "run",
             "--konnect-url",
             &env.sim.base_url(),
@@ -48,6 +55,7 @@ impl Operator {
         ])
         .expect("valid flags")
         .run;
+        args.clock = clock;
         let process = env.spawn_in_process(env.sim.admin_token(), args);
         Operator {
             process,
@@ -81,6 +89,32 @@ impl Operator {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    fn scrape(&self) -> Scrape {
+        Scrape::at(&format!("127.0.0.1:{}", self.metrics_port))
+    }
+
+    /// Wakes the failing token `name` during its backoff and waits until the operator held it back.
+    async fn poke(&self, env: &TestEnv, name: &str) {
+        let api = env.api::<SystemAccountToken>();
+        poke_held_back(&self.scrape(), &api, name, "SystemAccountToken").await;
+    }
+
+    /// Wakes the healthy token `name` (a label change) and waits until a reconcile of it has finished: a
+    /// look the operator took after the test's last move (e.g. running its clock ahead).
+    async fn wake(&self, env: &TestEnv, name: &str) {
+        let metric = "konnect_sa_reconciles_total";
+        let kind = [("kind", "SystemAccountToken")];
+        let before = self.scrape().value(metric, &kind).await;
+        let poke = uuid::Uuid::new_v4().simple().to_string();
+        merge_patch(
+            &env.api::<SystemAccountToken>(),
+            name,
+            json!({"metadata": {"labels": {"test.konnect-sa.dev/poke": poke}}}),
+        )
+        .await;
+        self.scrape().wait_at_least(metric, &kind, before + 1).await;
     }
 
     async fn metrics(&self) -> String {
@@ -388,93 +422,6 @@ async fn token_lands_in_an_owned_secret_and_authenticates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn short_lived_token_rotates_on_schedule_and_old_ones_are_revoked_after_retention() {
-    let env = TestEnv::start().await;
-    let op = Operator::start(&env, "3s").await;
-    let account_id = ready_account(&env, "rotor").await;
-    env.apply(&token_yaml(
-        "rotor-token",
-        "rotor",
-        "  duration: 90s\n  renewBefore: 60s\n  previousTokenRetention: 10s",
-    ));
-    let api = env.api::<SystemAccountToken>();
-    let mut tok = wait_for(&api, "rotor-token", T, |t| ready_at(t, 1)).await;
-    let mut value = value_of(&secret(&env, "rotor-token").await.unwrap());
-    assert_eq!(auth_status(&env, &value).await, 200);
-
-    for revision in 2..=4 {
-        let before = status(&tok);
-        let renewal = parse_ts(&before.renewal_time);
-        let expires = parse_ts(&before.expires_at);
-        let ahead = expires.duration_since(renewal).as_secs();
-        assert!(
-            (60..=66).contains(&ahead),
-            "renewBefore 60s plus at most 10% jitter, got {ahead}s"
-        );
-        // Watch the Secret change by itself (nobody touches the CR).
-        let mut changed_at = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(s) = secret(&env, "rotor-token").await
-                && annotation(&s, "konnect-sa.dev/token-id") != before.token_id
-            {
-                changed_at = Some((Timestamp::now(), s));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let (at, s) = changed_at.unwrap_or_else(|| panic!("revision {revision} never came"));
-        let early = renewal.duration_since(at).as_secs_f64();
-        let late = at.duration_since(renewal).as_secs_f64();
-        assert!(
-            early <= 1.0 && late <= 5.0,
-            "revision {revision} rotated at {at}, renewalTime was {renewal}"
-        );
-        let new_value = value_of(&s);
-        assert_ne!(new_value, value);
-        assert_eq!(
-            annotation(&s, "konnect-sa.dev/revision"),
-            Some(revision.to_string())
-        );
-        assert_eq!(auth_status(&env, &new_value).await, 200, "new token works");
-        // The old token keeps working during the 10 s retention ...
-        assert_eq!(
-            auth_status(&env, &value).await,
-            200,
-            "old token still accepted right after the rotation"
-        );
-        tok = wait_for(&api, "rotor-token", T, |t| ready_at(t, revision)).await;
-        let st = status(&tok);
-        assert_eq!(st.previous_tokens.len(), 1, "{st:?}");
-        assert_eq!(st.previous_tokens[0].id, before.token_id.clone().unwrap());
-        // ... and is revoked after it.
-        let old = value.clone();
-        assert!(
-            eventually_async(Duration::from_secs(25), || {
-                let env = &env;
-                let old = old.clone();
-                async move { auth_status(env, &old).await == 401 }
-            })
-            .await,
-            "revision {} revoked after the retention",
-            revision - 1
-        );
-        let revoked_at = Timestamp::now();
-        let retention_end = at.checked_add(Duration::from_secs(9)).unwrap();
-        assert!(
-            revoked_at >= retention_end,
-            "old token revoked at {revoked_at}, before the retention ended ({retention_end})"
-        );
-        value = new_value;
-    }
-    let live = env.sim.live_tokens(&account_id);
-    assert_eq!(live.len(), 1, "only the current token is live: {live:?}");
-    assert_eq!(Some(live[0].id.clone()), status(&tok).token_id);
-    assert_no_token_value_exposed(&env);
-    op.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotate_annotation_rotates_once_per_new_value() {
     let env = TestEnv::start().await;
     let op = Operator::start(&env, "3s").await;
@@ -695,8 +642,8 @@ stringData: {token: someone-elses}
     let (st, _, msg) = ready_of(&status(&tok).conditions).unwrap();
     assert_eq!(st, "False");
     assert!(msg.contains("taken"), "{msg}");
-    // Give it a few resyncs: still nothing issued, the Secret untouched.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Woken again during its backoff: still nothing issued, the Secret untouched.
+    op.poke(&env, "clash-token").await;
     let after = secret(&env, "taken").await.unwrap();
     assert_eq!(
         after.metadata.resource_version,
@@ -1212,10 +1159,10 @@ async fn a_refused_secret_write_creates_no_token_loop_and_retries_on_the_backoff
         "{note}"
     );
 
-    // Quiet for 12 s (well within the first 30 s backoff): no more tokens, no more writes.
+    // Woken during the backoff (30 s at first): no more tokens, no more writes.
     let creates = token_creates(&env);
     let (writes, _) = secret_writes(&env);
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    op.poke(&env, "policed-token").await;
     // One token at most: the first attempt cannot know (none when an earlier attempt had already
     // failed for another reason, e.g. a stale copy: then the dry run comes first).
     assert!(creates <= 1, "{creates} tokens created");
@@ -1307,13 +1254,14 @@ async fn a_template_label_the_api_server_refuses_never_issues_a_token() {
         .requests()
         .iter()
         .filter(|r| {
-            r.plural == "systemaccounttokens"
+            r.user.is_some()
+                && r.plural == "systemaccounttokens"
                 && r.verb != "get"
                 && r.verb != "list"
                 && r.verb != "watch"
         })
         .count();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    op.poke(&env, "labelled-token").await;
     assert_eq!(
         token_creates(&env),
         0,
@@ -1325,7 +1273,8 @@ async fn a_template_label_the_api_server_refuses_never_issues_a_token() {
         .requests()
         .iter()
         .filter(|r| {
-            r.plural == "systemaccounttokens"
+            r.user.is_some()
+                && r.plural == "systemaccounttokens"
                 && r.verb != "get"
                 && r.verb != "list"
                 && r.verb != "watch"
@@ -1401,7 +1350,7 @@ async fn an_immutable_secret_blocks_rotation_without_issuing_and_says_what_to_do
         .await,
         "Warning Event"
     );
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    op.poke(&env, "frozen-token").await;
     assert_eq!(
         token_creates(&env),
         1,
@@ -1681,7 +1630,8 @@ async fn orphan_policy_keeps_the_secret_out_of_garbage_collection_and_revokes_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_restart_is_retried_and_holds_back_the_previous_tokens_revocation() {
     let env = TestEnv::start().await;
-    let op = Operator::start(&env, "10m").await;
+    let clock = Clock::default();
+    let op = Operator::start_with_clock(&env, "10m", clock.clone()).await;
     let account_id = ready_account(&env, "held").await;
     env.apply(
         r#"
@@ -1730,8 +1680,16 @@ spec:
         "{}",
         cond.message
     );
-    // Well past its revokeAt (2 s), the previous token is still live: the app has not restarted.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Past its revokeAt (the operator's clock run a minute beyond it, then a reconcile), the previous
+    // token is still live: the app has not restarted.
+    let previous = &status(&tok2).previous_tokens;
+    assert_eq!(previous.len(), 1, "{previous:?}");
+    let revoke_at = parse_ts(&Some(previous[0].revoke_at.clone()));
+    run_to(
+        &clock,
+        revoke_at.checked_add(Duration::from_secs(60)).unwrap(),
+    );
+    op.wake(&env, "held-token").await;
     assert!(
         env.sim.live_tokens(&account_id).iter().any(|t| t.id == old),
         "held back while the restart is pending"
@@ -2431,6 +2389,92 @@ async fn a_first_issue_marked_with_the_finalizer_heals_both_crash_points() {
     for t in [&lost, &kept] {
         assert_eq!(status(t).pending_token_name, None);
     }
+    assert_no_token_value_exposed(&env);
+    op.stop().await;
+}
+
+/// Runs `clock` ahead to `t` (never back).
+fn run_to(clock: &Clock, t: Timestamp) {
+    let ahead = t.duration_since(clock.now());
+    if ahead.is_positive() {
+        clock.advance(ahead.unsigned_abs());
+    }
+}
+
+/// `renewBefore` and `previousTokenRetention` in simulated time. The operator's clock is run ahead to shortly
+/// before the renewal time: a reconcile then (the test wakes it and waits for it) issues nothing, and the
+/// operator's own timer renews at the renewal time with nobody touching the object. The same for the old
+/// token's revokeAt: still working shortly before, revoked by the timer at it. A month-long lifetime takes
+/// about 20 s, and nothing rests on a sleep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewal_and_retention_follow_the_operators_clock() {
+    let env = TestEnv::start().await;
+    let clock = Clock::default();
+    let op = Operator::start_with_clock(&env, "10m", clock.clone()).await;
+    let account_id = ready_account(&env, "timely").await;
+    env.apply(&token_yaml(
+        "timely-token",
+        "timely",
+        "  duration: 720h\n  renewBefore: 240h\n  previousTokenRetention: 1h",
+    ));
+    let api = env.api::<SystemAccountToken>();
+    let first = status(&wait_for(&api, "timely-token", T, |t| ready_at(t, 1)).await);
+    let old_value = value_of(&secret(&env, "timely-token").await.unwrap());
+    let old_id = first.token_id.clone().unwrap();
+    let renewal = parse_ts(&first.renewal_time);
+    let ahead = parse_ts(&first.expires_at)
+        .duration_since(renewal)
+        .as_hours();
+    assert!(
+        (240..=264).contains(&ahead),
+        "renewBefore 240h plus at most 10% jitter, got {ahead}h"
+    );
+    let shortly = Duration::from_secs(10);
+
+    // Shortly before the renewal time: no new token.
+    run_to(&clock, renewal.checked_sub(shortly).unwrap());
+    op.wake(&env, "timely-token").await;
+    assert_eq!(
+        status(&api.get("timely-token").await.unwrap()).revision,
+        Some(1)
+    );
+    assert_eq!(token_creates(&env), 1, "renewed early");
+
+    // At it, by the operator's timer alone: a new token in the Secret; the old one stays live.
+    let second = status(&wait_for(&api, "timely-token", T, |t| ready_at(t, 2)).await);
+    let rotated = parse_ts(&second.last_rotation_time);
+    assert!(
+        rotated >= renewal,
+        "rotated at {rotated}, renewalTime {renewal}"
+    );
+    let new_value = value_of(&secret(&env, "timely-token").await.unwrap());
+    assert_ne!(new_value, old_value);
+    assert_eq!(auth_status(&env, &new_value).await, 200);
+    assert_eq!(second.previous_tokens.len(), 1, "{second:?}");
+    assert_eq!(second.previous_tokens[0].id, old_id);
+    let revoke_at = parse_ts(&Some(second.previous_tokens[0].revoke_at.clone()));
+    assert_eq!(
+        revoke_at.duration_since(rotated).as_secs(),
+        3600,
+        "revokeAt is the rotation plus previousTokenRetention"
+    );
+
+    // Shortly before revokeAt the old token still works; at it, the timer revokes it.
+    run_to(&clock, revoke_at.checked_sub(shortly).unwrap());
+    op.wake(&env, "timely-token").await;
+    assert_eq!(auth_status(&env, &old_value).await, 200, "revoked early");
+    assert!(
+        eventually_async(T, || {
+            let (env, old) = (&env, old_value.clone());
+            async move { auth_status(env, &old).await == 401 }
+        })
+        .await,
+        "the old token is revoked at its revokeAt"
+    );
+    assert!(clock.now() >= revoke_at);
+    let live = env.sim.live_tokens(&account_id);
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(Some(live[0].id.clone()), second.token_id);
     assert_no_token_value_exposed(&env);
     op.stop().await;
 }

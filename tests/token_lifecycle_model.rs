@@ -98,6 +98,7 @@ struct Replica {
     child: tokio::process::Child,
     /// Its own way to the API server, which a partition cuts.
     kube: Proxy,
+    metrics: support::metrics::Scrape,
 }
 
 struct Run {
@@ -130,6 +131,21 @@ impl Run {
         );
     }
 
+    /// Background drift checks of tokens, summed over the replicas (only the leader makes them).
+    async fn token_drift_checks(&self) -> u64 {
+        let mut sum = 0;
+        for r in &self.replicas {
+            sum += r
+                .metrics
+                .value(
+                    "konnect_sa_drift_checks_total",
+                    &[("kind", "SystemAccountToken")],
+                )
+                .await;
+        }
+        sum
+    }
+
     async fn spawn(&mut self, name: &'static str) {
         let log = self.env.dir.path().join(format!("{name}.log"));
         if !self.logs.contains(&log) {
@@ -138,8 +154,11 @@ impl Run {
         let kube = self.net.proxy(name, "kube", &self.env.kube.url()).await;
         let kubeconfig = self.env.dir.path().join(format!("{name}.kubeconfig"));
         write_kubeconfig(&kubeconfig, &kube.url);
+        let metrics_addr = format!("127.0.0.1:{}", support::env::free_port());
         let child = self.env.spawn_operator_env(
             &[
+                "--metrics-addr",
+                &metrics_addr,
                 "--leader-elect",
                 "--leader-election-namespace",
                 NS,
@@ -155,7 +174,12 @@ impl Run {
             ],
             &log,
         );
-        self.replicas.push(Replica { name, child, kube });
+        self.replicas.push(Replica {
+            name,
+            child,
+            kube,
+            metrics: support::metrics::Scrape::at(&metrics_addr),
+        });
     }
 
     /// The leader is cut off from the API server while it works (it keeps running: a moment of two
@@ -839,8 +863,17 @@ spec:
             "replaced tokens were not revoked within 30 s: {st:?}"
         ));
     }
+    // The window: until the replicas have recorded six more drift checks of tokens (two tokens, three
+    // sweeps), so it measures an operator that provably kept looking.
     let before = run.env.sim.counts();
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    let start = run.token_drift_checks().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.token_drift_checks().await < start + 6 {
+        if Instant::now() > deadline {
+            run.fail("the operator stopped checking its tokens".to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let after = run.env.sim.counts();
     let delta: BTreeMap<&String, u64> = after
         .iter()
@@ -859,7 +892,7 @@ spec:
     // Reads: a drift check per object per resync period (2 tokens, 2 accounts, 3 periods) and slack.
     if writes > 2 || reads > 16 {
         run.fail(format!(
-            "a quiet operator made {writes} Konnect writes and {reads} reads in 9 s: {delta:?}"
+            "a quiet operator made {writes} Konnect writes and {reads} reads in three sweeps: {delta:?}"
         ));
     }
 

@@ -40,6 +40,8 @@ pub struct ControllerConfig {
     pub pending_settle: Duration,
     /// `--konnect-token-secret`: (namespace, name) of the Secret holding the operator's own token.
     pub own_token_secret: Option<(String, String)>,
+    /// The wall clock of token renewal and retention (real; a test runs it ahead).
+    pub clock: super::clock::Clock,
 }
 
 impl Default for ControllerConfig {
@@ -51,6 +53,7 @@ impl Default for ControllerConfig {
             cluster_name: String::new(),
             pending_settle: Duration::from_secs(10),
             own_token_secret: None,
+            clock: Default::default(),
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct Context {
     pub snapshot: Snapshot,
     /// Paces drift checks of unchanged objects.
     pub budget: DriftBudget,
+    /// `config.clock`: token renewal and retention read the time here.
+    pub clock: super::clock::Clock,
     /// Objects whose Konnect state was confirmed recently: key -> (what was confirmed, when).
     verified: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// The newest resourceVersion we know of per object uid (our own writes, fresh reads).
@@ -103,6 +108,7 @@ impl Context {
             cache: KonnectCache::new(Duration::from_secs(600), assignments_ttl),
             snapshot: Snapshot::new(config.resync.mul_f64(0.9)),
             budget: DriftBudget::new(config.konnect_budget),
+            clock: config.clock.clone(),
             verified: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             config,

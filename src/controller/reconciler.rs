@@ -137,6 +137,7 @@ where
                 .held_back(&object_key(&*obj), fingerprint(&*obj), Instant::now())
         {
             tracing::trace!(?left, "held back after a failure");
+            ctx.metrics.held_back(K::KIND);
             return Ok(Action::requeue(left));
         }
         let started = Instant::now();

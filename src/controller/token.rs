@@ -325,7 +325,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
             has_restart_targets: !w.obj.spec.rollout_restart_targets.is_empty(),
             restart_tried,
             pending_settle: w.ctx.config.pending_settle,
-            now: Timestamp::now(),
+            now: w.ctx.clock.now(),
         });
         tracing::debug!(?step, "token step");
         // (An issue saves everything with its pending marker first.)
@@ -348,7 +348,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                 let (Some(view), Some(name), uid) = (view, name, w.uid()) else {
                     break;
                 };
-                let now = whole_seconds(Timestamp::now());
+                let now = whole_seconds(w.ctx.clock.now());
                 // Where the Secret says the token is (the spec's key may have moved since).
                 let key = view.key.clone().unwrap_or_else(|| w.secret_key.clone());
                 let st = w.st();
@@ -387,7 +387,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                 match own_token::may_revoke_previous(&ctx, &ns, &w.secret_name, &key).await {
                     Ok(()) => revoke(&mut w, &ids).await?,
                     Err(why) => {
-                        let expired = own_token::expired(w.st(), &ids, Timestamp::now());
+                        let expired = own_token::expired(w.st(), &ids, ctx.clock.now());
                         if !expired.is_empty() {
                             revoke(&mut w, &expired).await?;
                             continue;
@@ -399,7 +399,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
                 }
             }
             TokenStep::WaitPending(at) => {
-                let wait = next_wakeup(Timestamp::now(), [at], w.ctx.resync_with_jitter());
+                let wait = next_wakeup(w.ctx.clock.now(), [at], w.ctx.resync_with_jitter());
                 tracing::info!(
                     ?wait,
                     "an unfinished token issue is left to its writer before it is healed"
@@ -472,7 +472,7 @@ async fn apply(obj: Arc<SystemAccountToken>, ctx: Arc<Context>) -> Result<Action
         .reserved_in(&verified_key(&obj))
         .unwrap_or_else(|| ctx.resync_with_jitter());
     let mut wakeup = next_wakeup(
-        Timestamp::now(),
+        ctx.clock.now(),
         std::iter::once(renewal).chain(revokes),
         check,
     );
@@ -582,7 +582,7 @@ async fn check_live(w: &Work<'_>) -> Result<Liveness, ReconcileError> {
     if w.ctx.recently_verified(&key, token_id) {
         return Ok(Liveness::Live);
     }
-    let now = Timestamp::now();
+    let now = w.ctx.clock.now();
     let renewal_due = parse_time(&st.renewal_time).is_none_or(|r| r <= now);
     if st.observed_generation == w.obj.metadata.generation
         && conditions::is_ready(&st.conditions, w.obj.metadata.generation)
@@ -603,7 +603,7 @@ async fn check_live(w: &Work<'_>) -> Result<Liveness, ReconcileError> {
         Ok(t)
             if t.expires_at
                 .parse::<Timestamp>()
-                .is_ok_and(|e| e <= Timestamp::now()) =>
+                .is_ok_and(|e| e <= w.ctx.clock.now()) =>
         {
             Ok(Liveness::Gone)
         }
@@ -666,8 +666,9 @@ async fn issue(
     //    reconcile finds this token by name and revokes it.
     let generation = w.obj.metadata.generation;
     let account_id = w.account_id.clone();
+    let now = w.ctx.clock.now();
     let st = w.st();
-    set_pending(st, &token_name, &account_id, &secret_name, Timestamp::now());
+    set_pending(st, &token_name, &account_id, &secret_name, now);
     conditions::set(
         &mut st.conditions,
         ISSUING,
@@ -675,7 +676,7 @@ async fn issue(
         Reason::Pending,
         format!("Issuing token {token_name} ({})", reason.as_str()),
         generation,
-        Timestamp::now(),
+        now,
     );
     if has_finalizer(&w.obj) {
         w.save().await?;
@@ -689,7 +690,7 @@ async fn issue(
     }
 
     // 2. Create. Never retried blindly by the client: a lost value cannot be recovered.
-    let issued_at = whole_seconds(Timestamp::now());
+    let issued_at = whole_seconds(w.ctx.clock.now());
     let expires_at = expiry(issued_at, schedule.lifetime);
     let body = CreateAccessToken {
         name: token_name.clone(),
@@ -778,7 +779,7 @@ async fn issue(
     //    was lost, or that Konnect no longer has, is revoked at once: no consumer can get it anymore.
     //    After an account change consumers still hold the old token until they reload: it keeps
     //    the retention (an old token of a recreated account is gone already; its revoke is a 404).
-    let now = whole_seconds(Timestamp::now());
+    let now = whole_seconds(w.ctx.clock.now());
     let old_exists = reason != RotationReason::AccountChanged || old_token_exists(w).await;
     let keep = retention_after(reason, schedule.retention, old_exists);
     let account_id = w.account_id.clone();
@@ -1032,7 +1033,7 @@ async fn cleanup(
                 &secret_name,
                 view.key.as_deref().unwrap_or(obj.spec.secret_key()),
             ),
-            whole_seconds(Timestamp::now()),
+            whole_seconds(ctx.clock.now()),
             std::time::Duration::ZERO,
             obj.spec.renew_before(lifetime),
             &uid,

@@ -35,6 +35,8 @@ pub struct TestEnv {
     pub kube: FakeKube,
     pub sim: RunningSim,
     operator: Option<InProcess>,
+    /// The `/metrics` of the operator `start_operator` started.
+    metrics: Option<super::metrics::Scrape>,
     pub dir: tempfile::TempDir,
     /// What each operator started here may do (`rbac.rs`), checked against its requests when the env ends.
     grants: Mutex<Vec<Grant>>,
@@ -67,6 +69,7 @@ impl TestEnv {
             kube,
             sim,
             operator: None,
+            metrics: None,
             dir: tempfile::tempdir().unwrap(),
             grants: Mutex::new(Vec::new()),
             log_files: Mutex::new(Vec::new()),
@@ -102,7 +105,16 @@ impl TestEnv {
     }
 
     pub async fn start_operator_with_token(&mut self, extra: &[&str], token: TokenValue) {
-        let args = self.run_args(extra);
+        let mut extra = extra.to_vec();
+        let addr = match extra.iter().position(|f| *f == "--metrics-addr") {
+            Some(i) => extra[i + 1].to_string(),
+            None => format!("127.0.0.1:{}", free_port()),
+        };
+        if !extra.contains(&"--metrics-addr") {
+            extra.extend(["--metrics-addr", &addr]);
+        }
+        let args = self.run_args(&extra);
+        self.metrics = Some(super::metrics::Scrape::at(&addr));
         self.operator = Some(self.spawn_in_process(token, args));
     }
 
@@ -119,6 +131,11 @@ impl TestEnv {
         let user = format!("operator-{}", grants.len() + 1);
         grants.push(Grant::for_args(&user, args));
         user
+    }
+
+    /// The `/metrics` of the operator `start_operator` started.
+    pub fn metrics(&self) -> &super::metrics::Scrape {
+        self.metrics.as_ref().expect("start_operator first")
     }
 
     pub async fn stop_operator(&mut self) {

@@ -7,6 +7,7 @@ pub mod kube_api;
 pub mod kubelet;
 pub mod leak;
 pub mod logs;
+pub mod metrics;
 pub mod operator;
 pub mod proxy;
 pub mod rbac;
