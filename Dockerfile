@@ -5,17 +5,25 @@
 # tests/install.rs replays every COPY and cargo step below on the host (no Docker engine needed), so a step that
 # cannot work fails there first. The release workflow builds it on a native runner per architecture.
 
-# Planner: the dependency layer's only inputs are the manifest, the lock file and a stand-in for every target cargo
-# knows (declared in Cargo.toml, like the `scale` bench, or discovered), so cargo parses the manifest as it is,
-# whatever targets it gains, and editing a source file does not invalidate the dependency layer.
+# Planner: the dependency layer's only inputs are the manifests (the workspace's: the operator's and the tests'
+# Kubernetes API stand-in, which cargo must read to resolve the lock file), the lock file and a stand-in for every
+# target cargo knows (declared in Cargo.toml, like the `scale` bench, or discovered), so cargo parses the manifests
+# as they are, whatever targets they gain, and editing a source file does not invalidate the dependency layer.
 FROM rust:1.95-alpine AS planner
 WORKDIR /src
 COPY . .
 RUN cargo metadata --no-deps --format-version 1 > metadata.json \
     && grep -o '"src_path":"[^"]*"' metadata.json > src_paths \
     && cut -d '"' -f 4 src_paths > targets \
+    && grep -o '"manifest_path":"[^"]*"' metadata.json > manifest_paths \
+    && cut -d '"' -f 4 manifest_paths > manifests \
     && mkdir skeleton \
-    && cp Cargo.toml Cargo.lock skeleton/ \
+    && cp Cargo.lock skeleton/ \
+    && while IFS= read -r manifest; do \
+           copy="skeleton/${manifest#"$PWD"/}"; \
+           mkdir -p "$(dirname "$copy")"; \
+           cp "$manifest" "$copy"; \
+       done < manifests \
     && while IFS= read -r target; do \
            stub="skeleton/${target#"$PWD"/}"; \
            mkdir -p "$(dirname "$stub")"; \

@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     teams: usize,
     /// Kubernetes API stand-in: latency of every request (0: none). Defaults: the calibrated
-    /// model of a real API server (tests/support/kube_api/cost.rs).
+    /// model of a real API server (tests/kube-standin/src/cost.rs).
     #[arg(long, default_value_t = 1.0)]
     kube_latency_ms: f64,
     /// Kubernetes API stand-in: writes committed per second, one at a time (0: no limit).
@@ -99,6 +99,10 @@ struct Figures {
     /// The operator's CPU over the drift window (sweeps, the probes' new objects and the time
     /// between), in % of one core: an upper bound of its idle CPU between sweeps.
     steady_cpu_pct: f64,
+    /// The operator's CPU, in % of one core, over a window right after convergence in which no
+    /// drift check ran (between sweeps: needs a resync period longer than convergence and the
+    /// window); NaN when a check ran in it.
+    idle_cpu_pct: f64,
     /// CPU of this process (the Kubernetes API stand-in and the simulator) over the whole run.
     harness_cpu_s: f64,
     binary_mib: f64,
@@ -212,6 +216,10 @@ fn kube_traffic(requests: &[RequestRecord]) -> KubeTraffic {
 /// write-ahead marker of its first issue (one patch), its Secret, its Ready status and its Issued
 /// Event (4); the binding's finalizer, its Ready status and its Assigned Event (3).
 const MIN_KUBE_WRITES_PER_TRIPLE: u64 = 10;
+
+/// The window after convergence in which the idle CPU is measured (`idle_cpu_pct`; at most half
+/// the resync period).
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 /// New objects timed on the idle operator after the first (their median is reported).
 const IDLE_PROBES: usize = 5;
@@ -465,6 +473,24 @@ async fn run_once(args: &Args) -> Figures {
             .await
         }
     };
+    // Idle between sweeps: the operator's CPU while nothing is due, shown by the drift-check
+    // counters standing still over the window (read only at its ends: a scrape costs CPU too).
+    let all_checks = || async {
+        checks("SystemAccount").await
+            + checks("SystemAccountToken").await
+            + checks("RoleBinding").await
+    };
+    let idle_from = all_checks().await;
+    let idle_cpu_start = cpu_seconds(pid);
+    let idle_start = Instant::now();
+    tokio::time::sleep(IDLE_WINDOW.min(Duration::from_secs(args.resync) / 2)).await;
+    let idle_cpu = cpu_seconds(pid) - idle_cpu_start;
+    let idle_elapsed = idle_start.elapsed().as_secs_f64();
+    let idle_cpu_pct = if all_checks().await == idle_from {
+        100.0 * idle_cpu / idle_elapsed
+    } else {
+        f64::NAN
+    };
     let before = checks("SystemAccountToken").await + checks("RoleBinding").await;
     env.sim.reset_counts();
     env.kube.reset_request_counts();
@@ -562,6 +588,7 @@ async fn run_once(args: &Args) -> Figures {
         rss_mib,
         cpu_s,
         steady_cpu_pct,
+        idle_cpu_pct,
         harness_cpu_s,
         binary_mib,
         ready_s,
@@ -627,6 +654,10 @@ fn table(f: &Figures) {
         (
             "CPU during the drift window (% of a core)",
             format!("{:.2}", f.steady_cpu_pct),
+        ),
+        (
+            "CPU idle between sweeps (% of a core; NaN: a sweep ran)",
+            format!("{:.2}", f.idle_cpu_pct),
         ),
         (
             "harness CPU seconds (stand-in + simulator)",

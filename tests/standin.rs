@@ -1,4 +1,4 @@
-//! The Kubernetes API stand-in (tests/support/kube_api) driven by the real kube client, watcher and Controller:
+//! The Kubernetes API stand-in (tests/kube-standin, a crate of the workspace) driven by the real kube client, watcher and Controller:
 //! if these pass, controller integration tests run against semantics a real API server would show.
 
 mod support;

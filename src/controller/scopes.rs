@@ -28,7 +28,12 @@ where
         + Sync
         + 'static,
 {
-    let one = |api: Api<K>| watcher(api, config.clone()).default_backoff().boxed();
+    let one = |api: Api<K>| {
+        watcher(api, config.clone())
+            .default_backoff()
+            .modify(trim::<K>)
+            .boxed()
+    };
     match namespaces {
         [] => one(Api::all(client.clone())),
         [ns] => one(Api::namespaced(client.clone(), ns)),
@@ -37,6 +42,24 @@ where
                 .map(|ns| one(Api::namespaced(client.clone(), ns)))
                 .collect(),
         ),
+    }
+}
+
+/// kubectl's copy of the whole object as last applied (client-side apply).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What the caches keep of an object: all but the API server's and kubectl's bookkeeping, which
+/// the operator never reads and which on a real cluster is often larger than the rest of the
+/// object (managedFields: an entry per field manager; `kubectl apply`'s last-applied annotation: a
+/// second copy of the object). Dropping them never reaches the server: the operator's metadata
+/// writes are JSON patches naming their paths (the annotation map is kept, possibly empty, so a
+/// patch adds a key to it rather than replacing it), and its status writes change only `status`
+/// (a request without managedFields keeps the stored ones).
+pub fn trim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
     }
 }
 
@@ -208,6 +231,34 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn the_cache_keeps_neither_managed_fields_nor_the_last_applied_copy() {
+        let mut obj = cm("a", "x");
+        obj.metadata.managed_fields = Some(vec![Default::default()]);
+        obj.metadata.annotations = Some(
+            [
+                (
+                    LAST_APPLIED.to_string(),
+                    "{\"kind\":\"ConfigMap\"}".to_string(),
+                ),
+                ("team".to_string(), "platform".to_string()),
+            ]
+            .into(),
+        );
+        trim(&mut obj);
+        assert_eq!(obj.metadata.managed_fields, None);
+        assert_eq!(
+            obj.metadata.annotations,
+            Some([("team".to_string(), "platform".to_string())].into())
+        );
+        // Emptied, not removed: a JSON patch adding the write-ahead marker then adds one key
+        // instead of replacing the map (which on the server still holds the last-applied copy).
+        let mut only = cm("a", "y");
+        only.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
+        trim(&mut only);
+        assert_eq!(only.metadata.annotations, Some(Default::default()));
     }
 
     #[test]

@@ -1482,8 +1482,8 @@ mod tests {
         assert_eq!(created["data"], json!({"token": "YWJjZA==", "e": ""}));
         assert!(created.get("stringData").is_none());
         assert_eq!(created["type"], "Opaque");
-        assert_eq!(super::super::builtin::base64(b"a"), "YQ==");
-        assert_eq!(super::super::builtin::base64(b"ab"), "YWI=");
+        assert_eq!(crate::builtin::base64(b"a"), "YQ==");
+        assert_eq!(crate::builtin::base64(b"ab"), "YWI=");
         let retyped = s.patch(
             secrets,
             "ns",

@@ -23,7 +23,8 @@
 //! (asynchronous, 50-100 ms after the change, honouring propagationPolicy Background, Orphan and Foreground
 //! with blockOwnerDeletion); namespaces must exist (404) and a terminating one refuses new objects (403), is
 //! emptied, then removed; empty or null metadata lists and maps (and nulls in built-in kinds) are not stored;
-//! a PUT naming another uid is refused (409); CRD schema pruning, defaults and validation, then its CEL rules
+//! a PUT naming another uid is refused (409); CRD schema pruning, defaults and validation (string `format`s
+//! included), then its CEL rules
 //! (kube-cel; ratcheting on an unchanged `spec`, see `schema.rs`; `without_cel_rules` admits what an older
 //! CRD would);
 //! Secret `stringData` folded into `data`, data keys and base64 validated (`fidelity.rs`); watch from a
