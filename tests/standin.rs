@@ -1263,6 +1263,89 @@ async fn refuses_what_the_real_server_refuses_and_dry_runs_store_nothing() {
     assert!(err.to_string().contains("note"), "{err}");
 }
 
+/// core/v1 and events.k8s.io/v1 Events are one resource, as on a real server: written through either API, an
+/// Event is read, listed and watched through both, each in its own shape (`message` / `note`, `involvedObject` /
+/// `regarding`, `reportingComponent` / `reportingController`).
+#[tokio::test]
+async fn core_and_events_k8s_io_events_are_one_resource() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    let (kube, client) = start().await;
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), NS);
+    let new: Api<NewEvent> = Api::namespaced(client.clone(), NS);
+    let watched = tokio::spawn({
+        let new = new.clone();
+        async move {
+            use kube::runtime::WatchStreamExt;
+            watcher(new, watcher::Config::default())
+                .applied_objects()
+                .try_filter(|e| std::future::ready(e.metadata.name.as_deref() == Some("from-core")))
+                .boxed()
+                .try_next()
+                .await
+        }
+    });
+    let written: NewEvent = serde_json::from_value(json!({
+        "metadata": {"name": "from-new"}, "type": "Warning", "reason": "Failed", "action": "Reconcile",
+        "note": "it failed", "eventTime": "2026-11-30T12:00:00.000000Z", "reportingController": "op",
+        "reportingInstance": "pod-1", "regarding": {"kind": "Widget", "name": "w1", "namespace": NS}
+    }))
+    .unwrap();
+    new.create(&PostParams::default(), &written).await.unwrap();
+    let seen = core.get("from-new").await.unwrap();
+    assert_eq!(seen.message.as_deref(), Some("it failed"));
+    assert_eq!(seen.involved_object.name.as_deref(), Some("w1"));
+    assert_eq!(seen.reporting_component.as_deref(), Some("op"));
+
+    let legacy: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "from-core"}, "type": "Normal", "reason": "Created", "message": "made",
+        "involvedObject": {"kind": "Widget", "name": "w2", "namespace": NS}, "count": 3,
+        "eventTime": "2026-11-30T12:00:01.000000Z"
+    }))
+    .unwrap();
+    core.create(&PostParams::default(), &legacy).await.unwrap();
+    let listed = new.list(&ListParams::default()).await.unwrap();
+    let names: Vec<_> = listed
+        .items
+        .iter()
+        .filter_map(|e| e.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["from-core", "from-new"],
+        "one store, listed through either API"
+    );
+    let shown = new.get("from-core").await.unwrap();
+    assert_eq!(shown.note.as_deref(), Some("made"));
+    assert_eq!(
+        shown.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("w2")
+    );
+    assert_eq!(shown.deprecated_count, Some(3));
+    let via_watch = tokio::time::timeout(Duration::from_secs(10), watched)
+        .await
+        .expect("the events.k8s.io watch sees an Event written through core v1")
+        .unwrap()
+        .unwrap()
+        .expect("an event");
+    assert_eq!(via_watch.note.as_deref(), Some("made"));
+    assert_eq!(kube.events().len(), 2);
+
+    // A patch through events.k8s.io names its fields; the core view sees the change.
+    new.patch(
+        "from-new",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"note": "it failed again"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        core.get("from-new").await.unwrap().message.as_deref(),
+        Some("it failed again")
+    );
+    kube.shutdown().await;
+}
+
 /// Metadata-only requests (what `Api<PartialObjectMeta<K>>` sends) get metadata only, as from a real server.
 #[tokio::test]
 async fn metadata_only_requests_get_no_data() {

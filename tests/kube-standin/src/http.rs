@@ -15,9 +15,11 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::builtin::check_event;
+use super::events::{self, is_events_v1};
 use super::patch::PatchKind;
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{ApiError, DeleteOutcome, Preconditions, Store, Target, TypeId};
+use super::store::{ApiError, DeleteOutcome, Preconditions, ResourceType, Store, Target, TypeId};
 use super::watch::{self, WatchRequest};
 
 /// One API request, as counted for traffic assertions.
@@ -452,11 +454,69 @@ fn list(shared: &Shared, route: &Route, params: &Params) -> Outcome {
     }
     let items: Vec<Value> = items
         .iter()
-        .map(|o| store.render(route.type_id, &route.version, o))
+        .map(|o| store.render_as(route.type_id, &route.group, &route.version, o))
         .collect();
     Ok((
         StatusCode::OK,
-        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(&route.version), "metadata": metadata, "items": items}),
+        json!({"kind": format!("{}List", rt.kind), "apiVersion": list_api_version(&rt, route), "metadata": metadata, "items": items}),
+    ))
+}
+
+/// The envelope's apiVersion: the one asked for (events.k8s.io Events come from the core store).
+fn list_api_version(rt: &ResourceType, route: &Route) -> String {
+    if is_events_v1(&route.group, &route.plural) {
+        format!("{}/{}", events::GROUP, route.version)
+    } else {
+        rt.api_version(&route.version)
+    }
+}
+
+/// An events.k8s.io Event body checked as that API checks it (type, eventTime, note length), then
+/// in the core shape it is stored in; other bodies as they are.
+fn events_in(store: &Store, route: &Route, value: Value) -> Result<Value, ApiError> {
+    if !is_events_v1(&route.group, &route.plural) {
+        return Ok(value);
+    }
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .or(route.name.as_deref())
+        .unwrap_or_default()
+        .to_string();
+    check_event(&events_v1_type(store), &name, &value)?;
+    Ok(events::to_core(value))
+}
+
+fn events_v1_type(store: &Store) -> ResourceType {
+    store
+        .types()
+        .iter()
+        .find(|t| is_events_v1(&t.group, &t.plural))
+        .cloned()
+        .expect("events.k8s.io is served")
+}
+
+/// A patch through events.k8s.io applies to the Event in that shape (its field names), as the real
+/// server converts before patching; server-side apply is not modelled there.
+fn patch_event_v1(store: &mut Store, route: &Route, kind: PatchKind, body: &[u8]) -> Outcome {
+    if kind == PatchKind::Apply {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the Kubernetes API stand-in does not model server-side apply of events.k8s.io Events",
+        ));
+    }
+    let name = route.name.as_deref().unwrap_or("");
+    let stored = store.get(route.type_id, ns(route), name)?;
+    let shown = events::from_core(stored);
+    let patch_value = crate::patch::parse_body(kind, body).map_err(ApiError::bad_request)?;
+    let patched = crate::patch::apply(kind, &shown, &patch_value)
+        .map_err(|e| ApiError::new(422, "Invalid", format!("the patch cannot be applied: {e}")))?;
+    let value = events_in(store, route, patched)?;
+    let obj = store.replace(route.type_id, ns(route), name, value, Target::Main)?;
+    Ok((
+        StatusCode::OK,
+        store.render_as(route.type_id, &route.group, &route.version, &obj),
     ))
 }
 
@@ -469,7 +529,7 @@ fn get(shared: &Shared, route: &Route) -> Outcome {
     )?;
     Ok((
         StatusCode::OK,
-        store.render(route.type_id, &route.version, &obj),
+        store.render_as(route.type_id, &route.group, &route.version, &obj),
     ))
 }
 
@@ -483,19 +543,21 @@ fn create(shared: &Shared, route: &Route, body: &[u8], dry_run: bool) -> Outcome
     }
     let value = parse_json(body)?;
     let mut store = shared.store.lock().expect("store lock");
+    let value = events_in(&store, route, value)?;
     store.dry_run = dry_run;
     let obj = store.create(route.type_id, route.namespace.as_deref(), value);
     store.dry_run = false;
     let obj = obj?;
     Ok((
         StatusCode::CREATED,
-        store.render(route.type_id, &route.version, &obj),
+        store.render_as(route.type_id, &route.group, &route.version, &obj),
     ))
 }
 
 fn replace(shared: &Shared, route: &Route, body: &[u8], dry_run: bool) -> Outcome {
     let value = parse_json(body)?;
     let mut store = shared.store.lock().expect("store lock");
+    let value = events_in(&store, route, value)?;
     let name = route.name.as_deref().unwrap_or("");
     store.dry_run = dry_run;
     let obj = store.replace(route.type_id, ns(route), name, value, target(route));
@@ -503,7 +565,7 @@ fn replace(shared: &Shared, route: &Route, body: &[u8], dry_run: bool) -> Outcom
     let obj = obj?;
     Ok((
         StatusCode::OK,
-        store.render(route.type_id, &route.version, &obj),
+        store.render_as(route.type_id, &route.group, &route.version, &obj),
     ))
 }
 
@@ -523,6 +585,9 @@ fn patch(
     })?;
     let mut store = shared.store.lock().expect("store lock");
     let name = route.name.as_deref().unwrap_or("");
+    if is_events_v1(&route.group, &route.plural) {
+        return patch_event_v1(&mut store, route, kind, body);
+    }
     let existed = store.get(route.type_id, ns(route), name).is_ok();
     let obj = store.patch(
         route.type_id,
@@ -538,7 +603,10 @@ fn patch(
     } else {
         StatusCode::CREATED
     };
-    Ok((code, store.render(route.type_id, &route.version, &obj)))
+    Ok((
+        code,
+        store.render_as(route.type_id, &route.group, &route.version, &obj),
+    ))
 }
 
 fn delete(shared: &Shared, route: &Route, params: &Params, body: &[u8]) -> Outcome {
@@ -567,12 +635,12 @@ fn delete(shared: &Shared, route: &Route, params: &Params, body: &[u8]) -> Outco
     match store.delete(route.type_id, ns(route), name, &pre)? {
         DeleteOutcome::Pending(obj) => Ok((
             StatusCode::OK,
-            store.render(route.type_id, &route.version, &obj),
+            store.render_as(route.type_id, &route.group, &route.version, &obj),
         )),
         // Custom resources return the deleted object, built-in kinds a Success Status (as the real registry).
         DeleteOutcome::Deleted(obj) if rt.custom => Ok((
             StatusCode::OK,
-            store.render(route.type_id, &route.version, &obj),
+            store.render_as(route.type_id, &route.group, &route.version, &obj),
         )),
         DeleteOutcome::Deleted(obj) => Ok((
             StatusCode::OK,
@@ -618,7 +686,7 @@ fn delete_collection(shared: &Shared, route: &Route, params: &Params) -> Outcome
             .unwrap_or("");
         match store.delete(route.type_id, vns, vname, &Preconditions::default()) {
             Ok(DeleteOutcome::Pending(o) | DeleteOutcome::Deleted(o)) => {
-                items.push(store.render(route.type_id, &route.version, &o));
+                items.push(store.render_as(route.type_id, &route.group, &route.version, &o));
             }
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
@@ -692,8 +760,22 @@ fn watch_response(shared: &Shared, route: &Route, params: &Params, partial: bool
         ),
     };
     let stream = watch::start(shared.store.clone(), req, shared.shutdown.subscribe());
+    let events_v1 = is_events_v1(&route.group, &route.plural);
     let stream = futures::StreamExt::map(stream, move |chunk| {
         chunk.map(|bytes| {
+            if events_v1 {
+                // The core store's Events, as events.k8s.io shows them.
+                let mut out = String::new();
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    let mut event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                    if event["type"] != "ERROR" {
+                        event["object"] = events::from_core(event["object"].take());
+                    }
+                    out.push_str(&event.to_string());
+                    out.push('\n');
+                }
+                return Bytes::from(out);
+            }
             if !partial {
                 return bytes;
             }

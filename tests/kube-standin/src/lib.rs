@@ -35,7 +35,7 @@
 //! Approximations: lists serve the latest state (resourceVersion/resourceVersionMatch accepted and ignored);
 //! server-side apply has no managedFields and no conflicts (see `patch.rs`); strategic merge patch merges only
 //! `metadata.finalizers` lists; no admission, RBAC, defaults of built-in kinds (except Secret
-//! `type` and apps/v1 workloads' defaults and validation, see `builtin.rs`), or conversion between CRD versions; core and events.k8s.io Events are separate stores;
+//! `type` and apps/v1 workloads' defaults and validation, see `builtin.rs`), or conversion between CRD versions; core and events.k8s.io Events are one store served in both shapes (`events.rs`);
 //! Metadata-only requests (`Accept: ...;as=PartialObjectMetadata...`) get PartialObjectMetadata objects, lists
 //! and watch events, as from a real server.
 //! `dryRun` runs the checks of create and update (PUT) and stores nothing, and is refused with 400 elsewhere.
@@ -48,6 +48,7 @@
 pub mod builtin;
 pub mod cost;
 pub mod crd;
+pub mod events;
 pub mod fidelity;
 pub mod http;
 pub mod patch;
@@ -207,7 +208,7 @@ impl FakeKube {
         store
             .get(t, ns, name)
             .ok()
-            .map(|o| store.render(t, version, &o))
+            .map(|o| store.render_as(t, group, version, &o))
     }
 
     /// Objects of a kind in `ns` (None: all namespaces), sorted by namespace and name.
@@ -249,15 +250,14 @@ impl FakeKube {
         store
             .list(t, ns, &labels, &FieldSelector::default())
             .iter()
-            .map(|o| store.render(t, version, o))
+            .map(|o| store.render_as(t, group, version, o))
             .collect()
     }
 
-    /// All Events, core v1 and events.k8s.io/v1 (separate stores here, one resource in a real cluster).
+    /// All Events, written through core v1 or events.k8s.io/v1 (one resource, as in a real cluster),
+    /// in the events.k8s.io shape the operator writes (`note`, `regarding`).
     pub fn events(&self) -> Vec<Value> {
-        let mut all = self.list("events.k8s.io", "v1", "events", None);
-        all.extend(self.list("", "v1", "events", None));
-        all
+        self.list(events::GROUP, "v1", "events", None)
     }
 
     /// Gives a custom resource another schema, as applying an older or newer CRD does: stored
