@@ -763,28 +763,23 @@ fn watch_response(shared: &Shared, route: &Route, params: &Params, partial: bool
     let events_v1 = is_events_v1(&route.group, &route.plural);
     let stream = futures::StreamExt::map(stream, move |chunk| {
         chunk.map(|bytes| {
-            if events_v1 {
-                // The core store's Events, as events.k8s.io shows them.
-                let mut out = String::new();
-                for line in String::from_utf8_lossy(&bytes).lines() {
-                    let mut event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-                    if event["type"] != "ERROR" {
-                        event["object"] = events::from_core(event["object"].take());
-                    }
-                    out.push_str(&event.to_string());
-                    out.push('\n');
-                }
-                return Bytes::from(out);
-            }
-            if !partial {
+            if !events_v1 && !partial {
                 return bytes;
             }
-            // Metadata-only watch: each event's object as PartialObjectMetadata.
+            // Each event's object as the request asked for it: the core store's Events as
+            // events.k8s.io shows them, and/or metadata only (PartialObjectMetadata).
             let mut out = String::new();
             for line in String::from_utf8_lossy(&bytes).lines() {
                 let mut event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
                 if event["type"] != "ERROR" {
-                    event["object"] = partial_object(&event["object"]);
+                    let mut object = event["object"].take();
+                    if events_v1 {
+                        object = events::from_core(object);
+                    }
+                    if partial {
+                        object = partial_object(&object);
+                    }
+                    event["object"] = object;
                 }
                 out.push_str(&event.to_string());
                 out.push('\n');
