@@ -10,6 +10,8 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use tokio::time::Instant;
 
+use crate::clock::Clock;
+
 /// A write refused because this replica is not (any more) the leader.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("write refused: this replica does not hold the leader Lease")]
@@ -26,28 +28,44 @@ enum State {
     },
 }
 
+/// Deadlines are instants of its [`Clock`] (the leader elector's).
 #[derive(Debug, Clone)]
-pub struct Fence(Arc<Mutex<State>>);
+pub struct Fence {
+    state: Arc<Mutex<State>>,
+    clock: Clock,
+}
 
 impl Fence {
     /// Without leader election: always open.
     pub fn always() -> Self {
-        Self(Arc::new(Mutex::new(State::Always)))
+        Self {
+            state: Arc::new(Mutex::new(State::Always)),
+            clock: Clock::default(),
+        }
     }
 
-    /// Closed until [`Fence::extend_to`] opens it.
+    /// Closed until [`Fence::extend_to`] opens it; real time.
     pub fn closed() -> Self {
-        Self(Arc::new(Mutex::new(State::Lease {
-            until: None,
-            revoked: false,
-        })))
+        Self::closed_on(Clock::default())
+    }
+
+    /// Closed until [`Fence::extend_to`] opens it; deadlines are judged by `clock`.
+    pub fn closed_on(clock: Clock) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::Lease {
+                until: None,
+                revoked: false,
+            })),
+            clock,
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes pass until `deadline` (never moves an open deadline back; no effect once closed).
+    /// Writes pass until `deadline`, an instant of this fence's clock (never moves an open deadline back; no
+    /// effect once closed).
     pub fn extend_to(&self, deadline: Instant) {
         if let State::Lease {
             until,
@@ -66,16 +84,18 @@ impl Fence {
         }
     }
 
-    /// Until when writes pass (None: closed; `Always` has no deadline and answers far future).
-    pub fn deadline(&self) -> Option<Instant> {
-        match &*self.state() {
-            State::Always => Some(Instant::now() + std::time::Duration::from_secs(86_400 * 365)),
-            State::Lease { until, revoked } => until.filter(|_| !revoked),
-        }
+    /// How long writes still pass (None: closed or past the deadline; `Always` answers a year).
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        let until = match &*self.state() {
+            State::Always => return Some(std::time::Duration::from_secs(86_400 * 365)),
+            State::Lease { until, revoked } => until.filter(|_| !revoked)?,
+        };
+        let now = self.clock.instant();
+        (now < until).then(|| until - now)
     }
 
     pub fn is_open(&self) -> bool {
-        self.deadline().is_some_and(|d| Instant::now() < d)
+        self.remaining().is_some()
     }
 
     /// Ok when a write may go out now.
@@ -155,5 +175,17 @@ mod tests {
             "past the deadline without a renewal"
         );
         assert!(Fence::always().check().is_ok());
+    }
+
+    #[test]
+    fn deadlines_are_judged_by_the_fence_clock() {
+        let clock = Clock::frozen();
+        let f = Fence::closed_on(clock.clone());
+        f.extend_to(clock.instant() + Duration::from_secs(2));
+        assert_eq!(f.remaining(), Some(Duration::from_secs(2)));
+        clock.advance(Duration::from_millis(1999));
+        assert!(f.check().is_ok(), "open until the deadline");
+        clock.advance(Duration::from_millis(1));
+        assert!(f.check().is_err(), "closed at the deadline by its clock");
     }
 }

@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 pub use crate::fence::Fence;
 
 #[derive(Debug, Clone)]
@@ -42,6 +42,8 @@ pub struct LeaseConfig {
     pub renew_deadline: Duration,
     /// How often the leader renews (and a candidate retries).
     pub retry_period: Duration,
+    /// The local time expiry and the fence deadline are judged by (real; tests freeze it).
+    pub clock: Clock,
 }
 
 impl LeaseConfig {
@@ -59,6 +61,7 @@ impl LeaseConfig {
             lease_duration,
             renew_deadline: lease_duration.mul_f64(2.0 / 3.0),
             retry_period: lease_duration / 5,
+            clock: Clock::default(),
         }
     }
 
@@ -145,8 +148,8 @@ impl LeaderElector {
     pub fn new(client: kube::Client, config: LeaseConfig) -> Self {
         Self {
             api: Api::namespaced(client, &config.namespace),
+            fence: Fence::closed_on(config.clock.clone()),
             config,
-            fence: Fence::closed(),
             observed: Mutex::new(None),
             logged_holder: Mutex::new(None),
         }
@@ -165,7 +168,7 @@ impl LeaderElector {
     /// until the start of this attempt plus the renew deadline.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, LeaseError> {
         let limit = self.config.attempt_timeout();
-        let started = Instant::now();
+        let started = self.config.clock.instant();
         match tokio::time::timeout(limit, self.attempt()).await {
             Ok(Ok(true)) => {
                 self.fence.extend_to(started + self.config.renew_deadline);
@@ -178,8 +181,8 @@ impl LeaderElector {
 
     async fn attempt(&self) -> Result<bool, LeaseError> {
         let existing = self.api.get_opt(&self.config.name).await?;
-        let now = Instant::now();
-        let wall = Timestamp::now();
+        let now = self.config.clock.instant();
+        let wall = self.config.clock.now();
         let seconds = i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(15);
         let Some(mut lease) = existing else {
             let lease = Lease {
@@ -211,6 +214,8 @@ impl LeaderElector {
             return Ok(false);
         }
         let spec = lease.spec.get_or_insert_with(Default::default);
+        // Whom we take it from: nobody (released or new), or a holder silent for a lease duration.
+        let previous = spec.holder_identity.clone().filter(|h| !h.is_empty());
         if decision == LeaseDecision::Acquire {
             spec.holder_identity = Some(self.config.identity.clone());
             spec.acquire_time = Some(MicroTime(wall));
@@ -219,11 +224,22 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(seconds);
         spec.renew_time = Some(MicroTime(wall));
         // resourceVersion from the read: a concurrent writer makes this 409, and we lose.
-        conflict_is_loss(
+        let won = conflict_is_loss(
             self.api
                 .replace(&self.config.name, &PostParams::default(), &lease)
                 .await,
-        )
+        )?;
+        if won && decision == LeaseDecision::Acquire {
+            match previous {
+                Some(holder) => tracing::info!(
+                    lease = %self.config.name,
+                    previous = %holder,
+                    "took over an expired Lease: its record stood unchanged for a lease duration"
+                ),
+                None => tracing::info!(lease = %self.config.name, "took over a released Lease"),
+            }
+        }
+        Ok(won)
     }
 
     fn log_holder(&self, holder: Option<&str>) {
@@ -262,14 +278,16 @@ impl LeaderElector {
         // After a success wait a retry period; after a failure try again sooner.
         let mut pause = self.config.retry_period;
         loop {
-            let Some(deadline) = self.fence.deadline() else {
+            let Some(remaining) = self.fence.remaining() else {
+                self.fence.close();
+                tracing::error!(lease = %self.config.name, "could not renew the leader lease in time");
                 return LostLease::RenewDeadline;
             };
             let renewed = async {
                 tokio::time::sleep(pause).await;
                 self.try_acquire_or_renew().await
             };
-            match tokio::time::timeout_at(deadline, renewed).await {
+            match tokio::time::timeout(remaining, renewed).await {
                 Err(_) => {
                     self.fence.close();
                     tracing::error!(lease = %self.config.name, "could not renew the leader lease in time");
@@ -323,6 +341,7 @@ fn conflict_is_loss(r: Result<Lease, kube::Error>) -> Result<bool, LeaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::Timestamp;
 
     fn spec(holder: &str, renewed: i64, secs: i32) -> LeaseSpec {
         LeaseSpec {

@@ -2,6 +2,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod fence;
 pub mod k8s;

@@ -45,9 +45,9 @@ pub struct RunArgs {
     /// How often `/readyz` checks Konnect again (`GET /v3/organizations/me`; Go duration).
     #[arg(long, env = "KONNECT_CHECK_PERIOD", default_value = "1m", value_parser = parse_duration)]
     pub konnect_check_period: Duration,
-    /// The controllers' clock of token renewal and retention (no flag: real time; a test runs it ahead).
+    /// The clock of token renewal, retention and leader election (no flag: real time; a test runs it ahead).
     #[arg(skip)]
-    pub clock: crate::controller::clock::Clock,
+    pub clock: crate::clock::Clock,
     /// Reconciles running at once per kind. Twice the Konnect concurrency by default: a reconcile
     /// spends part of its time on Kubernetes calls, and the spare ones keep Konnect's slots busy
     /// (Konnect calls stay capped by the Konnect concurrency).
@@ -193,12 +193,15 @@ pub async fn run_with(
             .unwrap_or_else(|_| format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()));
         Arc::new(LeaderElector::new(
             kube.clone(),
-            LeaseConfig::new(
-                args.leader_election_namespace.clone(),
-                args.leader_election_id.clone(),
-                identity,
-                args.leader_lease_duration,
-            ),
+            LeaseConfig {
+                clock: args.clock.clone(),
+                ..LeaseConfig::new(
+                    args.leader_election_namespace.clone(),
+                    args.leader_election_id.clone(),
+                    identity,
+                    args.leader_lease_duration,
+                )
+            },
         ))
     });
     // With leader election every write the controllers make, to Kubernetes and to Konnect, passes

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use konnect_sa_operator::konnect::*;
 use serde_json::{Value, json};
@@ -187,12 +187,34 @@ async fn play(conn: &mut tokio::net::TcpStream, step: Step) {
 }
 
 #[derive(Default)]
-struct Recorder(Mutex<Vec<(&'static str, Option<u16>)>>);
+struct Recorder {
+    attempts: Mutex<Vec<(&'static str, Option<u16>)>>,
+    waits: Mutex<Vec<(RetryWait, Duration)>>,
+}
 
 impl RequestObserver for Recorder {
     fn observe(&self, operation: &'static str, status: Option<u16>, _elapsed: Duration) {
-        self.0.lock().unwrap().push((operation, status));
+        self.attempts.lock().unwrap().push((operation, status));
     }
+
+    fn waiting(&self, _operation: &'static str, why: RetryWait, wait: Duration) {
+        self.waits.lock().unwrap().push((why, wait));
+    }
+}
+
+/// A client whose attempts and waits between attempts are recorded: the waits are asserted, not the
+/// wall-clock time a test took.
+fn recorded_client(
+    base: &str,
+    tune: impl FnOnce(&mut ClientConfig),
+) -> (KonnectClient, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let observer: Arc<dyn RequestObserver> = recorder.clone();
+    let c = client(base, |cfg| {
+        cfg.observer = Some(observer);
+        tune(cfg);
+    });
+    (c, recorder)
 }
 
 fn client(base: &str, tune: impl FnOnce(&mut ClientConfig)) -> KonnectClient {
@@ -225,17 +247,9 @@ fn page(data: Vec<Value>, number: f64, size: f64, total: f64) -> Step {
 #[tokio::test]
 async fn sends_bearer_token_and_honours_retry_after_on_429() {
     let (base, stub) = serve(vec![rate_limited("1"), org()]).await;
-    let recorder = Arc::new(Recorder::default());
-    let observer: Arc<dyn RequestObserver> = recorder.clone();
-    let c = client(&base, |cfg| cfg.observer = Some(observer));
-    let started = Instant::now();
+    let (c, recorder) = recorded_client(&base, |_| {});
     let me = c.me().await.unwrap();
     assert_eq!(me.name, "Org");
-    assert!(
-        started.elapsed() >= Duration::from_millis(950),
-        "{:?}",
-        started.elapsed()
-    );
     let seen = stub.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].target, "/v3/organizations/me");
@@ -244,25 +258,29 @@ async fn sends_bearer_token_and_honours_retry_after_on_429() {
         Some(format!("Bearer {TOKEN}").as_str())
     );
     assert_eq!(
-        *recorder.0.lock().unwrap(),
+        *recorder.attempts.lock().unwrap(),
         vec![
             ("get-organizations-me", Some(429)),
             ("get-organizations-me", Some(200))
         ]
+    );
+    // Between the two: exactly the server's Retry-After, no backoff of our own.
+    assert_eq!(
+        *recorder.waits.lock().unwrap(),
+        vec![(RetryWait::RetryAfter, Duration::from_secs(1))]
     );
 }
 
 #[tokio::test]
 async fn a_429_longer_than_max_retry_wait_returns_rate_limited_at_once() {
     let (base, stub) = serve(vec![rate_limited("120"), org()]).await;
-    let c = client(&base, |cfg| cfg.max_retry_wait = Duration::from_secs(30));
-    let started = Instant::now();
+    let (c, recorder) = recorded_client(&base, |cfg| cfg.max_retry_wait = Duration::from_secs(30));
     let err = c.me().await.unwrap_err();
     assert!(
         matches!(err, KonnectError::RateLimited { retry_after } if retry_after == Duration::from_secs(120)),
         "{err:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(*recorder.waits.lock().unwrap(), vec![], "no wait at all");
     assert_eq!(stub.seen().len(), 1);
 }
 
@@ -275,16 +293,17 @@ async fn server_errors_and_lost_responses_are_retried_with_backoff_for_reads() {
         org(),
     ])
     .await;
-    let c = client(&base, |cfg| cfg.max_attempts = 4);
-    let started = Instant::now();
+    let (c, recorder) = recorded_client(&base, |cfg| cfg.max_attempts = 4);
     assert_eq!(c.me().await.unwrap().name, "Org");
-    // Three backoffs of at least 200, 400, 800 ms.
-    assert!(
-        started.elapsed() >= Duration::from_millis(1400),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(stub.seen().len(), 4);
+    // Three backoffs, exponential from 200 ms, each with up to 100% jitter added.
+    let waits = recorder.waits.lock().unwrap().clone();
+    assert_eq!(waits.len(), 3, "{waits:?}");
+    for ((why, wait), base_ms) in waits.into_iter().zip([200, 400, 800]) {
+        assert_eq!(why, RetryWait::Backoff);
+        let base = Duration::from_millis(base_ms);
+        assert!(wait >= base && wait <= base * 2, "{wait:?} for base {base:?}");
+    }
 }
 
 #[tokio::test]
@@ -307,24 +326,24 @@ async fn attempts_are_bounded() {
 
 #[tokio::test]
 async fn per_attempt_timeout() {
+    // Each reply would come after 3 s, and be a 200: only the 300 ms timeout can make this fail.
     let slow = Step::Slow(Duration::from_secs(3), Box::new(org()));
     let (base, stub) = serve(vec![slow.clone(), slow]).await;
-    let c = client(&base, |cfg| {
+    let (c, recorder) = recorded_client(&base, |cfg| {
         cfg.request_timeout = Duration::from_millis(300);
         cfg.max_attempts = 2;
     });
-    let started = Instant::now();
     let err = c.me().await.unwrap_err();
     assert!(
         matches!(&err, KonnectError::Transport(m) if m.contains("timed out")),
         "{err}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(stub.seen().len(), 2);
+    assert_eq!(
+        *recorder.attempts.lock().unwrap(),
+        vec![("get-organizations-me", None), ("get-organizations-me", None)],
+        "both attempts ended without a reply"
+    );
 }
 
 fn token_created() -> Step {

@@ -4,11 +4,14 @@
 //! - the standby is ready (a rolling update with maxUnavailable 0 completes) and says it is not
 //!   the leader (`konnect_sa_leader 0`);
 //! - whatever ends the leader (kill -9, SIGTERM, no answers from the API server, a Lease renewal
-//!   that hangs) the standby takes over within the lease duration plus a small bound;
+//!   that hangs) the standby takes over: a released Lease at once, any other after it expired (as
+//!   the standby records it; the durations are printed, not asserted: on a loaded 2-core machine
+//!   they are the scheduler's);
 //! - the old leader makes no write, to Kubernetes or to Konnect, after the new one made its first;
 //! - no revoked token in a Secret, no token issued twice or left behind.
 //!
-//! And `LeaderElector` itself: one winner, expiry judged by local observation (not renewTime).
+//! And `LeaderElector` itself, on a frozen clock so that each boundary is exact: one winner, the
+//! fence closing at the renew deadline, expiry judged by local observation (not renewTime).
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +20,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
 use konnect_sa_operator::api::SystemAccountToken;
+use konnect_sa_operator::clock::Clock;
 use konnect_sa_operator::leader::{LeaderElector, LeaseConfig};
 use kube::Api;
 use kube::api::PostParams;
@@ -30,9 +33,6 @@ use tokio::time::Instant;
 const T: Duration = Duration::from_secs(40);
 const LEASE: &str = "konnect-sa-operator";
 const LEASE_DURATION: Duration = Duration::from_secs(3);
-/// What a takeover may take beyond the lease duration: the standby's poll period (1/5 of the
-/// lease), starting its controllers, and a loaded 2-core machine.
-const TAKEOVER_SLACK: Duration = Duration::from_secs(3);
 
 fn holder(l: &Lease) -> Option<String> {
     l.spec
@@ -266,26 +266,33 @@ async fn takeover(failure: Failure) {
             assert!(failed.elapsed() < T, "the new leader never wrote");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        // The durations are reported, not asserted: on a loaded machine they are the scheduler's.
+        // What is asserted is what the replicas recorded: how the standby took the Lease.
         let first_write = first.at.duration_since(failed);
         eprintln!(
-            "{failure:?}: {} took the Lease after {took_lease:?}, wrote first after {first_write:?}",
+            "{failure:?}: {} took the Lease after {took_lease:?}, wrote first after {first_write:?} \
+             (lease {LEASE_DURATION:?})",
             standby.name
         );
-        let bound = LEASE_DURATION + TAKEOVER_SLACK;
+        let (how, not) = match failure {
+            // A clean shutdown releases the Lease: taken at once, without waiting for expiry.
+            Failure::Term => ("took over a released Lease", "took over an expired Lease"),
+            _ => ("took over an expired Lease", "took over a released Lease"),
+        };
         assert!(
-            took_lease <= bound,
-            "Lease taken after {took_lease:?} > {bound:?}"
+            eventually(T, || standby.log_text().contains(how)).await,
+            "{failure:?}: the standby should have {how}:\n{}",
+            standby.log_text()
         );
+        assert!(!standby.log_text().contains(not), "{}", standby.log_text());
+        let lease = leases.get(LEASE).await.unwrap();
+        let spec = lease.spec.unwrap();
+        assert_eq!(spec.lease_transitions, Some(1), "one handover: {spec:?}");
         assert!(
-            first_write <= bound + Duration::from_secs(2),
-            "first write after {first_write:?}"
+            spec.acquire_time.is_some()
+                && spec.acquire_time.as_ref().map(|t| t.0) <= spec.renew_time.as_ref().map(|t| t.0),
+            "{spec:?}"
         );
-        if failure == Failure::Term {
-            assert!(
-                took_lease < LEASE_DURATION,
-                "a released Lease is taken at once, not after expiry: {took_lease:?}"
-            );
-        }
 
         // The old leader ends: at once, or (cut off, renewal hung) when it can no longer vouch
         // for its Lease, with an error (the Deployment restarts it as a standby).
@@ -526,22 +533,30 @@ fn rand_ms(i: usize) -> u64 {
     ((i * 37) % 8) as u64 * 40
 }
 
-fn elector(env: &TestEnv, identity: &str, lease: &str, duration: Duration) -> LeaderElector {
+fn elector(env: &TestEnv, identity: &str, lease: &str, clock: &Clock) -> LeaderElector {
     LeaderElector::new(
         env.client(),
         LeaseConfig {
             retry_period: Duration::from_millis(200),
-            ..LeaseConfig::new(NS, lease, identity, duration)
+            clock: clock.clone(),
+            ..LeaseConfig::new(NS, lease, identity, UNIT_LEASE)
         },
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+/// The in-process electors' lease. Their clock is frozen: only the test moves time, so every
+/// boundary is checked to the millisecond and nothing waits.
+const UNIT_LEASE: Duration = Duration::from_secs(30);
+const MS: Duration = Duration::from_millis(1);
+
+#[tokio::test]
 async fn lease_elector_one_winner_expiry_and_release() {
     let env = TestEnv::start().await;
-    let duration = Duration::from_secs(3);
-    let a = elector(&env, "a", "unit-lease", duration);
-    let b = elector(&env, "b", "unit-lease", duration);
+    let clock = Clock::frozen();
+    let a = elector(&env, "a", "unit-lease", &clock);
+    let b = elector(&env, "b", "unit-lease", &clock);
+    let renew_deadline = a.config().renew_deadline;
+    assert_eq!(renew_deadline, Duration::from_secs(20));
 
     // Both race for a free Lease: exactly one wins, repeatedly.
     let (ra, rb) = tokio::join!(a.try_acquire_or_renew(), b.try_acquire_or_renew());
@@ -551,54 +566,60 @@ async fn lease_elector_one_winner_expiry_and_release() {
     assert!(winner.fence().check().is_ok(), "the winner may write");
     assert!(loser.fence().check().is_err(), "the other may not");
     for _ in 0..3 {
+        clock.advance(Duration::from_secs(5));
         let (w, l) = tokio::join!(winner.try_acquire_or_renew(), loser.try_acquire_or_renew());
         assert!(w.unwrap(), "the holder renews");
         assert!(!l.unwrap(), "the other waits while the lease is valid");
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    // The winner stops renewing: its fence closes by itself at the renew deadline (2/3 of the
-    // lease), and the other wins only after the lease has expired by its own observation.
-    let stopped = Instant::now();
-    tokio::time::timeout(Duration::from_secs(20), loser.acquire())
-        .await
-        .expect("the other candidate takes over after expiry");
-    let waited = stopped.elapsed();
+    // The winner renews one last time, the other sees that record, then the winner stops.
+    assert!(winner.try_acquire_or_renew().await.unwrap());
+    assert!(!loser.try_acquire_or_renew().await.unwrap());
+    // Its fence closes by itself at the renew deadline (2/3 of the lease)...
+    clock.advance(renew_deadline - MS);
+    assert!(winner.fence().check().is_ok(), "open until the renew deadline");
+    clock.advance(MS);
+    assert!(winner.fence().check().is_err(), "closed at the renew deadline");
+    // ...a third of a lease before the other may take over: only once the record has stood
+    // unchanged for a whole lease duration by its own observation.
+    clock.advance(UNIT_LEASE - renew_deadline - MS);
     assert!(
-        waited >= duration - Duration::from_millis(500),
-        "took over after {waited:?}, before the {duration:?} lease expired"
+        !loser.try_acquire_or_renew().await.unwrap(),
+        "not a millisecond before the lease expired"
     );
+    clock.advance(MS);
     assert!(
-        winner.fence().check().is_err(),
-        "the old holder's fence closed"
+        loser.try_acquire_or_renew().await.unwrap(),
+        "the other candidate takes over at expiry"
     );
     let leases: Api<Lease> = env.api();
     let lease = leases.get("unit-lease").await.unwrap();
     assert_eq!(holder(&lease).as_deref(), Some(loser_id));
+    assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
     assert!(
         !winner.try_acquire_or_renew().await.unwrap(),
         "the old holder has lost it"
     );
 
-    // release() hands over at once.
+    // release() hands over at once: the next attempt, with no time passed, wins.
     loser.release().await;
     assert!(loser.fence().check().is_err(), "released: no more writes");
-    let released = Instant::now();
     assert!(
         winner.try_acquire_or_renew().await.unwrap(),
         "a released lease is free at once"
     );
-    assert!(released.elapsed() < duration);
     let lease = leases.get("unit-lease").await.unwrap();
     assert_ne!(holder(&lease).as_deref(), Some(loser_id));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn a_renew_time_from_a_skewed_clock_does_not_let_a_standby_take_a_live_lease() {
     let env = TestEnv::start().await;
     let leases: Api<Lease> = env.api();
+    let clock = Clock::frozen();
     // The holder's clock is an hour behind ours: by renewTime its lease expired long ago.
-    let skewed = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(1);
+    let skewed = clock.now() - k8s_openapi::jiff::SignedDuration::from_hours(1);
+    let lease_seconds = i32::try_from(UNIT_LEASE.as_secs()).unwrap();
     let mut lease = leases
         .create(
             &PostParams::default(),
@@ -609,7 +630,7 @@ async fn a_renew_time_from_a_skewed_clock_does_not_let_a_standby_take_a_live_lea
                 },
                 spec: Some(LeaseSpec {
                     holder_identity: Some("other".into()),
-                    lease_duration_seconds: Some(3),
+                    lease_duration_seconds: Some(lease_seconds),
                     renew_time: Some(MicroTime(skewed)),
                     ..Default::default()
                 }),
@@ -617,21 +638,19 @@ async fn a_renew_time_from_a_skewed_clock_does_not_let_a_standby_take_a_live_lea
         )
         .await
         .unwrap();
-    let me = elector(&env, "me", "skew-lease", Duration::from_secs(3));
-    let first = Instant::now();
+    let me = elector(&env, "me", "skew-lease", &clock);
     assert!(
         !me.try_acquire_or_renew().await.unwrap(),
         "a live holder is respected"
     );
 
-    // The holder keeps renewing (with its skewed clock) for 4 s: longer than a lease duration.
-    while first.elapsed() < Duration::from_secs(4) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    // The holder keeps renewing (with its skewed clock) every 10 s for two lease durations.
+    let period = Duration::from_secs(10);
+    for _ in 0..6 {
+        clock.advance(period);
         let spec = lease.spec.as_mut().unwrap();
         let t = spec.renew_time.as_ref().unwrap().0;
-        spec.renew_time = Some(MicroTime(
-            t + k8s_openapi::jiff::SignedDuration::from_millis(500),
-        ));
+        spec.renew_time = Some(MicroTime(t + k8s_openapi::jiff::SignedDuration::try_from(period).unwrap()));
         lease = leases
             .replace("skew-lease", &PostParams::default(), &lease)
             .await
@@ -641,15 +660,13 @@ async fn a_renew_time_from_a_skewed_clock_does_not_let_a_standby_take_a_live_lea
             "the record changes, so the holder is alive"
         );
     }
-    // It stops: the standby takes over a lease duration after it last saw a change.
-    let stopped = Instant::now();
-    tokio::time::timeout(Duration::from_secs(10), me.acquire())
-        .await
-        .expect("takes over once the record stops changing");
+    // It stops: the standby takes over a lease duration after it first saw the last record.
+    clock.advance(UNIT_LEASE - MS);
+    assert!(!me.try_acquire_or_renew().await.unwrap(), "not before");
+    clock.advance(MS);
     assert!(
-        stopped.elapsed() >= Duration::from_millis(2500),
-        "{:?}",
-        stopped.elapsed()
+        me.try_acquire_or_renew().await.unwrap(),
+        "takes over once the record stood still for a lease duration"
     );
     let lease = leases.get("skew-lease").await.unwrap();
     assert_eq!(holder(&lease).as_deref(), Some("me"));

@@ -41,7 +41,7 @@ pub struct ControllerConfig {
     /// `--konnect-token-secret`: (namespace, name) of the Secret holding the operator's own token.
     pub own_token_secret: Option<(String, String)>,
     /// The wall clock of token renewal and retention (real; a test runs it ahead).
-    pub clock: super::clock::Clock,
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for ControllerConfig {
@@ -74,7 +74,7 @@ pub struct Context {
     /// Paces drift checks of unchanged objects.
     pub budget: DriftBudget,
     /// `config.clock`: token renewal and retention read the time here.
-    pub clock: super::clock::Clock,
+    pub clock: crate::clock::Clock,
     /// Objects whose Konnect state was confirmed recently: key -> (what was confirmed, when).
     verified: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// The newest resourceVersion we know of per object uid (our own writes, fresh reads).

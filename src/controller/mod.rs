@@ -7,7 +7,6 @@ pub mod backoff;
 pub mod binding;
 pub mod binding_plan;
 pub mod budget;
-pub mod clock;
 pub mod connections;
 pub mod context;
 pub mod error;

@@ -26,9 +26,21 @@ pub const PAGE_SIZE: u64 = 100;
 pub const MAX_PAGES: u64 = 1000;
 
 /// Observes every HTTP attempt (metrics): operation id (the spec's operationId), status (None = transport
-/// error), duration.
+/// error), duration; and every wait between two attempts.
 pub trait RequestObserver: Send + Sync {
     fn observe(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+
+    /// Called as the client starts waiting `wait` before the next attempt of `operation`.
+    fn waiting(&self, _operation: &'static str, _why: RetryWait, _wait: Duration) {}
+}
+
+/// Why the client waits before another attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryWait {
+    /// Konnect answered 429: its Retry-After, or [`DEFAULT_RATE_LIMIT_WAIT`] without one.
+    RetryAfter,
+    /// A 5xx or a lost reply: the next jittered exponential backoff delay.
+    Backoff,
 }
 
 /// Asked before every attempt of a write (any method but GET): an `Err` refuses it (the leader
@@ -635,7 +647,7 @@ impl KonnectClient {
                             after_ambiguous_failure: ambiguous,
                         });
                     }
-                    tokio::time::sleep(wait).await;
+                    self.wait(call, RetryWait::RetryAfter, wait).await;
                 }
                 // The token may have been replaced under us (a rotated token file): read it
                 // once more and repeat with the new one before the 401 counts. Konnect did
@@ -646,7 +658,8 @@ impl KonnectClient {
                 }
                 Ok(reply) if reply.status >= 500 && may_retry_failure => {
                     ambiguous = true;
-                    tokio::time::sleep(delays.next().unwrap_or(BACKOFF_CAP)).await;
+                    let delay = delays.next().unwrap_or(BACKOFF_CAP);
+                    self.wait(call, RetryWait::Backoff, delay).await;
                 }
                 Ok(reply) => {
                     return Ok(Outcome {
@@ -656,7 +669,8 @@ impl KonnectClient {
                 }
                 Err(_) if may_retry_failure => {
                     ambiguous = true;
-                    tokio::time::sleep(delays.next().unwrap_or(BACKOFF_CAP)).await;
+                    let delay = delays.next().unwrap_or(BACKOFF_CAP);
+                    self.wait(call, RetryWait::Backoff, delay).await;
                 }
                 Err(message) => {
                     return Err(KonnectError::Transport(format!(
@@ -666,6 +680,14 @@ impl KonnectClient {
                 }
             }
         }
+    }
+
+    /// Waits between two attempts, told to the observer first.
+    async fn wait(&self, call: &Call<'_>, why: RetryWait, wait: Duration) {
+        if let Some(observer) = &self.inner.config.observer {
+            observer.waiting(call.operation, why, wait);
+        }
+        tokio::time::sleep(wait).await;
     }
 
     /// Re-reads the token from its source; true when a different one is now in use.

@@ -8,7 +8,8 @@ pub mod token_file;
 pub mod url;
 
 pub use client::{
-    AccountFilter, ClientConfig, Created, KonnectClient, RequestObserver, TokenSource, WriteGate,
+    AccountFilter, ClientConfig, Created, KonnectClient, RequestObserver, RetryWait, TokenSource,
+    WriteGate,
 };
 pub use error::{IgnoreNotFound, KonnectError, Result};
 pub use models::*;
