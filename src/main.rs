@@ -24,8 +24,40 @@ enum Command {
     Plan(konnect_sa_operator::cli::plan::PlanArgs),
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run_cli()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc gives each thread that meets a locked heap an arena of its own (up to 8 per core) and
+/// keeps what each one freed: a third of the operator's peak memory at 1000 objects was such slack
+/// (47 MiB peak RSS, 17 MiB live heap). One arena, and memory above 128 KiB handed back, costs no
+/// measurable time here: the threads are a few tokio workers that mostly wait on the network. Set
+/// before the runtime starts its threads. The container image is built against musl, whose
+/// allocator has no per-thread arenas; this is for glibc builds (`cargo install`, the benchmark).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
+async fn run_cli() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match cli.command {
