@@ -74,7 +74,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!((clock.now(), clock.instant()), (wall, mono));
         clock.clone().advance(Duration::from_millis(1500));
-        assert_eq!(clock.now().duration_since(wall), SignedDuration::from_millis(1500));
+        assert_eq!(
+            clock.now().duration_since(wall),
+            SignedDuration::from_millis(1500)
+        );
         assert_eq!(clock.instant() - mono, Duration::from_millis(1500));
     }
 }

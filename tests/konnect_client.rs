@@ -302,7 +302,10 @@ async fn server_errors_and_lost_responses_are_retried_with_backoff_for_reads() {
     for ((why, wait), base_ms) in waits.into_iter().zip([200, 400, 800]) {
         assert_eq!(why, RetryWait::Backoff);
         let base = Duration::from_millis(base_ms);
-        assert!(wait >= base && wait <= base * 2, "{wait:?} for base {base:?}");
+        assert!(
+            wait >= base && wait <= base * 2,
+            "{wait:?} for base {base:?}"
+        );
     }
 }
 
@@ -341,7 +344,10 @@ async fn per_attempt_timeout() {
     assert_eq!(stub.seen().len(), 2);
     assert_eq!(
         *recorder.attempts.lock().unwrap(),
-        vec![("get-organizations-me", None), ("get-organizations-me", None)],
+        vec![
+            ("get-organizations-me", None),
+            ("get-organizations-me", None)
+        ],
         "both attempts ended without a reply"
     );
 }

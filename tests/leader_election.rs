@@ -577,9 +577,15 @@ async fn lease_elector_one_winner_expiry_and_release() {
     assert!(!loser.try_acquire_or_renew().await.unwrap());
     // Its fence closes by itself at the renew deadline (2/3 of the lease)...
     clock.advance(renew_deadline - MS);
-    assert!(winner.fence().check().is_ok(), "open until the renew deadline");
+    assert!(
+        winner.fence().check().is_ok(),
+        "open until the renew deadline"
+    );
     clock.advance(MS);
-    assert!(winner.fence().check().is_err(), "closed at the renew deadline");
+    assert!(
+        winner.fence().check().is_err(),
+        "closed at the renew deadline"
+    );
     // ...a third of a lease before the other may take over: only once the record has stood
     // unchanged for a whole lease duration by its own observation.
     clock.advance(UNIT_LEASE - renew_deadline - MS);
@@ -650,7 +656,9 @@ async fn a_renew_time_from_a_skewed_clock_does_not_let_a_standby_take_a_live_lea
         clock.advance(period);
         let spec = lease.spec.as_mut().unwrap();
         let t = spec.renew_time.as_ref().unwrap().0;
-        spec.renew_time = Some(MicroTime(t + k8s_openapi::jiff::SignedDuration::try_from(period).unwrap()));
+        spec.renew_time = Some(MicroTime(
+            t + k8s_openapi::jiff::SignedDuration::try_from(period).unwrap(),
+        ));
         lease = leases
             .replace("skew-lease", &PostParams::default(), &lease)
             .await

@@ -40,7 +40,7 @@ pub struct ControllerConfig {
     pub pending_settle: Duration,
     /// `--konnect-token-secret`: (namespace, name) of the Secret holding the operator's own token.
     pub own_token_secret: Option<(String, String)>,
-    /// The wall clock of token renewal and retention (real; a test runs it ahead).
+    /// The clock of token renewal, retention and the error backoff's hold (real; a test runs it ahead).
     pub clock: crate::clock::Clock,
 }
 
@@ -73,7 +73,7 @@ pub struct Context {
     pub snapshot: Snapshot,
     /// Paces drift checks of unchanged objects.
     pub budget: DriftBudget,
-    /// `config.clock`: token renewal and retention read the time here.
+    /// `config.clock`: token renewal, retention and the backoff's hold read the time here.
     pub clock: crate::clock::Clock,
     /// Objects whose Konnect state was confirmed recently: key -> (what was confirmed, when).
     verified: Mutex<HashMap<String, (String, std::time::Instant)>>,

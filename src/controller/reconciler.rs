@@ -132,10 +132,11 @@ where
     let body = async move {
         // After a failure, a trigger that changes nothing the user controls (our own status write,
         // a related object's event) waits for the backoff: a failing step never runs in a hot loop.
-        if let Some(left) =
-            ctx.backoffs
-                .held_back(&object_key(&*obj), fingerprint(&*obj), Instant::now())
-        {
+        if let Some(left) = ctx.backoffs.held_back(
+            &object_key(&*obj),
+            fingerprint(&*obj),
+            ctx.clock.instant().into_std(),
+        ) {
             tracing::trace!(?left, "held back after a failure");
             ctx.metrics.held_back(K::KIND);
             return Ok(Action::requeue(left));
@@ -443,7 +444,7 @@ pub fn error_policy<K: Managed>(obj: Arc<K>, err: &ReconcileError, ctx: Arc<Cont
         &object_key(&*obj),
         fingerprint(&*obj),
         hold,
-        Instant::now(),
+        ctx.clock.instant().into_std(),
         |failures| retry_delay(err, failures, ctx.config.max_backoff, rand::random::<f64>()),
     );
     Action::requeue(delay)
