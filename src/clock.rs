@@ -42,10 +42,14 @@ impl Clock {
         base + std::time::Duration::from_millis(u64::try_from(self.ahead()).unwrap_or(0))
     }
 
-    /// Runs this clock, and every clone of it, ahead by `by`.
+    /// Runs this clock, and every clone of it, ahead by `by` (in whole milliseconds; saturating).
     pub fn advance(&self, by: std::time::Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.ahead_ms.fetch_add(ms, Ordering::SeqCst);
+        let _ = self
+            .ahead_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |ahead| {
+                Some(ahead.saturating_add(ms))
+            });
     }
 }
 

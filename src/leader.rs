@@ -141,6 +141,9 @@ pub struct LeaderElector {
     observed: Mutex<Option<(LeaseSpec, Instant)>>,
     /// The holder last logged (a standby logs each new leader once).
     logged_holder: Mutex<Option<String>>,
+    /// Set when an attempt decided to take the Lease: from whom (None: nobody held it). Logged once we
+    /// hold it, even when that attempt's reply was lost and a later one found us the holder.
+    taking_from: Mutex<Option<Option<String>>>,
 }
 
 impl LeaderElector {
@@ -152,6 +155,7 @@ impl LeaderElector {
             config,
             observed: Mutex::new(None),
             logged_holder: Mutex::new(None),
+            taking_from: Mutex::new(None),
         }
     }
 
@@ -214,9 +218,10 @@ impl LeaderElector {
             return Ok(false);
         }
         let spec = lease.spec.get_or_insert_with(Default::default);
-        // Whom we take it from: nobody (released or new), or a holder silent for a lease duration.
-        let previous = spec.holder_identity.clone().filter(|h| !h.is_empty());
         if decision == LeaseDecision::Acquire {
+            // Whom we take it from: nobody (released or new), or a holder silent for a lease duration.
+            let previous = spec.holder_identity.clone().filter(|h| !h.is_empty());
+            *self.taking_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(previous);
             spec.holder_identity = Some(self.config.identity.clone());
             spec.acquire_time = Some(MicroTime(wall));
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
@@ -224,22 +229,29 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(seconds);
         spec.renew_time = Some(MicroTime(wall));
         // resourceVersion from the read: a concurrent writer makes this 409, and we lose.
-        let won = conflict_is_loss(
+        conflict_is_loss(
             self.api
                 .replace(&self.config.name, &PostParams::default(), &lease)
                 .await,
-        )?;
-        if won && decision == LeaseDecision::Acquire {
-            match previous {
-                Some(holder) => tracing::info!(
-                    lease = %self.config.name,
-                    previous = %holder,
-                    "took over an expired Lease: its record stood unchanged for a lease duration"
-                ),
-                None => tracing::info!(lease = %self.config.name, "took over a released Lease"),
-            }
+        )
+    }
+
+    /// Says once how the Lease came to us (the operator's log tells a clean handover from an expiry).
+    fn log_taking(&self) {
+        let taken = self
+            .taking_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match taken {
+            Some(Some(holder)) => tracing::info!(
+                lease = %self.config.name,
+                previous = %holder,
+                "took over an expired Lease: its record stood unchanged for a lease duration"
+            ),
+            Some(None) => tracing::info!(lease = %self.config.name, "took over a released Lease"),
+            None => {}
         }
-        Ok(won)
     }
 
     fn log_holder(&self, holder: Option<&str>) {
@@ -260,6 +272,7 @@ impl LeaderElector {
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
+                    self.log_taking();
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
                     return;
                 }
@@ -273,7 +286,9 @@ impl LeaderElector {
     }
 
     /// Renews until the Lease is lost; then the fence is closed and the reason returned. Returns
-    /// at the fence deadline at the latest, whatever a hung call does.
+    /// at the fence deadline at the latest, whatever a hung call does. (The wait is a real timer
+    /// measured by the clock's reading: the same in production; a test that runs the clock ahead
+    /// closes the fence at once, and this returns at the real deadline.)
     pub async fn hold(&self) -> LostLease {
         // After a success wait a retry period; after a failure try again sooner.
         let mut pause = self.config.retry_period;

@@ -248,8 +248,15 @@ fn page(data: Vec<Value>, number: f64, size: f64, total: f64) -> Step {
 async fn sends_bearer_token_and_honours_retry_after_on_429() {
     let (base, stub) = serve(vec![rate_limited("1"), org()]).await;
     let (c, recorder) = recorded_client(&base, |_| {});
+    let started = std::time::Instant::now();
     let me = c.me().await.unwrap();
     assert_eq!(me.name, "Org");
+    // It really waited (a lower bound: a busy machine only makes it longer).
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let seen = stub.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].target, "/v3/organizations/me");
@@ -294,8 +301,14 @@ async fn server_errors_and_lost_responses_are_retried_with_backoff_for_reads() {
     ])
     .await;
     let (c, recorder) = recorded_client(&base, |cfg| cfg.max_attempts = 4);
+    let started = std::time::Instant::now();
     assert_eq!(c.me().await.unwrap().name, "Org");
     assert_eq!(stub.seen().len(), 4);
+    let waited: Duration = recorder.waits.lock().unwrap().iter().map(|(_, w)| *w).sum();
+    assert!(
+        started.elapsed() >= waited,
+        "slept what it said: {waited:?}"
+    );
     // Three backoffs, exponential from 200 ms, each with up to 100% jitter added.
     let waits = recorder.waits.lock().unwrap().clone();
     assert_eq!(waits.len(), 3, "{waits:?}");

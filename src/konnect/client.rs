@@ -36,6 +36,7 @@ pub trait RequestObserver: Send + Sync {
 
 /// Why the client waits before another attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RetryWait {
     /// Konnect answered 429: its Retry-After, or [`DEFAULT_RATE_LIMIT_WAIT`] without one.
     RetryAfter,
