@@ -16,6 +16,8 @@ struct Failing {
     until: Instant,
     /// What the user controls of the object when it failed (see `reconciler::fingerprint`).
     fingerprint: u64,
+    /// The hold was ended early ([`Backoffs::lift_hold`]) until the next failure.
+    lifted: bool,
 }
 
 impl Backoffs {
@@ -35,20 +37,33 @@ impl Backoffs {
             count: 0,
             until: now,
             fingerprint,
+            lifted: false,
         });
         let wait = delay(entry.count);
         entry.count = entry.count.saturating_add(1);
         entry.until = if hold { now + wait } else { now };
         entry.fingerprint = fingerprint;
+        entry.lifted = false;
         wait
     }
 
     /// How long `key` is still held back, if its fingerprint is the one it failed with.
     pub fn held_back(&self, key: &str, fingerprint: u64, now: Instant) -> Option<Duration> {
         let f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        let failing = f.get(key).filter(|x| x.fingerprint == fingerprint)?;
+        let failing = f
+            .get(key)
+            .filter(|x| x.fingerprint == fingerprint && !x.lifted)?;
         let left = failing.until.saturating_duration_since(now);
         (!left.is_zero()).then_some(left)
+    }
+
+    /// Ends `key`'s hold (the count stays, so the next failure backs off further): something the
+    /// user did outside the object, such as deleting its Secret, is worth a look at once.
+    pub fn lift_hold(&self, key: &str) {
+        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(failing) = f.get_mut(key) {
+            failing.lifted = true;
+        }
     }
 
     /// Whether the last reconcile of `key` failed.
@@ -109,5 +124,23 @@ mod tests {
         assert_eq!(b.held_back("k", 1, t0), None);
         assert!(b.failed_last_time("k"));
         assert_eq!(b.held_back("other", 1, t0), None);
+    }
+
+    #[test]
+    fn a_lifted_hold_lets_the_next_trigger_through_and_the_next_failure_backs_off_further() {
+        let b = Backoffs::default();
+        let t0 = Instant::now();
+        b.record_failure("k", 1, true, t0, |_| 30 * S);
+        b.lift_hold("absent");
+        assert_eq!(b.held_back("k", 1, t0 + S), Some(29 * S));
+        b.lift_hold("k");
+        assert_eq!(b.held_back("k", 1, t0 + S), None);
+        let seen = std::cell::Cell::new(0);
+        b.record_failure("k", 1, true, t0 + S, |n| {
+            seen.set(n);
+            60 * S
+        });
+        assert_eq!(seen.get(), 1, "the count survived the lift");
+        assert_eq!(b.held_back("k", 1, t0 + 2 * S), Some(59 * S), "held again");
     }
 }

@@ -80,7 +80,7 @@ pub struct Context {
     /// The newest resourceVersion we know of per object uid (our own writes, fresh reads).
     versions: Mutex<HashMap<String, String>>,
     /// Failures in a row per object, and the backoff they hold.
-    pub backoffs: Backoffs,
+    pub backoffs: Arc<Backoffs>,
     /// One lock per (account, role tuple): a RoleBinding's assign-or-adopt and another's cleanup of
     /// the same assignment never interleave.
     tuple_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -112,9 +112,15 @@ impl Context {
             verified: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             config,
-            backoffs: Backoffs::default(),
+            backoffs: Arc::default(),
             tuple_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The failure bookkeeping shared with a watch that ends holds (a token's Secret deleted).
+    pub fn with_backoffs(mut self, backoffs: Arc<Backoffs>) -> Self {
+        self.backoffs = backoffs;
+        self
     }
 
     /// Holds the lock of one (account, role tuple) until the guard is dropped.

@@ -111,11 +111,23 @@ pub async fn run(rt: Runtime, shutdown: impl std::future::Future<Output = ()> + 
 
     let managed_secrets =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    // Deleting a token's Secret is the way out of some failures (an immutable Secret): it ends the
+    // token's backoff hold, so the Secret's event below gets the token looked at at once.
+    let backoffs = Arc::new(backoff::Backoffs::default());
+    let lift = {
+        let backoffs = backoffs.clone();
+        move |s: &kube::core::PartialObjectMeta<Secret>| {
+            let ns = s.metadata.namespace.clone().unwrap_or_default();
+            if let Some(name) = crate::k8s::secret::owner_name(&s.metadata) {
+                backoffs.lift_hold(&reconciler::key_of::<SystemAccountToken>(&ns, &name));
+            }
+        }
+    };
     let tokens = tokens
         // A managed Secret wakes its token: by its controller ownerReference, or by the owner
         // annotation of a Secret kept free of ownerReferences (deletionPolicy: Orphan).
         .watches_stream(
-            scopes::touched::<Secret>(&kube, ns, managed_secrets),
+            scopes::touched::<Secret>(&kube, ns, managed_secrets, lift),
             |s: kube::core::PartialObjectMeta<Secret>| {
                 let ns = s.metadata.namespace.clone().unwrap_or_default();
                 crate::k8s::secret::owner_name(&s.metadata)
@@ -139,15 +151,18 @@ pub async fn run(rt: Runtime, shutdown: impl std::future::Future<Output = ()> + 
         instance,
     };
     let events = crate::k8s::events::Publisher::new(kube.clone(), reporter);
-    let ctx = Arc::new(Context::new(
-        kube,
-        connections,
-        metrics,
-        events,
-        config,
-        account_store.clone(),
-        binding_store.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            kube,
+            connections,
+            metrics,
+            events,
+            config,
+            account_store.clone(),
+            binding_store.clone(),
+        )
+        .with_backoffs(backoffs),
+    );
 
     // Ready once the account and binding caches have synced (with a namespace list: every
     // namespace has listed once).

@@ -99,12 +99,12 @@ pub async fn finish<K: Managed>(
 }
 
 pub(crate) fn object_key<K: Managed>(obj: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::KIND,
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
+    key_of::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any())
+}
+
+/// [`object_key`] of the object of kind `K` named `name` in `namespace`.
+pub(crate) fn key_of<K: Managed>(namespace: &str, name: &str) -> String {
+    format!("{}/{namespace}/{name}", K::KIND)
 }
 
 /// Runs `apply` (or `cleanup` once the object is being deleted) under the finalizer, in a span

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 
-use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
+use futures::{StreamExt, TryStreamExt};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -65,11 +65,13 @@ pub fn trim<K: Resource>(obj: &mut K) {
 
 /// The metadata of objects of `K` as they change in `namespaces`, without a store: the Secrets the
 /// tokens own are watched this way, so token values never sit in the operator's memory (a token's
-/// Secret is read by name in its own reconcile, when needed).
+/// Secret is read by name in its own reconcile, when needed). `on_delete` hears of each deletion
+/// before the object is passed on.
 pub fn touched<K>(
     client: &kube::Client,
     namespaces: &[String],
     config: watcher::Config,
+    on_delete: impl Fn(&kube::core::PartialObjectMeta<K>) + Clone + Send + Sync + 'static,
 ) -> BoxStream<'static, watcher::Result<kube::core::PartialObjectMeta<K>>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -82,8 +84,14 @@ where
 {
     // An Api of PartialObjectMeta makes metadata-only list and watch requests.
     let one = |api: Api<kube::core::PartialObjectMeta<K>>| {
+        let on_delete = on_delete.clone();
         watcher(api, config.clone())
             .default_backoff()
+            .inspect_ok(move |event| {
+                if let watcher::Event::Delete(object) = event {
+                    on_delete(object);
+                }
+            })
             .touched_objects()
             .boxed()
     };
