@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Backoffs {
     failing: Mutex<HashMap<String, Failing>>,
+    /// Per object being reconciled or failing: holds lifted so far, and how many there were when its
+    /// latest reconcile began. A lift during a reconcile that then fails still counts.
+    lifts: Mutex<HashMap<String, Lifts>>,
+}
+
+#[derive(Default)]
+struct Lifts {
+    count: u64,
+    at_start: u64,
 }
 
 struct Failing {
@@ -43,8 +52,21 @@ impl Backoffs {
         entry.count = entry.count.saturating_add(1);
         entry.until = if hold { now + wait } else { now };
         entry.fingerprint = fingerprint;
-        entry.lifted = false;
+        // Lifted while the failing reconcile ran (the user's move came before we recorded this).
+        entry.lifted = self
+            .lifts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|l| l.count != l.at_start);
         wait
+    }
+
+    /// A reconcile of `key` passed the hold and begins: lifts from now on count for its outcome.
+    pub fn begin(&self, key: &str) {
+        let mut lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner());
+        let l = lifts.entry(key.to_string()).or_default();
+        l.at_start = l.count;
     }
 
     /// How long `key` is still held back, if its fingerprint is the one it failed with.
@@ -59,10 +81,19 @@ impl Backoffs {
 
     /// Ends `key`'s hold (the count stays, so the next failure backs off further): something the
     /// user did outside the object, such as deleting its Secret, is worth a look at once.
+    /// Objects never reconciled (or gone since their last success) are not remembered.
     pub fn lift_hold(&self, key: &str) {
         let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(failing) = f.get_mut(key) {
             failing.lifted = true;
+        }
+        if let Some(l) = self
+            .lifts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(key)
+        {
+            l.count += 1;
         }
     }
 
@@ -76,6 +107,10 @@ impl Backoffs {
 
     pub fn record_success(&self, key: &str) {
         self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.lifts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
@@ -142,5 +177,28 @@ mod tests {
         });
         assert_eq!(seen.get(), 1, "the count survived the lift");
         assert_eq!(b.held_back("k", 1, t0 + 2 * S), Some(59 * S), "held again");
+    }
+
+    #[test]
+    fn a_lift_during_the_failing_reconcile_is_not_lost() {
+        let b = Backoffs::default();
+        let t0 = Instant::now();
+        // The user deletes the Secret while the reconcile that will fail is running.
+        b.begin("k");
+        b.lift_hold("k");
+        b.record_failure("k", 1, true, t0, |_| 30 * S);
+        assert_eq!(
+            b.held_back("k", 1, t0 + S),
+            None,
+            "the deletion's trigger goes through"
+        );
+        // That retry fails again with no new lift: held.
+        b.begin("k");
+        b.record_failure("k", 1, true, t0 + S, |_| 60 * S);
+        assert_eq!(b.held_back("k", 1, t0 + 2 * S), Some(59 * S));
+        // Success forgets the object; a later lift of it remembers nothing.
+        b.record_success("k");
+        b.lift_hold("k");
+        assert!(b.lifts.lock().unwrap().is_empty());
     }
 }

@@ -141,6 +141,7 @@ where
             ctx.metrics.held_back(K::KIND);
             return Ok(Action::requeue(left));
         }
+        ctx.backoffs.begin(&object_key(&*obj));
         let started = Instant::now();
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);

@@ -310,8 +310,8 @@ pub fn unwritable(existing: Option<&Secret>) -> Option<String> {
     let s = existing.filter(|s| s.immutable == Some(true))?;
     Some(format!(
         "Secret {} is immutable, so the next token cannot be written into it; the current token stays in \
-         use until it expires. Delete the Secret (a new token is written at the next retry, or at once \
-         if you then annotate this object) or set spec.secretName to another name",
+         use until it expires. Delete the Secret (a new token is written at once) or set spec.secretName \
+         to another name",
         s.metadata.name.as_deref().unwrap_or_default()
     ))
 }
