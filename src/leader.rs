@@ -293,11 +293,8 @@ impl LeaderElector {
         // After a success wait a retry period; after a failure try again sooner.
         let mut pause = self.config.retry_period;
         loop {
-            let Some(remaining) = self.fence.remaining() else {
-                self.fence.close();
-                tracing::error!(lease = %self.config.name, "could not renew the leader lease in time");
-                return LostLease::RenewDeadline;
-            };
+            // Past the deadline already: a zero timeout, which ends below as any missed deadline does.
+            let remaining = self.fence.remaining().unwrap_or_default();
             let renewed = async {
                 tokio::time::sleep(pause).await;
                 self.try_acquire_or_renew().await

@@ -7,29 +7,41 @@ use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct Backoffs {
-    failing: Mutex<HashMap<String, Failing>>,
-    /// Per object being reconciled or failing: holds lifted so far, and how many there were when its
-    /// latest reconcile began. A lift during a reconcile that then fails still counts.
-    lifts: Mutex<HashMap<String, Lifts>>,
+    objects: Mutex<HashMap<String, Object>>,
 }
 
+/// An object from the start of a reconcile until its next success.
 #[derive(Default)]
-struct Lifts {
-    count: u64,
-    at_start: u64,
+struct Object {
+    /// Holds lifted so far ([`Backoffs::lift_hold`]).
+    lifts: u64,
+    /// `lifts` when its latest reconcile began.
+    lifts_at_start: u64,
+    failing: Option<Failing>,
 }
 
 struct Failing {
     count: u32,
-    /// No retry before this, unless `fingerprint` changed.
+    /// No retry before this, unless `fingerprint` changed or a lift came after the failed reconcile began.
     until: Instant,
     /// What the user controls of the object when it failed (see `reconciler::fingerprint`).
     fingerprint: u64,
-    /// The hold was ended early ([`Backoffs::lift_hold`]) until the next failure.
-    lifted: bool,
+    /// `lifts_at_start` of the reconcile that failed: a lift since then (even during it) ends the hold.
+    lifts_seen: u64,
 }
 
 impl Backoffs {
+    fn objects(&self) -> std::sync::MutexGuard<'_, HashMap<String, Object>> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reconcile of `key` passed the hold and begins: lifts from now on count for its outcome.
+    pub fn begin(&self, key: &str) {
+        let mut objects = self.objects();
+        let o = objects.entry(key.to_string()).or_default();
+        o.lifts_at_start = o.lifts;
+    }
+
     /// Counts one more failure in a row for `key`, holds it back for `delay(failures before)` when
     /// `hold`, and returns that delay. Without `hold` the failure is counted but any trigger retries
     /// (waiting for an account: its watch is the signal to look again).
@@ -41,40 +53,28 @@ impl Backoffs {
         now: Instant,
         delay: impl FnOnce(u32) -> Duration,
     ) -> Duration {
-        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = f.entry(key.to_string()).or_insert(Failing {
-            count: 0,
-            until: now,
+        let mut objects = self.objects();
+        let o = objects.entry(key.to_string()).or_default();
+        let count = o.failing.as_ref().map_or(0, |f| f.count);
+        let wait = delay(count);
+        o.failing = Some(Failing {
+            count: count.saturating_add(1),
+            until: if hold { now + wait } else { now },
             fingerprint,
-            lifted: false,
+            lifts_seen: o.lifts_at_start,
         });
-        let wait = delay(entry.count);
-        entry.count = entry.count.saturating_add(1);
-        entry.until = if hold { now + wait } else { now };
-        entry.fingerprint = fingerprint;
-        // Lifted while the failing reconcile ran (the user's move came before we recorded this).
-        entry.lifted = self
-            .lifts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .is_some_and(|l| l.count != l.at_start);
         wait
     }
 
-    /// A reconcile of `key` passed the hold and begins: lifts from now on count for its outcome.
-    pub fn begin(&self, key: &str) {
-        let mut lifts = self.lifts.lock().unwrap_or_else(|p| p.into_inner());
-        let l = lifts.entry(key.to_string()).or_default();
-        l.at_start = l.count;
-    }
-
-    /// How long `key` is still held back, if its fingerprint is the one it failed with.
+    /// How long `key` is still held back, if its fingerprint is the one it failed with and no lift
+    /// came since the failed reconcile began.
     pub fn held_back(&self, key: &str, fingerprint: u64, now: Instant) -> Option<Duration> {
-        let f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        let failing = f
-            .get(key)
-            .filter(|x| x.fingerprint == fingerprint && !x.lifted)?;
+        let objects = self.objects();
+        let o = objects.get(key)?;
+        let failing = o
+            .failing
+            .as_ref()
+            .filter(|f| f.fingerprint == fingerprint && f.lifts_seen == o.lifts)?;
         let left = failing.until.saturating_duration_since(now);
         (!left.is_zero()).then_some(left)
     }
@@ -83,37 +83,18 @@ impl Backoffs {
     /// user did outside the object, such as deleting its Secret, is worth a look at once.
     /// Objects never reconciled (or gone since their last success) are not remembered.
     pub fn lift_hold(&self, key: &str) {
-        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(failing) = f.get_mut(key) {
-            failing.lifted = true;
-        }
-        if let Some(l) = self
-            .lifts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(key)
-        {
-            l.count += 1;
+        if let Some(o) = self.objects().get_mut(key) {
+            o.lifts += 1;
         }
     }
 
     /// Whether the last reconcile of `key` failed.
     pub fn failed_last_time(&self, key: &str) -> bool {
-        self.failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
+        self.objects().get(key).is_some_and(|o| o.failing.is_some())
     }
 
     pub fn record_success(&self, key: &str) {
-        self.failing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        self.lifts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.objects().remove(key);
     }
 }
 
@@ -165,12 +146,15 @@ mod tests {
     fn a_lifted_hold_lets_the_next_trigger_through_and_the_next_failure_backs_off_further() {
         let b = Backoffs::default();
         let t0 = Instant::now();
+        // Each failure comes from a reconcile that began (as the reconciler calls them).
+        b.begin("k");
         b.record_failure("k", 1, true, t0, |_| 30 * S);
         b.lift_hold("absent");
         assert_eq!(b.held_back("k", 1, t0 + S), Some(29 * S));
         b.lift_hold("k");
         assert_eq!(b.held_back("k", 1, t0 + S), None);
         let seen = std::cell::Cell::new(0);
+        b.begin("k");
         b.record_failure("k", 1, true, t0 + S, |n| {
             seen.set(n);
             60 * S
@@ -199,6 +183,6 @@ mod tests {
         // Success forgets the object; a later lift of it remembers nothing.
         b.record_success("k");
         b.lift_hold("k");
-        assert!(b.lifts.lock().unwrap().is_empty());
+        assert!(b.objects().is_empty());
     }
 }

@@ -117,9 +117,9 @@ pub async fn run(rt: Runtime, shutdown: impl std::future::Future<Output = ()> + 
     let lift = {
         let backoffs = backoffs.clone();
         move |s: &kube::core::PartialObjectMeta<Secret>| {
-            let ns = s.metadata.namespace.clone().unwrap_or_default();
-            if let Some(name) = crate::k8s::secret::owner_name(&s.metadata) {
-                backoffs.lift_hold(&reconciler::key_of::<SystemAccountToken>(&ns, &name));
+            if let Some(token) = owner_token(s) {
+                let ns = token.namespace.as_deref().unwrap_or_default();
+                backoffs.lift_hold(&reconciler::key_of::<SystemAccountToken>(ns, &token.name));
             }
         }
     };
@@ -128,11 +128,7 @@ pub async fn run(rt: Runtime, shutdown: impl std::future::Future<Output = ()> + 
         // annotation of a Secret kept free of ownerReferences (deletionPolicy: Orphan).
         .watches_stream(
             scopes::touched::<Secret>(&kube, ns, managed_secrets, lift),
-            |s: kube::core::PartialObjectMeta<Secret>| {
-                let ns = s.metadata.namespace.clone().unwrap_or_default();
-                crate::k8s::secret::owner_name(&s.metadata)
-                    .map(|name| reflector::ObjectRef::new(&name).within(&ns))
-            },
+            |s: kube::core::PartialObjectMeta<Secret>| owner_token(&s),
         )
         .watches_shared_stream(token_wakes, move |sa| {
             account_ref::dependents_of(&token_store, &sa, |t: &SystemAccountToken| {
@@ -217,4 +213,13 @@ pub async fn run(rt: Runtime, shutdown: impl std::future::Future<Output = ()> + 
         _ = account_watch => tracing::warn!("the SystemAccount watch ended"),
         _ = readiness => {}
     }
+}
+
+/// The token a managed Secret belongs to (same namespace).
+fn owner_token(
+    s: &kube::core::PartialObjectMeta<Secret>,
+) -> Option<reflector::ObjectRef<SystemAccountToken>> {
+    let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+    crate::k8s::secret::owner_name(&s.metadata)
+        .map(|name| reflector::ObjectRef::new(&name).within(ns))
 }
